@@ -1,0 +1,159 @@
+"""JAS path discovery: the fast engine equals the literal formulas, and its invariants hold."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import vitprune
+from vitprune.attribution import DiscoveryConfig, PathFinder
+from vitprune.errors import UserError
+
+from .helpers import tiny_images, tiny_vit
+from .literal_jas import literal_influence_pattern, literal_jas
+
+
+def _assert_records_equal(fast, slow, rel=1e-5):
+    for f, s in zip(fast, slow, strict=True):
+        assert f["path"] == s["path"]
+        assert f["base_path"] == s["base_path"]
+        assert f["score"] == pytest.approx(s["score"], rel=rel, abs=1e-12)
+        assert f["base_score"] == pytest.approx(s["base_score"], rel=rel, abs=1e-12)
+
+
+@pytest.mark.parametrize("topk", [1, 3])
+def test_fast_equals_literal_cls(topk):
+    model = tiny_vit(dtype=torch.float64)
+    x, y = tiny_images(2, dtype=torch.float64), torch.tensor([0, 3])
+    fast = vitprune.find_paths(model, x, y, topk=topk, steps=4)
+    slow = literal_jas(model, x, y, topk=topk, steps=4, tokens=slice(0, 1))
+    _assert_records_equal(fast, slow)
+
+
+def test_fast_equals_literal_all_tokens_and_chunked_rows():
+    model = tiny_vit(dtype=torch.float64, depth=2)
+    x, y = tiny_images(2, dtype=torch.float64), torch.tensor([1, 4])
+    fast = vitprune.find_paths(model, x, y, topk=2, steps=3, token_scope="all", max_rows=4)
+    slow = literal_jas(model, x, y, topk=2, steps=3, tokens=slice(None))
+    _assert_records_equal(fast, slow)
+
+
+def test_fast_equals_literal_average_pooled_patches():
+    model = tiny_vit(dtype=torch.float64, depth=2, global_pool="avg")
+    x, y = tiny_images(2, dtype=torch.float64), torch.tensor([2, 0])
+    fast = vitprune.find_paths(model, x, y, topk=2, steps=3)  # auto scope = patch tokens
+    slow = literal_jas(model, x, y, topk=2, steps=3, tokens=slice(1, None))
+    _assert_records_equal(fast, slow)
+
+
+def test_influence_pattern_equals_literal_and_is_scored_by_jas():
+    model = tiny_vit(dtype=torch.float64)
+    x, y = tiny_images(2, dtype=torch.float64), torch.tensor([0, 2])
+    fast = vitprune.find_paths(model, x, y, topk=2, steps=4, method="influence-pattern")
+    paths = literal_influence_pattern(model, x, y, topk=2, steps=4, tokens=slice(0, 1))
+    assert [r["path"] for r in fast] == paths
+    from .literal_jas import _clean_acts, literal_path_score
+
+    for i, rec in enumerate(fast):
+        acts, _ = _clean_acts(model, x[i : i + 1], slice(0, 1))
+        want = literal_path_score(model, x[i : i + 1], int(y[i]), acts, rec["path"], 4, slice(0, 1))
+        assert rec["score"] == pytest.approx(want, rel=1e-5)
+
+
+def test_batch_invariance_b1_vs_b7():
+    model = tiny_vit()
+    x, y = tiny_images(7), torch.tensor([0, 1, 2, 3, 4, 0, 1])
+    together = vitprune.find_paths(model, x, y, topk=2, steps=5)
+    alone = [vitprune.find_paths(model, x[i : i + 1], y[i : i + 1], topk=2, steps=5)[0] for i in range(7)]
+    _assert_records_equal(together, alone, rel=1e-4)
+
+
+def test_topk1_equals_top1_greedy_path():
+    model = tiny_vit(dtype=torch.float64)
+    x, y = tiny_images(3, dtype=torch.float64), torch.tensor([4, 1, 0])
+    top1 = literal_jas(model, x, y, topk=1, steps=5, tokens=slice(0, 1))
+    topk1 = vitprune.find_paths(model, x, y, topk=1, steps=5)
+    _assert_records_equal(topk1, top1)
+    # the first entry of a K=3 run is generally NOT the top-1 path (earlier layers contribute all K units)
+    assert all(len(layer) == 3 for r in vitprune.find_paths(model, x, y, topk=3, steps=5) for layer in r["path"])
+
+
+def test_pred_label_targets_the_prediction():
+    model = tiny_vit()
+    x, y = tiny_images(4), torch.tensor([0, 1, 2, 3])
+    recs = vitprune.find_paths(model, x, y, steps=3, label="pred")
+    assert [r["target"] for r in recs] == [r["pred"] for r in recs]
+    assert [r["label"] for r in recs] == [0, 1, 2, 3]
+
+
+class _Counter:
+    def __init__(self, model, monkeypatch):
+        self.forwards, self.rows, self.backwards = 0, 0, 0
+        self.handle = model.register_forward_pre_hook(self._on_forward)
+        real_grad = torch.autograd.grad
+
+        def counting_grad(*args, **kwargs):
+            self.backwards += 1
+            return real_grad(*args, **kwargs)
+
+        monkeypatch.setattr(torch.autograd, "grad", counting_grad)
+
+    def _on_forward(self, _module, args):
+        self.forwards += 1
+        self.rows += args[0].shape[0]
+
+
+@pytest.mark.parametrize("method,passes", [("jas", lambda L: L + 2), ("influence-pattern", lambda L: 3)])
+def test_pass_counts_per_batch(monkeypatch, method, passes):
+    model = tiny_vit()
+    L, B, m = len(model.blocks), 5, 4
+    counter = _Counter(model, monkeypatch)
+    finder = PathFinder(model, DiscoveryConfig(topk=2, steps=m, method=method))
+    finder.find(tiny_images(B), torch.arange(B) % 5)
+    counter.handle.remove()
+    assert counter.forwards == 1 + passes(L)  # one clean forward, then one per greedy layer / score
+    assert counter.backwards == passes(L)  # ONE backward per scaled forward, not one per clamped layer
+    assert counter.rows == B + passes(L) * m * B
+    assert (finder.stats.forward_calls, finder.stats.backward_calls) == (counter.forwards, counter.backwards)
+
+
+def test_max_rows_chunks_every_pass(monkeypatch):
+    model = tiny_vit()
+    L, B, m, max_rows = len(model.blocks), 3, 4, 5
+    counter = _Counter(model, monkeypatch)
+    vitprune.find_paths(model, tiny_images(B), torch.arange(B), steps=m, max_rows=max_rows)
+    counter.handle.remove()
+    assert counter.backwards == (L + 2) * math.ceil(m * B / max_rows)
+    assert counter.rows == B + (L + 2) * m * B
+
+
+def _hook_count(model):
+    return sum(len(mod._forward_pre_hooks) + len(mod._forward_hooks) for mod in model.modules())
+
+
+def test_hooks_are_always_removed():
+    model = tiny_vit()
+    vitprune.find_paths(model, tiny_images(2), torch.tensor([0, 1]), steps=2)
+    assert _hook_count(model) == 0
+    with pytest.raises(AssertionError, match="Input height"):  # fails inside the hooked forward
+        vitprune.find_paths(model, tiny_images(2, size=16), torch.tensor([0, 1]), steps=2)
+    assert _hook_count(model) == 0
+    assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "kwargs,fragment",
+    [
+        (dict(topk=0), "--topk"),
+        (dict(topk=10_000), "--topk"),
+        (dict(steps=0), "--steps"),
+        (dict(method="nope"), "--method"),
+        (dict(token_scope="cls", model_overrides=dict(global_pool="avg")), "patches"),
+        (dict(max_rows=0), "--max-rows"),
+    ],
+)
+def test_bad_options_are_user_errors(kwargs, fragment):
+    model = tiny_vit(**kwargs.pop("model_overrides", {}))
+    with pytest.raises(UserError, match=fragment):
+        vitprune.find_paths(model, tiny_images(1), torch.tensor([0]), **kwargs)

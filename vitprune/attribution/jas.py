@@ -1,0 +1,280 @@
+"""Joint Attribution Score (JAS) neuron paths, as the NeuronPath reference computes them.
+
+Notation (spec ``neuronpath_reference.md`` §3): a_l = clean hidden units of block l at the scope
+tokens T, m steps, alpha_k = k/m (k = 0..m-1, left Riemann sum), F = softmax probability of the
+target label. At greedy step t, block t's units are all scaled by alpha_k, each earlier block l
+is clamped to a_l except its path units, which are scaled by alpha_k (whole-row clamp), and
+
+    S_t(j) = sum_tau [sum_k (G_t^k[tau,j] + sum_{l<t} sum_{u in P_l} g_{l,u}^k[tau])]
+                     * [(a_t[tau,j] + sum_{l<t} sum_{u in P_l} a_l[tau,u]) / m]
+
+with P_t = the K best j. For |T| = 1 (CLS) this is the reference formula; for patch tokens it
+is the reference MAE formula (product per token, summed over tokens). The path score is
+
+    JAS(P) = (1/|T|) sum_tau [sum_k sum_l sum_{u in P_l} g_{l,u}^k[tau]] * [sum_l sum_{u in P_l} a_l[tau,u]] / m
+
+Differences from the reference code, on purpose: top-K counts all K units of every earlier
+layer (the reference counts only the last-listed one, a bug), any batch size works, and each
+forward over the m*B scaled rows has ONE backward for all clamped blocks (the reference calls
+autograd.grad once per block).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..adapter import ViTAdapter
+from ..errors import UserError
+from ..hooks import ffn_hooks, override_ffn, replace_tokens
+
+METHODS = ("jas", "influence-pattern")
+LABEL_SOURCES = ("truth", "pred")
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    """What a discovery run computes; everything that changes a record is here."""
+
+    topk: int = 1
+    steps: int = 20
+    method: str = "jas"
+    token_scope: str = "auto"
+    label: str = "truth"
+    max_rows: int | None = None  # rows (scaled copies) per forward/backward; None = all m*B at once
+
+
+@dataclass
+class PassStats:
+    """Work done, counted in model forward/backward calls and the rows they carried."""
+
+    forward_calls: int = 0
+    forward_rows: int = 0
+    backward_calls: int = 0
+    backward_rows: int = 0
+    images: int = 0
+    per_call: list[tuple[str, int]] = field(default_factory=list, repr=False)
+
+    def add(self, kind: str, rows: int) -> None:
+        if kind == "forward":
+            self.forward_calls += 1
+            self.forward_rows += rows
+        else:
+            self.backward_calls += 1
+            self.backward_rows += rows
+
+
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """Softmax in fp32 for half-precision logits; fp64 models keep fp64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def stable_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k largest entries per row, ties broken by the lower index (like argmax)."""
+    return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]
+
+
+class PathFinder:
+    """Finds top-K JAS (or influence-pattern) paths for batches of preprocessed images."""
+
+    def __init__(self, model: nn.Module, config: DiscoveryConfig = DiscoveryConfig()) -> None:
+        self.model = model
+        self.adapter = ViTAdapter(model)
+        self.config = config
+        self.scope = self.adapter.resolve_scope(config.token_scope)
+        self.tokens = self.adapter.token_slice(self.scope)
+        self.stats = PassStats()
+        self._validate()
+
+    def _validate(self) -> None:
+        cfg, widths = self.config, self.adapter.hidden_widths
+        if cfg.method not in METHODS:
+            raise UserError(f"--method must be one of {', '.join(METHODS)} (got '{cfg.method}')")
+        if cfg.label not in LABEL_SOURCES:
+            raise UserError(f"--label must be one of {', '.join(LABEL_SOURCES)} (got '{cfg.label}')")
+        if not 1 <= cfg.topk <= min(widths):
+            raise UserError(f"--topk must be between 1 and the narrowest MLP width {min(widths)} (got {cfg.topk})")
+        if cfg.steps < 1:
+            raise UserError(f"--steps must be >= 1 (got {cfg.steps})")
+        if cfg.max_rows is not None and cfg.max_rows < 1:
+            raise UserError(f"--max-rows must be >= 1 (got {cfg.max_rows})")
+
+    # ------------------------------------------------------------------------------- public
+    def find(self, images: torch.Tensor, labels: torch.Tensor) -> list[dict]:
+        """One record per image: path [L][K], score, base_path, base_score, label, target, pred, prob."""
+        device = next(self.model.parameters()).device
+        images, labels = images.to(device), labels.to(device)
+        requires = [p.requires_grad for p in self.model.parameters()]
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        try:
+            return self._find(images, labels)
+        finally:
+            for p, r in zip(self.model.parameters(), requires):
+                p.requires_grad_(r)
+
+    # ----------------------------------------------------------------------------- internals
+    def _find(self, images: torch.Tensor, labels: torch.Tensor) -> list[dict]:
+        cfg = self.config
+        acts, logits = self._clean_forward(images)
+        probs = _at_least_fp32(logits).softmax(-1)
+        pred = probs.argmax(-1)
+        target = labels if cfg.label == "truth" else pred
+        if int(target.max()) >= probs.shape[-1] or int(target.min()) < 0:
+            raise UserError(f"label {int(target.max())} is outside the model's {probs.shape[-1]} classes; use data that matches the model")
+        base_path = [stable_topk(a.sum(dim=1), cfg.topk) for a in acts]
+        if cfg.method == "jas":
+            path = self._greedy_path(images, target, acts)
+        else:
+            path = self._influence_pattern_path(images, target)
+        score = self._path_score(images, target, acts, path)
+        base_score = self._path_score(images, target, acts, base_path)
+        self.stats.images += len(images)
+        records = []
+        for i in range(len(images)):
+            records.append({
+                "label": int(labels[i]),
+                "target": int(target[i]),
+                "pred": int(pred[i]),
+                "prob": float(probs[i, target[i]]),
+                "path": [p[i].tolist() for p in path],
+                "score": float(score[i]),
+                "base_path": [p[i].tolist() for p in base_path],
+                "base_score": float(base_score[i]),
+            })
+        return records
+
+    def _count_forward(self, rows: int) -> None:
+        self.stats.add("forward", rows)
+
+    @torch.no_grad()
+    def _clean_forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        store: dict[int, torch.Tensor] = {}
+
+        def record(b: int, hidden: torch.Tensor) -> None:
+            store[b] = hidden[:, self.tokens].detach()
+
+        with ffn_hooks(self.adapter, record):
+            logits = self.model(images)
+        self._count_forward(len(images))
+        return [store[b] for b in range(self.adapter.depth)], logits
+
+    def _row_chunks(self, batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(image index, alpha) per row for rows r = k*B + i (k-major, as the reference), chunked."""
+        m = self.config.steps
+        rows = torch.arange(m * batch)
+        img, alpha = rows % batch, (rows // batch).double() / m
+        size = self.config.max_rows or len(rows)
+        return [(img[s : s + size], alpha[s : s + size]) for s in range(0, len(rows), size)]
+
+    def _target_prob_sum(self, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = self.model(images)
+        self._count_forward(len(images))
+        return _at_least_fp32(logits).softmax(-1).gather(1, target[:, None]).sum()
+
+    def _grad(self, output: torch.Tensor, inputs: Sequence[torch.Tensor], rows: int) -> tuple[torch.Tensor, ...]:
+        grads = torch.autograd.grad(output, list(inputs))
+        self.stats.add("backward", rows)
+        return grads
+
+    def _path_clamp(self, a: torch.Tensor, units: torch.Tensor, img: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """Leaf (R, T, H): the clean row a[img] with the path units scaled by alpha."""
+        base = a[img]
+        mask = torch.zeros(len(img), base.shape[-1], dtype=torch.bool, device=base.device)
+        mask.scatter_(1, units[img], True)
+        scale = torch.where(mask, alpha[:, None].to(base), torch.ones((), dtype=base.dtype, device=base.device))
+        return (base * scale[:, None, :]).requires_grad_(True)
+
+    @staticmethod
+    def _gather_units(x: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+        """Sum over the K path units of x (R, T, H) -> (R, T); units (R, K)."""
+        return x.gather(2, units[:, None, :].expand(-1, x.shape[1], -1)).sum(-1)
+
+    def _greedy_path(self, images: torch.Tensor, target: torch.Tensor, acts: list[torch.Tensor]) -> list[torch.Tensor]:
+        cfg, batch, device = self.config, len(images), images.device
+        path: list[torch.Tensor] = []
+        # running sums over the chosen layers: activations at path units, per image and token
+        a_path = torch.zeros(batch, acts[0].shape[1], dtype=torch.float64, device=device)
+        for t in range(self.adapter.depth):
+            g_t = torch.zeros(acts[t].shape, dtype=torch.float64, device=device)
+            g_path = torch.zeros_like(a_path)
+            for img, alpha in self._row_chunks(batch):
+                img, alpha = img.to(device), alpha.to(device)
+                clamps = {l: self._path_clamp(acts[l], path[l], img, alpha) for l in range(t)}
+                clamps[t] = (acts[t][img] * alpha[:, None, None].to(acts[t])).requires_grad_(True)
+                with torch.enable_grad(), override_ffn(self.adapter, clamps, self.tokens):
+                    out = self._target_prob_sum(images[img], target[img])
+                    grads = self._grad(out, [clamps[l] for l in range(t + 1)], len(img))
+                g_t.index_add_(0, img, grads[t].double())
+                for l in range(t):
+                    g_path.index_add_(0, img, self._gather_units(grads[l].double(), path[l][img]))
+            a_t = acts[t].double()
+            scores = ((g_t + g_path[..., None]) * (a_t + a_path[..., None])).sum(dim=1) / cfg.steps
+            path.append(stable_topk(scores, cfg.topk))
+            a_path += self._gather_units(a_t, path[t])
+        return path
+
+    def _path_score(
+        self, images: torch.Tensor, target: torch.Tensor, acts: list[torch.Tensor], path: list[torch.Tensor]
+    ) -> torch.Tensor:
+        batch, device, depth = len(images), images.device, self.adapter.depth
+        g_sum = torch.zeros(batch, acts[0].shape[1], dtype=torch.float64, device=device)
+        for img, alpha in self._row_chunks(batch):
+            img, alpha = img.to(device), alpha.to(device)
+            clamps = {l: self._path_clamp(acts[l], path[l], img, alpha) for l in range(depth)}
+            with torch.enable_grad(), override_ffn(self.adapter, clamps, self.tokens):
+                out = self._target_prob_sum(images[img], target[img])
+                grads = self._grad(out, [clamps[l] for l in range(depth)], len(img))
+            for l in range(depth):
+                g_sum.index_add_(0, img, self._gather_units(grads[l].double(), path[l][img]))
+        a_sum = sum(self._gather_units(acts[l].double(), path[l]) for l in range(depth))
+        return (g_sum * a_sum).sum(dim=1) / self.config.steps / g_sum.shape[1]
+
+    def _influence_pattern_path(self, images: torch.Tensor, target: torch.Tensor) -> list[torch.Tensor]:
+        """Influence Pattern (spec §4.1): per layer, the units with the largest mean gradient of F
+        over the m input-scaled copies alpha_k * x (and over the scope tokens). The reference's
+        clamps are value-preserving, so one forward and one backward give every layer at once."""
+        batch, device, depth = len(images), images.device, self.adapter.depth
+        grad_sum: list[torch.Tensor] | None = None
+        for img, alpha in self._row_chunks(batch):
+            img, alpha = img.to(device), alpha.to(device)
+            x = (images[img] * alpha[:, None, None, None].to(images)).requires_grad_(True)
+            taps: dict[int, torch.Tensor] = {}
+
+            def tap(b: int, hidden: torch.Tensor) -> torch.Tensor:
+                taps[b] = hidden[:, self.tokens]
+                return replace_tokens(hidden, self.tokens, taps[b])
+
+            with torch.enable_grad(), ffn_hooks(self.adapter, tap):
+                out = self._target_prob_sum(x, target[img])
+                grads = self._grad(out, [taps[l] for l in range(depth)], len(img))
+            if grad_sum is None:
+                grad_sum = [torch.zeros(batch, g.shape[-1], dtype=torch.float64, device=device) for g in grads]
+            for l in range(depth):
+                grad_sum[l].index_add_(0, img, grads[l].double().sum(dim=1))
+        return [stable_topk(g, self.config.topk) for g in grad_sum]
+
+
+def find_paths(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    topk: int = 1,
+    steps: int = 20,
+    method: str = "jas",
+    token_scope: str = "auto",
+    label: str = "truth",
+    max_rows: int | None = None,
+) -> list[dict]:
+    """Top-K neuron paths of preprocessed ``images`` (B, C, H, W): one record per image.
+
+    Each record has ``path`` ([L][K] unit indices, best first), ``score`` (its JAS),
+    ``base_path`` / ``base_score`` (the activation baseline: the K largest clean units per
+    layer, scored the same way), ``label``, ``target`` (the class F is taken for), ``pred``
+    and ``prob`` (clean softmax probability of the target).
+    """
+    config = DiscoveryConfig(topk=topk, steps=steps, method=method, token_scope=token_scope, label=label, max_rows=max_rows)
+    return PathFinder(model, config).find(images, labels)

@@ -1,0 +1,85 @@
+"""Scoped hooks on the MLP hidden units (the input of ``blocks[b].mlp.fc2``).
+
+Every context manager registers forward pre-hooks on stock timm ``fc2`` modules and removes
+them on exit, also when the body raises. Nothing else about the model is touched.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+
+import torch
+
+from .adapter import ViTAdapter
+
+HiddenFn = Callable[[int, torch.Tensor], "torch.Tensor | None"]
+
+
+@contextmanager
+def ffn_hooks(adapter: ViTAdapter, fn: HiddenFn, blocks: Iterable[int] | None = None) -> Iterator[None]:
+    """Call ``fn(b, hidden)`` on the (B, N, H) hidden vector of each chosen block; a returned tensor replaces it."""
+    handles = []
+    try:
+        for b in range(adapter.depth) if blocks is None else blocks:
+            def pre_hook(_module, args, _b=b):
+                out = fn(_b, args[0])
+                return None if out is None else (out, *args[1:])
+
+            handles.append(adapter.fc2(b).register_forward_pre_hook(pre_hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def capture_ffn(
+    adapter: ViTAdapter, tokens: slice = slice(None), blocks: Iterable[int] | None = None
+) -> Iterator[dict[int, torch.Tensor]]:
+    """Record the hidden units of the chosen blocks at ``tokens`` (detached), keyed by block."""
+    store: dict[int, torch.Tensor] = {}
+
+    def record(b: int, hidden: torch.Tensor) -> None:
+        store[b] = hidden[:, tokens].detach()
+
+    with ffn_hooks(adapter, record, blocks):
+        yield store
+
+
+def replace_tokens(hidden: torch.Tensor, tokens: slice, value: torch.Tensor) -> torch.Tensor:
+    """``hidden`` with ``hidden[:, tokens]`` replaced by ``value``; gradients flow to ``value`` only there."""
+    out = hidden.clone()
+    out[:, tokens] = value
+    return out
+
+
+@contextmanager
+def override_ffn(adapter: ViTAdapter, values: Mapping[int, torch.Tensor], tokens: slice) -> Iterator[None]:
+    """Clamp the hidden rows at ``tokens`` of each block in ``values`` to the given (B, T, H) tensors."""
+
+    def clamp(b: int, hidden: torch.Tensor) -> torch.Tensor:
+        return replace_tokens(hidden, tokens, values[b].to(hidden.dtype))
+
+    with ffn_hooks(adapter, clamp, values.keys()):
+        yield
+
+
+@contextmanager
+def edit_ffn(adapter: ViTAdapter, edits: Mapping[int, Callable[[torch.Tensor], torch.Tensor]]) -> Iterator[None]:
+    """Apply ``edits[b](hidden)`` to the whole (B, N, H) hidden vector of block b (e.g. zero a set of units)."""
+    with ffn_hooks(adapter, lambda b, hidden: edits[b](hidden), edits.keys()):
+        yield
+
+
+def scale_units(units: Mapping[int, torch.Tensor | list[int]], factor: float, tokens: slice = slice(None)):
+    """Edits that multiply the given units (per block) by ``factor`` at ``tokens`` (0 = remove, 2 = enhance)."""
+
+    def make(idx: torch.Tensor):
+        def edit(hidden: torch.Tensor) -> torch.Tensor:
+            out = hidden.clone()
+            out[:, tokens, idx] = out[:, tokens, idx] * factor
+            return out
+
+        return edit
+
+    return {b: make(torch.as_tensor(u, dtype=torch.long)) for b, u in units.items()}

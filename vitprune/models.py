@@ -1,0 +1,276 @@
+"""``load_model(spec)``: the only place that creates timm models or reads checkpoints.
+
+Specs:
+  ``demo``                     the bundled Fashion-MNIST ViT (never downloaded)
+  ``random:NAME``              timm architecture NAME, random init (no network)
+  ``NAME``                     timm model with its pretrained hub weights (needs network or HF cache)
+  ``DIR``                      a vitprune checkpoint folder (model.safetensors + vitprune.json),
+                               e.g. a pruned model written by ``vitprune compress``
+  ``FILE.npz``                 Google ViT checkpoint (ViT-B_16 / B_32 / L_32 ...)
+  ``FILE.pth|.pt|.bin``        torch state dict (MAE fine-tuned ``{'model': ...}`` included)
+  ``FILE.safetensors``         state dict
+For files, ``arch`` names the timm architecture; when omitted it is inferred from tensor shapes.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import UserError
+
+DEMO_DIR = Path(__file__).resolve().parent / "assets" / "demo"
+CHECKPOINT_WEIGHTS = "model.safetensors"
+CHECKPOINT_CONFIG = "vitprune.json"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_SIZE_BY_WIDTH_DEPTH = {(192, 12): "tiny", (384, 12): "small", (768, 12): "base", (1024, 24): "large", (1280, 32): "huge"}
+
+
+def load_model(spec: str, *, arch: str | None = None, img_size: int | None = None) -> nn.Module:
+    """Build a timm ViT from a spec (see module docstring), in eval mode on the CPU.
+
+    The model carries ``model.vitprune_source``: a JSON-able dict that rebuilds it
+    (what pruned checkpoints record as their origin).
+    """
+    import timm
+
+    spec = str(spec)
+    if spec == "demo":
+        return _load_vitprune_dir(DEMO_DIR, spec)
+    if spec.startswith("random:"):
+        name = spec.split(":", 1)[1]
+        _check_timm_name(name)
+        kwargs = {"img_size": img_size} if img_size else {}
+        model = timm.create_model(name, pretrained=False, **kwargs)
+        return _finish(model, {"spec": spec, "arch": name, "model_kwargs": kwargs})
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return _load_vitprune_dir(path, spec)
+    if path.suffix.lower() in (".npz", ".pth", ".pt", ".bin", ".safetensors") or path.exists() or "/" in spec:
+        if not path.is_file():
+            raise UserError(f"checkpoint {path} does not exist; check the path")
+        return _load_checkpoint_file(path, arch, img_size)
+    _check_timm_name(spec)
+    return _load_hub(spec, img_size)
+
+
+# ------------------------------------------------------------------------------------- hub
+def _check_timm_name(name: str) -> None:
+    import timm
+
+    if not timm.is_model(name.split(".")[0]):
+        raise UserError(f"'{name}' is neither a file, a folder nor a timm model name; see timm.list_models('vit_*')")
+
+
+def _load_hub(name: str, img_size: int | None) -> nn.Module:
+    import timm
+
+    kwargs = {"img_size": img_size} if img_size else {}
+    try:
+        model = timm.create_model(name, pretrained=True, **kwargs)
+    except Exception as exc:  # hub errors come as many types (OSError, LocalEntryNotFoundError, HTTPError ...)
+        if isinstance(exc, (RuntimeError, ValueError)) and "size mismatch" in str(exc):
+            raise UserError(f"pretrained weights of '{name}' do not fit: {str(exc).splitlines()[0]}") from exc
+        raise UserError(
+            f"cannot fetch pretrained weights for '{name}' ({type(exc).__name__}: no network or not in the HF cache); "
+            f"download the checkpoint and pass its file with --arch {name.split('.')[0]}, or use random:{name.split('.')[0]}"
+        ) from exc
+    return _finish(model, {"spec": name, "arch": name, "model_kwargs": kwargs})
+
+
+# ------------------------------------------------------------------------------ checkpoints
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npz":
+            import numpy as np
+
+            with np.load(path) as npz:
+                return {k: torch.from_numpy(npz[k].copy()) for k in npz.files}
+        if suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"cannot read checkpoint {path} ({type(exc).__name__}); the file is corrupt or not a checkpoint") from exc
+    for key in ("model", "state_dict", "model_state"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"{path} is not a state dict of tensors; save model.state_dict() or pass a timm checkpoint")
+    return {re.sub(r"^module\.", "", k): v for k, v in obj.items()}
+
+
+def infer_arch(sd: dict[str, torch.Tensor], path: Path) -> tuple[str, dict[str, Any]]:
+    """Guess (timm name, kwargs) of a standard ViT from its state dict (timm or Google npz keys)."""
+    google = "embedding/kernel" in sd
+    if google:
+        patch, _, in_chans, width = sd["embedding/kernel"].shape
+        depth = len({k.split("/")[1] for k in sd if k.startswith("Transformer/encoderblock_")})
+        num_classes = sd["head/kernel"].shape[-1] if "head/kernel" in sd else 0
+        global_pool = "token"
+    elif "patch_embed.proj.weight" in sd:
+        width, in_chans, patch, _ = sd["patch_embed.proj.weight"].shape
+        depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+        num_classes = sd["head.weight"].shape[0] if "head.weight" in sd else 0
+        global_pool = "avg" if "fc_norm.weight" in sd and "norm.weight" not in sd else "token"
+    else:
+        raise UserError(f"{path} does not look like a ViT checkpoint (no patch embedding); pass --arch or another file")
+    size = _SIZE_BY_WIDTH_DEPTH.get((int(width), depth))
+    name = f"vit_{size}_patch{int(patch)}_224" if size else None
+    if name is None or not _is_timm_model(name):
+        raise UserError(
+            f"cannot infer the architecture of {path} (width {width}, depth {depth}, patch {patch}); pass --arch <timm name>"
+        )
+    kwargs: dict[str, Any] = {"num_classes": int(num_classes), "global_pool": global_pool}
+    if int(in_chans) != 3:
+        kwargs["in_chans"] = int(in_chans)
+    return name, kwargs
+
+
+def _is_timm_model(name: str) -> bool:
+    import timm
+
+    return timm.is_model(name)
+
+
+def _load_checkpoint_file(path: Path, arch: str | None, img_size: int | None) -> nn.Module:
+    import timm
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    sd = _read_state_dict(path)
+    inferred, kwargs = infer_arch(sd, path)
+    name = arch or inferred
+    _check_timm_name(name)
+    if img_size:
+        kwargs["img_size"] = img_size
+    try:
+        model = timm.create_model(name, pretrained=False, **kwargs)
+    except Exception as exc:
+        raise UserError(f"cannot build '{name}' for {path}: {str(exc).splitlines()[0]}") from exc
+    source = {"spec": str(path), "arch": name, "model_kwargs": kwargs}
+    if path.suffix.lower() == ".npz":
+        _load_npz(model, path, sd)
+        return _finish(model, source)
+    if "fc_norm.weight" in sd:  # MAE fine-tuned checkpoints are trained with ImageNet statistics
+        model.pretrained_cfg = {**model.pretrained_cfg, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+        source["data_config"] = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    try:
+        filtered = checkpoint_filter_fn(sd, model)
+        missing, unexpected = model.load_state_dict(filtered, strict=False)
+    except RuntimeError as exc:
+        raise UserError(
+            f"checkpoint {path} does not fit architecture '{name}' ({_first_mismatch(str(exc))}); pass the right --arch"
+        ) from exc
+    if missing or unexpected:
+        raise UserError(
+            f"checkpoint {path} does not fit architecture '{name}' (missing {missing[:3]}, unexpected {unexpected[:3]}); "
+            "pass the right --arch"
+        )
+    return _finish(model, source)
+
+
+def _first_mismatch(message: str) -> str:
+    lines = [ln.strip() for ln in message.splitlines() if "size mismatch" in ln or "Missing key" in ln or "Unexpected key" in ln]
+    return (lines[0] if lines else message.splitlines()[0])[:200]
+
+
+def _load_npz(model: nn.Module, path: Path, sd: dict[str, torch.Tensor]) -> None:
+    """Google .npz through timm's loader; position embeddings resampled like the reference.
+
+    timm resamples a different grid with align_corners=False; the NeuronPath reference uses
+    scipy.ndimage.zoom(order=1), which equals bilinear with align_corners=True. We overwrite
+    timm's result with the latter so B/32 and L/32 (384 checkpoints run at 224) match the reference.
+    """
+    from timm.layers import resample_abs_pos_embed
+
+    head_key = "head/kernel"
+    if head_key in sd and sd[head_key].shape[-1] != model.num_classes:
+        raise UserError(f"{path} has a {sd[head_key].shape[-1]}-class head but the model has {model.num_classes}; pass the right --arch")
+    try:
+        model.load_pretrained(str(path))
+    except Exception as exc:
+        raise UserError(f"checkpoint {path} does not fit architecture '{type(model).__name__}': {str(exc).splitlines()[0][:200]}") from exc
+    pos = sd.get("Transformer/posembed_input/pos_embedding")
+    if pos is not None and pos.shape[1] != model.pos_embed.shape[1]:
+        prefix = 0 if model.no_embed_class else model.num_prefix_tokens
+        grid = model.patch_embed.grid_size
+        resampled = resample_abs_pos_embed(
+            pos.float(), new_size=list(grid), num_prefix_tokens=prefix,
+            interpolation="bilinear", antialias=False, verbose=False,
+            **({"align_corners": True} if _supports_align_corners() else {}),
+        )
+        with torch.no_grad():
+            model.pos_embed.copy_(resampled)
+
+
+def _supports_align_corners() -> bool:
+    import inspect
+
+    from timm.layers import resample_abs_pos_embed
+
+    return "align_corners" in inspect.signature(resample_abs_pos_embed).parameters
+
+
+# --------------------------------------------------------------------------- vitprune dirs
+def _load_vitprune_dir(path: Path, spec: str) -> nn.Module:
+    """A folder with model.safetensors whose metadata (or vitprune.json) says how to rebuild it."""
+    import timm
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    weights = path / CHECKPOINT_WEIGHTS
+    if not weights.is_file():
+        raise UserError(f"{path} is a folder without {CHECKPOINT_WEIGHTS}; pass a vitprune checkpoint folder or a file")
+    try:
+        with safe_open(str(weights), "pt") as f:
+            meta = json.loads((f.metadata() or {}).get("vitprune", "null") or "null")
+        if meta is None and (path / CHECKPOINT_CONFIG).is_file():
+            meta = json.loads((path / CHECKPOINT_CONFIG).read_text())
+        sd = load_file(str(weights))
+    except Exception as exc:
+        raise UserError(f"cannot read {weights} ({type(exc).__name__}); the file is corrupt, restore or re-create it") from exc
+    if not meta or "arch" not in meta:
+        raise UserError(f"{weights} carries no vitprune metadata; load plain state dicts as files with --arch")
+    model = timm.create_model(meta["arch"], pretrained=False, **meta.get("model_kwargs", {}))
+    widths = meta.get("mlp_hidden")
+    if widths is not None:
+        from .slicing import resize_mlps
+
+        resize_mlps(model, widths)
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as exc:
+        raise UserError(f"{weights} does not match its own metadata ({_first_mismatch(str(exc))}); re-create the checkpoint") from exc
+    if meta.get("data_config"):
+        cfg = dict(meta["data_config"])
+        if "input_size" in cfg:
+            cfg["input_size"] = tuple(cfg["input_size"])
+        model.pretrained_cfg = {**model.pretrained_cfg, **cfg}
+    source = {"spec": spec, **{k: v for k, v in meta.items() if k in ("arch", "model_kwargs", "data_config", "source")}}
+    return _finish(model, source, meta)
+
+
+def _finish(model: nn.Module, source: dict[str, Any], meta: dict[str, Any] | None = None) -> nn.Module:
+    model.eval()
+    model.vitprune_source = source
+    model.vitprune_meta = meta or {}
+    return model
+
+
+def model_num_classes(model: nn.Module) -> int:
+    return int(getattr(model, "num_classes", 0) or 0)
+
+
+def param_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["load_model", "infer_arch", "model_num_classes", "param_count", "DEMO_DIR"]
