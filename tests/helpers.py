@@ -18,3 +18,50 @@ def tiny_vit(seed: int = 0, dtype: torch.dtype = torch.float32, **overrides) -> 
 def tiny_images(n: int, seed: int = 1, dtype: torch.dtype = torch.float32, size: int = 32, chans: int = 3) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(n, chans, size, size, generator=gen).to(dtype)
+
+
+FASHION_KWARGS = dict(img_size=28, patch_size=7, in_chans=1, embed_dim=32, depth=3, num_heads=2, mlp_ratio=2.0, num_classes=10)
+FASHION_DATA_CONFIG = {"input_size": [1, 28, 28], "interpolation": "bilinear", "crop_pct": 1.0, "mean": [0.286], "std": [0.353]}
+
+
+def save_tiny_fashion_model(folder, seed: int = 0, **overrides):
+    """A random tiny ViT for 28x28 grayscale 10-class data, saved as a vitprune checkpoint folder."""
+    from vitprune.models import save_checkpoint
+
+    kwargs = {**FASHION_KWARGS, **overrides}
+    model = tiny_vit(seed=seed, **kwargs)
+    save_checkpoint(model, folder, {"arch": "vit_tiny_patch16_224", "model_kwargs": kwargs, "data_config": FASHION_DATA_CONFIG})
+    return folder
+
+
+def to_google_npz(model, path) -> None:
+    """Write a timm ViT as a Google/JAX .npz checkpoint (the layout timm's _load_weights reads)."""
+    import numpy as np
+
+    sd = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    d = model.embed_dim
+    heads = model.blocks[0].attn.num_heads
+    out = {
+        "embedding/kernel": sd["patch_embed.proj.weight"].transpose(2, 3, 1, 0),
+        "embedding/bias": sd["patch_embed.proj.bias"],
+        "cls": sd["cls_token"],
+        "Transformer/posembed_input/pos_embedding": sd["pos_embed"],
+        "Transformer/encoder_norm/scale": sd["norm.weight"],
+        "Transformer/encoder_norm/bias": sd["norm.bias"],
+        "head/kernel": sd["head.weight"].T,
+        "head/bias": sd["head.bias"],
+    }
+    for i in range(len(model.blocks)):
+        p, q = f"blocks.{i}.", f"Transformer/encoderblock_{i}/"
+        out[q + "LayerNorm_0/scale"], out[q + "LayerNorm_0/bias"] = sd[p + "norm1.weight"], sd[p + "norm1.bias"]
+        out[q + "LayerNorm_2/scale"], out[q + "LayerNorm_2/bias"] = sd[p + "norm2.weight"], sd[p + "norm2.bias"]
+        qkv_w, qkv_b = sd[p + "attn.qkv.weight"], sd[p + "attn.qkv.bias"]
+        for j, name in enumerate(("query", "key", "value")):
+            w = qkv_w[j * d : (j + 1) * d]
+            out[q + f"MultiHeadDotProductAttention_1/{name}/kernel"] = w.T.reshape(d, heads, d // heads)
+            out[q + f"MultiHeadDotProductAttention_1/{name}/bias"] = qkv_b[j * d : (j + 1) * d].reshape(heads, d // heads)
+        out[q + "MultiHeadDotProductAttention_1/out/kernel"] = sd[p + "attn.proj.weight"].T.reshape(heads, d // heads, d)
+        out[q + "MultiHeadDotProductAttention_1/out/bias"] = sd[p + "attn.proj.bias"]
+        out[q + "MlpBlock_3/Dense_0/kernel"], out[q + "MlpBlock_3/Dense_0/bias"] = sd[p + "mlp.fc1.weight"].T, sd[p + "mlp.fc1.bias"]
+        out[q + "MlpBlock_3/Dense_1/kernel"], out[q + "MlpBlock_3/Dense_1/bias"] = sd[p + "mlp.fc2.weight"].T, sd[p + "mlp.fc2.bias"]
+    np.savez(path, **out)

@@ -108,10 +108,13 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {re.sub(r"^module\.", "", k): v for k, v in obj.items()}
 
 
-def infer_arch(sd: dict[str, torch.Tensor], path: Path) -> tuple[str, dict[str, Any]]:
-    """Guess (timm name, kwargs) of a standard ViT from its state dict (timm or Google npz keys)."""
-    google = "embedding/kernel" in sd
-    if google:
+def infer_arch(sd: dict[str, torch.Tensor], path: Path) -> tuple[str | None, dict[str, Any]]:
+    """Guess (timm name or None, kwargs) of a ViT from its state dict (timm or Google npz keys).
+
+    The kwargs (class count, pooling, input channels) always come from the tensors; the name
+    only for the standard widths/depths (tiny ... huge).
+    """
+    if "embedding/kernel" in sd:
         patch, _, in_chans, width = sd["embedding/kernel"].shape
         depth = len({k.split("/")[1] for k in sd if k.startswith("Transformer/encoderblock_")})
         num_classes = sd["head/kernel"].shape[-1] if "head/kernel" in sd else 0
@@ -122,17 +125,13 @@ def infer_arch(sd: dict[str, torch.Tensor], path: Path) -> tuple[str, dict[str, 
         num_classes = sd["head.weight"].shape[0] if "head.weight" in sd else 0
         global_pool = "avg" if "fc_norm.weight" in sd and "norm.weight" not in sd else "token"
     else:
-        raise UserError(f"{path} does not look like a ViT checkpoint (no patch embedding); pass --arch or another file")
+        raise UserError(f"{path} does not look like a ViT checkpoint (no patch embedding); pass another file")
     size = _SIZE_BY_WIDTH_DEPTH.get((int(width), depth))
     name = f"vit_{size}_patch{int(patch)}_224" if size else None
-    if name is None or not _is_timm_model(name):
-        raise UserError(
-            f"cannot infer the architecture of {path} (width {width}, depth {depth}, patch {patch}); pass --arch <timm name>"
-        )
     kwargs: dict[str, Any] = {"num_classes": int(num_classes), "global_pool": global_pool}
     if int(in_chans) != 3:
         kwargs["in_chans"] = int(in_chans)
-    return name, kwargs
+    return (name if name and _is_timm_model(name) else None), kwargs
 
 
 def _is_timm_model(name: str) -> bool:
@@ -148,6 +147,8 @@ def _load_checkpoint_file(path: Path, arch: str | None, img_size: int | None) ->
     sd = _read_state_dict(path)
     inferred, kwargs = infer_arch(sd, path)
     name = arch or inferred
+    if name is None:
+        raise UserError(f"cannot infer the architecture of {path} (non-standard width/depth); pass --arch <timm name>")
     _check_timm_name(name)
     if img_size:
         kwargs["img_size"] = img_size
@@ -258,6 +259,26 @@ def _load_vitprune_dir(path: Path, spec: str) -> nn.Module:
     return _finish(model, source, meta)
 
 
+def save_checkpoint(model: nn.Module, folder: Path, meta: dict[str, Any]) -> Path:
+    """Write ``model.safetensors`` (metadata key 'vitprune' = ``meta``) and ``vitprune.json``, atomically.
+
+    ``meta`` needs ``arch`` and ``model_kwargs``; ``mlp_hidden`` (per-block widths) makes
+    ``load_model(folder)`` rebuild a pruned model without the original weights.
+    """
+    from safetensors.torch import save_file
+
+    from .records import atomic_write_json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = folder / f".{CHECKPOINT_WEIGHTS}.tmp"
+    save_file(state, str(tmp), metadata={"vitprune": json.dumps(meta, sort_keys=True)})
+    tmp.replace(folder / CHECKPOINT_WEIGHTS)
+    atomic_write_json(folder / CHECKPOINT_CONFIG, meta)
+    return folder / CHECKPOINT_WEIGHTS
+
+
 def _finish(model: nn.Module, source: dict[str, Any], meta: dict[str, Any] | None = None) -> nn.Module:
     model.eval()
     model.vitprune_source = source
@@ -273,4 +294,4 @@ def param_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["load_model", "infer_arch", "model_num_classes", "param_count", "DEMO_DIR"]
+__all__ = ["load_model", "save_checkpoint", "infer_arch", "model_num_classes", "param_count", "DEMO_DIR"]
