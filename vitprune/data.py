@@ -103,6 +103,11 @@ def fashion_mnist_arrays(root: str | os.PathLike = FASHION_MNIST_DIR, split: str
 def _fashion_mnist_pools(spec: str, root: Path) -> DataPools:
     import datasets
 
+    if not root.is_dir():
+        raise UserError(
+            f"Fashion-MNIST folder {root} does not exist; "
+            "install it with 'apt-get install -y dataset-fashion-mnist' or pass fashion-mnist:DIR"
+        )
     features = datasets.Features(
         image=datasets.Image(),
         label=datasets.ClassLabel(names=list(FASHION_MNIST_CLASSES)),
@@ -117,6 +122,7 @@ def _fashion_mnist_pools(spec: str, root: Path) -> DataPools:
             pools[split] = datasets.load_from_disk(str(target))
             continue
         images, labels = fashion_mnist_arrays(root, split)
+        datasets.disable_progress_bars()
         ds = datasets.Dataset.from_dict(
             {"image": list(images), "label": labels.tolist(), "id": [f"{split}/{i}" for i in range(len(labels))]},
             features=features,
@@ -129,6 +135,7 @@ def _fashion_mnist_pools(spec: str, root: Path) -> DataPools:
             import shutil
 
             shutil.rmtree(tmp, ignore_errors=True)
+        datasets.enable_progress_bars()
         pools[split] = datasets.load_from_disk(str(target))
     return DataPools(spec, pools["train"], pools["test"], FASHION_MNIST_CLASSES)
 
@@ -264,7 +271,11 @@ def model_transform(model: torch.nn.Module) -> Callable:
     import timm.data
 
     cfg = timm.data.resolve_data_config({}, model=model)
-    cfg["input_size"] = (model.patch_embed.proj.in_channels, *model.patch_embed.img_size)
+    chans = model.patch_embed.proj.in_channels
+    cfg["input_size"] = (chans, *model.patch_embed.img_size)
+    for key in ("mean", "std"):  # a single-channel model with RGB statistics: use their average
+        if len(cfg[key]) != chans and chans == 1:
+            cfg[key] = (float(np.mean(cfg[key])),)
     transform = timm.data.create_transform(**cfg, is_training=False)
     mode = "L" if cfg["input_size"][0] == 1 else "RGB"
 

@@ -1,0 +1,52 @@
+"""Reference .rlt.jsonl import/export and crash-safe JSONL appends."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vitprune.records import JsonlAppender, read_reference, write_reference
+
+
+def _records(topk):
+    return [{"id": f"x{i}", "label": i % 2, "path": [[i + j for j in range(topk)], [5] * topk], "score": 0.1 * i,
+             "base_path": [[9] * topk, [8] * topk], "base_score": -0.5} for i in range(4)]
+
+
+@pytest.mark.parametrize("topk", [1, 3])
+def test_reference_roundtrip(tmp_path, topk):
+    write_reference(_records(topk), tmp_path, prefix="imgnet_all", args={"ig_total_step": 7})
+    assert sorted(p.name for p in tmp_path.glob("*.rlt.jsonl")) == ["imgnet_all-0.rlt.jsonl", "imgnet_all-1.rlt.jsonl"]
+    back = read_reference(tmp_path)
+    by_label = sorted(_records(topk), key=lambda r: r["label"])
+    assert [r["path"] for r in back] == [r["path"] for r in by_label]
+    assert [r["score"] for r in back] == pytest.approx([r["score"] for r in by_label])
+    assert [r["id"] for r in back] == ["0/0", "0/1", "1/0", "1/1"]
+    assert all(r["steps"] == 7 and r["topk"] == topk for r in back)
+
+
+def test_reads_the_reference_producers_formats(tmp_path):
+    batch = [{"ja": [[1, 2, 3]], "ja_score": [[0.5]], "base": [[4, 5, 6]], "base_score": [[0.1]]}] * 2
+    (tmp_path / "p-3.rlt.jsonl").write_text(json.dumps(batch) + "\n")
+    (tmp_path / "p-4.rlt.jsonl").write_text(json.dumps({"ja": [[1, 2], [3, 4], [5, 6]], "ja_score": [[0.2]],
+                                                        "base": [[0, 0], [1, 1], [2, 2]], "base_score": [[0.0]]}) + "\n")
+    recs = read_reference(tmp_path)
+    assert [r["path"] for r in recs] == [[[1], [2], [3]]] * 2 + [[[1, 2], [3, 4], [5, 6]]]
+    assert [r["label"] for r in recs] == [3, 3, 4]
+    ip = tmp_path / "ip"
+    ip.mkdir()
+    (ip / "q-0.rlt.jsonl").write_text(json.dumps({"path": [[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]]}) + "\n")
+    assert [r["path"] for r in read_reference(ip)] == [[[1], [2], [3]]] * 2
+    assert read_reference(ip)[0]["method"] == "influence-pattern"
+
+
+def test_appender_keeps_whole_batches_only(tmp_path):
+    path = tmp_path / "x.jsonl"
+    with JsonlAppender(path, batch=2) as sink:
+        sink.append({"id": str(i)} for i in range(5))
+    with open(path, "a") as f:
+        f.write('{"id": "torn')
+    with JsonlAppender(path, batch=2) as sink:
+        assert [r["id"] for r in sink.records] == ["0", "1", "2", "3"]
+        sink.append([{"id": "4"}])
+    assert path.read_text().splitlines() == [json.dumps({"id": str(i)}) for i in range(5)]
