@@ -1,0 +1,82 @@
+"""Per-unit activation statistics over calibration images, in one forward+backward pass per batch.
+
+Statistics are over every token, because physical pruning removes a unit at every token:
+mean, mean |a|, variance (for VBP), squared L2 norm (Wanda), and |sum_tau a*dL/da| per image
+(first-order Taylor estimate of the loss change of removing the unit).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .adapter import ViTAdapter
+from .hooks import ffn_hooks
+from .progress import progress_bar
+
+
+@dataclass
+class ActivationStats:
+    count_tokens: int
+    count_images: int
+    mean: list[torch.Tensor]  # per block (H,), fp64
+    mean_abs: list[torch.Tensor]
+    var: list[torch.Tensor]
+    sq_norm: list[torch.Tensor]  # sum of a^2 over images and tokens
+    taylor: list[torch.Tensor]  # mean over images of |sum_tau a * dCE/da|
+
+    def to_json(self) -> dict:
+        return {k: (v if isinstance(v, int) else [t.tolist() for t in v]) for k, v in self.__dict__.items()}
+
+
+def collect_stats(model: nn.Module, batches: Iterable[tuple[list[str], torch.Tensor, torch.Tensor]], *, total: int | None = None,
+                  quiet: bool = False) -> ActivationStats:
+    adapter = ViTAdapter(model)
+    device = next(model.parameters()).device
+    widths = adapter.hidden_widths
+    s1 = [torch.zeros(w, dtype=torch.float64, device=device) for w in widths]
+    s_abs = [torch.zeros_like(t) for t in s1]
+    s2 = [torch.zeros_like(t) for t in s1]
+    tay = [torch.zeros_like(t) for t in s1]
+    n_tok = n_img = 0
+    requires = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        with progress_bar(total=total, desc="statistics", unit="img", disable=quiet) as bar:
+            for _, images, labels in batches:
+                images, labels = images.to(device), labels.to(device)
+                taps: dict[int, torch.Tensor] = {}
+
+                def tap(b: int, hidden: torch.Tensor) -> torch.Tensor:
+                    hidden = hidden.detach().requires_grad_(True)
+                    taps[b] = hidden
+                    return hidden
+
+                with torch.enable_grad(), ffn_hooks(adapter, tap):
+                    loss = F.cross_entropy(model(images).float(), labels, reduction="sum")
+                    grads = torch.autograd.grad(loss, [taps[b] for b in range(adapter.depth)])
+                for b, g in enumerate(grads):
+                    a = taps[b].detach().double()
+                    s1[b] += a.sum((0, 1))
+                    s_abs[b] += a.abs().sum((0, 1))
+                    s2[b] += (a * a).sum((0, 1))
+                    tay[b] += (a * g.double()).sum(1).abs().sum(0)
+                n_tok += images.shape[0] * taps[0].shape[1]
+                n_img += images.shape[0]
+                bar.update(images.shape[0])
+    finally:
+        for p, r in zip(model.parameters(), requires):
+            p.requires_grad_(r)
+    mean = [t / n_tok for t in s1]
+    return ActivationStats(
+        count_tokens=n_tok, count_images=n_img,
+        mean=[t.cpu() for t in mean],
+        mean_abs=[(t / n_tok).cpu() for t in s_abs],
+        var=[(s2[b] / n_tok - mean[b] ** 2).clamp_min(0).cpu() for b in range(len(widths))],
+        sq_norm=[t.cpu() for t in s2],
+        taylor=[(t / n_img).cpu() for t in tay],
+    )
