@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .errors import UserError
+from .errors import ExportError, UserError
 
 
 def parse_classes(text: str | None) -> tuple[int, ...] | None:
@@ -32,13 +32,17 @@ def _add_model_data(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default: auto)")
 
 
-def _add_discovery(p: argparse.ArgumentParser, per_class_default: int | None) -> None:
+def _add_discovery(p: argparse.ArgumentParser, per_class_default: int | None, *, compress: bool = False) -> None:
     g = p.add_argument_group("path discovery")
-    g.add_argument("--per-class", type=int, default=per_class_default, help=f"images per class (default: {per_class_default})")
+    g.add_argument("--per-class", type=int, default=per_class_default,
+                   help=f"calibration images per class (default: {per_class_default})")
     g.add_argument("--classes", default=None, help="class ids, e.g. 0,3,5-7 (default: all)")
-    g.add_argument("--topk", type=int, default=1, help="units per layer on each path (default: 1)")
+    if compress:
+        g.add_argument("--topk", type=int, default=None, help="units per layer on each path (default: --keep-topk, else 5)")
+    else:
+        g.add_argument("--topk", type=int, default=1, help="units per layer on each path (default: 1)")
+        g.add_argument("--method", default="jas", choices=["jas", "influence-pattern"])
     g.add_argument("--steps", type=int, default=20, help="interpolation steps m, alpha = k/m for k < m (default: 20)")
-    g.add_argument("--method", default="jas", choices=["jas", "influence-pattern"])
     g.add_argument("--token-scope", default="auto", choices=["auto", "cls", "patches", "all"],
                    help="tokens a unit is scaled at: auto = what the head reads (cls, or patches when average-pooled)")
     g.add_argument("--label", default="truth", choices=["truth", "pred"], help="class whose probability is attributed")
@@ -61,6 +65,38 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=cmd_discover)
 
+    p = sub.add_parser("compress", help="keep the critical neurons, slice the MLPs, evaluate, export ONNX")
+    _add_model_data(p)
+    g = p.add_argument_group("what to keep (exactly one)")
+    g.add_argument("--keep-topk", type=int, default=None, help="keep each class's K most frequent path units per layer (union over classes)")
+    g.add_argument("--sparsity", type=float, default=None, help="remove this fraction of MLP hidden units, ranked by --criterion")
+    g = p.add_argument_group("budget")
+    g.add_argument("--criterion", default="jas", help="jas | random | magnitude | activation | taylor | variance | wanda (default: jas)")
+    g.add_argument("--scope", default="per-block", choices=["per-block", "global"])
+    g.add_argument("--min-keep", type=int, default=1, help="units kept in every block at least (default: 1)")
+    g.add_argument("--round-to", type=int, default=1, help="round kept counts to a multiple of this (default: 1)")
+    g.add_argument("--compensate", action="store_true", help="fold the removed units' mean activation into fc2's bias")
+    g.add_argument("--seed", type=int, default=0)
+    _add_discovery(p, per_class_default=16, compress=True)
+    p.add_argument("--paths", default=None, help="reuse a finished discover run (or a folder of reference .rlt.jsonl files)")
+    g = p.add_argument_group("evaluation, recovery and export")
+    g.add_argument("--eval-per-class", type=int, default=None, help="held-out images per class (default: the whole evaluation pool)")
+    g.add_argument("--finetune-epochs", type=int, default=0, help="epochs of distillation from the dense model (default: 0)")
+    g.add_argument("--finetune-lr", type=float, default=1e-4)
+    g.add_argument("--finetune-per-class", type=int, default=None, help="training images per class for recovery (default: all)")
+    g.add_argument("--no-export", action="store_true", help="skip ONNX export and latency")
+    p.add_argument("--out", default=None, help="output folder (default: exported/<name derived from the settings>)")
+    p.add_argument("--force", action="store_true", help="replace a different result in the output folder")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_compress)
+
+    e = sub.add_parser("export", help="export a pruned (or any vitprune) checkpoint folder to ONNX")
+    e.add_argument("checkpoint", help="folder with model.safetensors + vitprune.json")
+    e.add_argument("--data", default=None, help="held-out images for the parity check (default: the data it was pruned on)")
+    e.add_argument("--out", default=None, help="ONNX file (default: <checkpoint>/model.onnx)")
+    e.add_argument("--force", action="store_true")
+    e.set_defaults(func=cmd_export)
+
     c = sub.add_parser("convert", help="convert path records between vitprune runs and the reference .rlt.jsonl format")
     c.add_argument("src", help="a vitprune run folder (-> reference files) or a folder of *.rlt.jsonl (-> vitprune run)")
     c.add_argument("dst", help="output folder")
@@ -81,6 +117,48 @@ def cmd_discover(args: argparse.Namespace) -> int:
     )
     path = run_discover(opts, Path(args.out), resume=args.resume, force=args.force, quiet=args.quiet)
     print(f"paths: {path}")
+    return 0
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from .compress import CompressOptions, headline, run_compress
+
+    opts = CompressOptions(
+        model=args.model, arch=args.arch, data=args.data, device=args.device, keep_topk=args.keep_topk,
+        sparsity=args.sparsity, criterion=args.criterion, scope=args.scope, min_keep=args.min_keep,
+        round_to=args.round_to, compensate=args.compensate, per_class=args.per_class,
+        classes=parse_classes(args.classes), paths=args.paths, topk=args.topk, steps=args.steps,
+        token_scope=args.token_scope, label=args.label, batch_size=args.batch_size, max_rows=args.max_rows,
+        eval_per_class=args.eval_per_class, finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
+        finetune_per_class=args.finetune_per_class, export=not args.no_export, seed=args.seed,
+    )
+    report = run_compress(opts, Path(args.out) if args.out else None, force=args.force, quiet=args.quiet)
+    print(headline(report))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .data import iterate_batches, load_data, model_transform, select_per_class
+    from .export import export_onnx
+    from .models import load_model
+
+    ckpt = Path(args.checkpoint)
+    model = load_model(str(ckpt))
+    meta = model.vitprune_meta
+    data = args.data or meta.get("data")
+    if not data:
+        raise UserError("pass --data with held-out images for the onnxruntime parity check")
+    out = Path(args.out) if args.out else ckpt / "model.onnx"
+    if out.exists() and not args.force:
+        raise UserError(f"{out} exists; pass --force to replace it")
+    pools = load_data(data)
+    held_out = select_per_class(pools.evaluation, 2, None, num_classes=pools.num_classes)
+    images = next(iterate_batches(held_out, model_transform(model), 16))[1]
+    info = export_onnx(model, out, parity_images=images, metadata={
+        "source_model": (meta.get("source_model") or {}).get("spec", str(ckpt)), "criterion": meta.get("criterion", ""),
+        "kept_units": meta.get("mlp_hidden"), "sparsity": meta.get("sparsity"), "vitprune_version": __version__,
+        "input_size": list(images.shape[1:]), "class_names": list(pools.class_names)})
+    print(f"wrote {out} ({info['bytes']:,} bytes); onnxruntime parity max |diff| {info['parity_max_abs']:.2e}")
     return 0
 
 
@@ -118,6 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"vitprune: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except ExportError as exc:
+        print(f"vitprune: export failed: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("vitprune: interrupted; rerun the same command with --resume to continue", file=sys.stderr)
         return 130

@@ -307,3 +307,17 @@ def iterate_batches(ds, transform: Callable, batch_size: int) -> Iterator[tuple[
                 raise UserError(f"unreadable image '{ident}' ({type(exc).__name__}); remove or replace the file") from exc
             tensors.append(transform(pil))
         yield list(rows["id"]), torch.stack(tensors), torch.as_tensor(rows["label"], dtype=torch.long)
+
+
+def torch_loader(ds, transform: Callable, batch_size: int, *, shuffle: bool = False, seed: int = 0):
+    """A torch DataLoader of (images, labels) over a pool, for training loops (accelerate-ready)."""
+    from torch.utils.data import DataLoader
+
+    def apply(batch: dict) -> dict:
+        return {"pixel_values": [transform(img) for img in batch["image"]], "label": batch["label"]}
+
+    def collate(rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.stack([r["pixel_values"] for r in rows]), torch.as_tensor([r["label"] for r in rows])
+
+    gen = torch.Generator().manual_seed(seed)
+    return DataLoader(ds.with_transform(apply), batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=gen)

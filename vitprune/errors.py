@@ -13,3 +13,7 @@ class UserError(Exception):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split()))
+
+
+class ExportError(RuntimeError):
+    """The exported ONNX graph does not reproduce the PyTorch model (nothing was written)."""

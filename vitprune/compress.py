@@ -1,0 +1,313 @@
+"""``vitprune compress``: critical neurons -> mask -> physically sliced MLPs -> accuracy -> ONNX.
+
+Everything lands in one output folder (``exported/<name>/`` by default):
+  paths/            the discovery run (resumable), unless --paths reuses one
+  mask.json         kept units per block
+  model.safetensors + vitprune.json   the pruned checkpoint (``load_model(folder)`` rebuilds it)
+  model.onnx        the compact ONNX model (parity-checked with onnxruntime)
+  report.json / report.md             accuracy dense vs pruned, params, MACs, latency
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import __version__
+from .adapter import ViTAdapter
+from .aggregate import class_critical_units, union_keep_sets
+from .criteria import CRITERIA, NEEDS_STATS, unit_scores
+from .data import iterate_batches, load_data, model_transform, select_per_class, torch_loader
+from .discover import DiscoverOptions, check_pairing, resolve_device, run_discover
+from .errors import UserError
+from .evaluate import evaluate_models
+from .export import export_onnx, ort_latency
+from .masks import from_keep_sets, from_scores
+from .models import load_model, save_checkpoint
+from .records import atomic_write_json, atomic_write_text, load_run_records, read_json
+from .slicing import compensation_shift, count_macs_params, slice_mlps
+from .stats import collect_stats
+
+SETTINGS = "compress.json"
+OUTPUTS = ("mask.json", "model.safetensors", "vitprune.json", "model.onnx", "report.json", "report.md")
+
+
+@dataclass(frozen=True)
+class CompressOptions:
+    model: str = "demo"
+    arch: str | None = None
+    data: str = "demo"
+    device: str = "auto"
+    keep_topk: int | None = None
+    sparsity: float | None = None
+    criterion: str = "jas"
+    scope: str = "per-block"
+    min_keep: int = 1
+    round_to: int = 1
+    compensate: bool = False
+    per_class: int | None = 16
+    classes: tuple[int, ...] | None = None
+    paths: str | None = None
+    topk: int | None = None  # discovery K; defaults to keep_topk, else 5
+    steps: int = 20
+    token_scope: str = "auto"
+    label: str = "truth"
+    batch_size: int = 16
+    max_rows: int | None = None
+    eval_per_class: int | None = None
+    finetune_epochs: int = 0
+    finetune_lr: float = 1e-4
+    finetune_per_class: int | None = None
+    export: bool = True
+    latency_rounds: int = 30
+    seed: int = 0
+
+    @property
+    def discovery_topk(self) -> int:
+        return self.topk or self.keep_topk or 5
+
+
+def default_name(opts: CompressOptions) -> str:
+    model = Path(opts.model).name.split(".")[0] if opts.model not in ("demo",) else "demo"
+    model = model.replace("random:", "random-")
+    if opts.keep_topk is not None:
+        name = f"{model}-keep-top{opts.keep_topk}"
+    else:
+        name = f"{model}-{opts.criterion}-s{opts.sparsity:.2f}"
+    if opts.compensate:
+        name += "-comp"
+    if opts.finetune_epochs:
+        name += f"-ft{opts.finetune_epochs}"
+    return name
+
+
+def validate(opts: CompressOptions) -> None:
+    if (opts.keep_topk is None) == (opts.sparsity is None):
+        raise UserError("pass exactly one of --keep-topk K (path-defined units) or --sparsity S (a budget)")
+    if opts.keep_topk is not None and opts.keep_topk < 1:
+        raise UserError(f"--keep-topk must be >= 1 (got {opts.keep_topk})")
+    if opts.sparsity is not None and not 0.0 <= opts.sparsity < 1.0:
+        raise UserError(f"--sparsity must be in [0, 1) (got {opts.sparsity})")
+    if opts.criterion not in CRITERIA:
+        raise UserError(f"--criterion must be one of {', '.join(CRITERIA)} (got '{opts.criterion}')")
+    if opts.finetune_epochs < 0:
+        raise UserError(f"--finetune-epochs must be >= 0 (got {opts.finetune_epochs})")
+    if opts.eval_per_class is not None and opts.eval_per_class < 1:
+        raise UserError(f"--eval-per-class must be >= 1 (got {opts.eval_per_class})")
+
+
+def _prepare_out(out: Path, settings: dict, force: bool) -> None:
+    if (out / SETTINGS).is_file() and not force:
+        old = read_json(out / SETTINGS)
+        if old != settings:
+            changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            raise UserError(f"{out} holds a different result ({', '.join(changed)} differ); pass --force to replace it")
+    elif out.exists() and any(out.iterdir()) and not force:
+        raise UserError(f"{out} exists and is not a vitprune compress result; pass --force or another --out")
+    if force and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / SETTINGS, settings)
+
+
+def run_compress(opts: CompressOptions, out: Path | None = None, *, force: bool = False, quiet: bool = False) -> dict:
+    """Run the whole pipeline; returns the report (also written to ``out``)."""
+    validate(opts)
+    t_start = time.time()
+    out = Path(out) if out else Path("exported") / default_name(opts)
+    device = resolve_device(opts.device)
+    dense = load_model(opts.model, arch=opts.arch).to(device)
+    adapter = ViTAdapter(dense)
+    pools = load_data(opts.data)
+    check_pairing(pools, adapter.num_classes)
+    transform = model_transform(dense)
+    calib = select_per_class(pools.calibration, opts.per_class, opts.classes, num_classes=pools.num_classes)
+    settings = {**asdict(opts), "classes": list(opts.classes) if opts.classes else None, "vitprune_version": __version__}
+    _prepare_out(out, settings, force)
+    timings: dict[str, float] = {}
+
+    # 1. critical neurons: discovery (resumable, inside the output folder) or reuse
+    records = None
+    needs_paths = opts.keep_topk is not None or opts.criterion == "jas"
+    if needs_paths:
+        t0 = time.time()
+        if opts.paths:
+            records = load_run_records(Path(opts.paths))
+        else:
+            dopts = DiscoverOptions(model=opts.model, arch=opts.arch, data=opts.data, per_class=opts.per_class,
+                                    classes=opts.classes, topk=opts.discovery_topk, steps=opts.steps, method="jas",
+                                    token_scope=opts.token_scope, label=opts.label, batch_size=opts.batch_size,
+                                    max_rows=opts.max_rows, device=opts.device)
+            run_discover(dopts, out / "paths", resume=True, quiet=quiet)
+            records = load_run_records(out / "paths")
+        timings["discovery_s"] = time.time() - t0
+
+    # 2. statistics (activation/taylor/variance/wanda, jas fallback, compensation)
+    stats = None
+    if opts.compensate or (opts.sparsity is not None and opts.criterion in NEEDS_STATS):
+        t0 = time.time()
+        stats = collect_stats(dense, iterate_batches(calib, transform, opts.batch_size), total=len(calib), quiet=quiet)
+        timings["statistics_s"] = time.time() - t0
+
+    # 3. mask
+    widths = adapter.hidden_widths
+    critical = None
+    if opts.keep_topk is not None:
+        critical = class_critical_units(records, adapter.depth, opts.keep_topk)
+        mask = from_keep_sets(widths, union_keep_sets(critical, adapter.depth), criterion=f"jas-keep-top{opts.keep_topk}")
+        if mask.sparsity == 0.0:
+            raise UserError(f"--keep-topk {opts.keep_topk} keeps every unit of every block: nothing to remove; lower K")
+    else:
+        scores = unit_scores(opts.criterion, dense, stats=stats, records=records, seed=opts.seed)
+        mask = from_scores(scores, opts.sparsity, scope=opts.scope, min_keep=opts.min_keep, round_to=opts.round_to,
+                           criterion=opts.criterion)
+    atomic_write_json(out / "mask.json", mask.to_json())
+
+    # 4. slice (+ compensation)
+    shift = compensation_shift(dense, mask, stats.mean) if opts.compensate else None
+    pruned = slice_mlps(dense, mask, bias_shift=shift)
+
+    # 5. evaluation pool (never the calibration images), dense vs pruned
+    evaluation = select_per_class(pools.evaluation, opts.eval_per_class, opts.classes, num_classes=pools.num_classes)
+    t0 = time.time()
+    results = evaluate_models({"dense": dense, "pruned": pruned}, iterate_batches(evaluation, transform, 256),
+                              class_names=pools.class_names, total=len(evaluation), quiet=quiet)
+    timings["evaluation_s"] = time.time() - t0
+
+    # 6. optional recovery
+    finetune = None
+    if opts.finetune_epochs:
+        from .finetune import distill
+
+        t0 = time.time()
+        train = select_per_class(pools.calibration, opts.finetune_per_class, opts.classes, num_classes=pools.num_classes)
+        history = distill(pruned, dense, torch_loader(train, transform, 128, shuffle=True, seed=opts.seed),
+                          epochs=opts.finetune_epochs, lr=opts.finetune_lr, seed=opts.seed, quiet=quiet)
+        pruned = pruned.to(device).eval()
+        after = evaluate_models({"recovered": pruned}, iterate_batches(evaluation, transform, 256),
+                                class_names=pools.class_names, total=len(evaluation), quiet=quiet)["recovered"]
+        finetune = {"epochs": opts.finetune_epochs, "images": len(train), "history": history, "after": after.to_json(),
+                    "before": results["pruned"].to_json()}
+        results["pruned"] = after
+        timings["finetune_s"] = time.time() - t0
+
+    # 7. checkpoint
+    source = dense.vitprune_source
+    meta = {"arch": source["arch"], "model_kwargs": source.get("model_kwargs", {}),
+            "data_config": _data_config(dense), "source_model": source, "mlp_hidden": mask.kept_counts,
+            "kept": [list(k) for k in mask.kept], "criterion": mask.criterion, "sparsity": mask.sparsity,
+            "compensated": opts.compensate, "finetune_epochs": opts.finetune_epochs, "data": opts.data,
+            "vitprune_version": __version__}
+    save_checkpoint(pruned.cpu(), out, meta)
+    pruned.to(device)
+    macs_dense, params_dense = count_macs_params(dense)
+    macs_pruned, params_pruned = count_macs_params(pruned)
+
+    # 8. ONNX + latency
+    onnx_info, latency = None, None
+    if opts.export:
+        t0 = time.time()
+        parity = next(iterate_batches(evaluation.select(range(min(16, len(evaluation)))), transform, 16))[1]
+        onnx_meta = {"source_model": source["spec"], "criterion": mask.criterion, "kept_units": mask.kept_counts,
+                     "sparsity": round(mask.sparsity, 6), "vitprune_version": __version__,
+                     "input_size": list(parity.shape[1:]), "class_names": list(pools.class_names)}
+        onnx_info = export_onnx(pruned, out / "model.onnx", metadata=onnx_meta, parity_images=parity)
+        with tempfile.TemporaryDirectory() as tmp:
+            export_onnx(dense, Path(tmp) / "dense.onnx", metadata={"source_model": source["spec"]}, parity_images=parity)
+            latency = ort_latency({"dense": Path(tmp) / "dense.onnx", "pruned": out / "model.onnx"},
+                                  tuple(parity.shape[1:]), rounds=opts.latency_rounds)
+        timings["export_s"] = time.time() - t0
+
+    timings["total_s"] = time.time() - t_start
+    report = {
+        "vitprune_version": __version__,
+        "options": settings,
+        "output": str(out),
+        "model": source,
+        "data": {"spec": opts.data, "classes": list(pools.class_names), "calibration_images": len(calib),
+                 "evaluation_images": len(evaluation), "overlap": 0},
+        "mask": {"criterion": mask.criterion, "kept_counts": mask.kept_counts, "widths": list(mask.widths),
+                 "sparsity": mask.sparsity, "block_sparsity": mask.block_sparsity},
+        "critical_units": {str(c): units for c, units in critical.items()} if critical else None,
+        "params": {"dense": params_dense, "pruned": params_pruned, "ratio": params_pruned / params_dense},
+        "macs": {"dense": macs_dense, "pruned": macs_pruned, "ratio": macs_pruned / macs_dense},
+        "accuracy": {k: v.to_json() for k, v in results.items()},
+        "finetune": finetune,
+        "onnx": onnx_info,
+        "latency": latency,
+        "timings": timings,
+    }
+    atomic_write_json(out / "report.json", report)
+    atomic_write_text(out / "report.md", render_report(report))
+    return report
+
+
+def _data_config(model) -> dict:
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    keep = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items() if k in keep}
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
+def render_report(r: dict) -> str:
+    acc, m = r["accuracy"], r["mask"]
+    lines = [
+        f"# vitprune compress report: `{r['output']}`",
+        "",
+        f"- model: `{r['model']['spec']}` ({r['model']['arch']}); data: `{r['data']['spec']}`",
+        f"- criterion: {m['criterion']}; calibration images: {r['data']['calibration_images']}; "
+        f"evaluation images: {r['data']['evaluation_images']} (disjoint from calibration)",
+        f"- FFN sparsity: {_pct(m['sparsity'])} ({sum(m['kept_counts'])} of {sum(m['widths'])} hidden units kept)",
+        "",
+        "| | dense | pruned | ratio |",
+        "|---|---|---|---|",
+        f"| params | {r['params']['dense']:,} | {r['params']['pruned']:,} | {r['params']['ratio']:.3f} |",
+        f"| MACs / image | {r['macs']['dense']:,} | {r['macs']['pruned']:,} | {r['macs']['ratio']:.3f} |",
+        f"| top-1 | {_pct(acc['dense']['top1'])} | {_pct(acc['pruned']['top1'])} | |",
+        f"| mean true-class prob. | {acc['dense']['mean_true_prob']:.4f} | {acc['pruned']['mean_true_prob']:.4f} | |",
+    ]
+    if r.get("latency"):
+        for key in ("batch1", "batch8"):
+            d, p = r["latency"][key]["dense"], r["latency"][key]["pruned"]
+            lines.append(f"| ORT CPU latency, {key.replace('batch', 'batch ')} (median ms, {r['latency']['threads']} thread) | "
+                         f"{d['median_ms']:.3f} | {p['median_ms']:.3f} | {p['median_ms'] / d['median_ms']:.3f} |")
+    lines += ["", "## Kept units per block", "", "| block | kept | of | sparsity |", "|---|---|---|---|"]
+    lines += [f"| {b} | {k} | {w} | {_pct(s)} |" for b, (k, w, s) in enumerate(zip(m["kept_counts"], m["widths"], m["block_sparsity"]))]
+    if r.get("finetune"):
+        f = r["finetune"]
+        lines += ["", f"## Recovery: {f['epochs']} epoch(s) of distillation on {f['images']} training images", "",
+                  f"top-1 before {_pct(f['before']['top1'])} -> after {_pct(f['after']['top1'])}"]
+    lines += ["", "## Per class", "", "| class | name | n | dense top-1 | pruned top-1 | dense prob. | pruned prob. |",
+              "|---|---|---|---|---|---|---|"]
+    for d, p in zip(acc["dense"]["per_class"], acc["pruned"]["per_class"]):
+        if d["n"]:
+            lines.append(f"| {d['class']} | {d['name']} | {d['n']} | {_pct(d['top1'])} | {_pct(p['top1'])} | "
+                         f"{d['mean_true_prob']:.4f} | {p['mean_true_prob']:.4f} |")
+    if r.get("onnx"):
+        lines += ["", f"ONNX: `model.onnx`, {r['onnx']['bytes']:,} bytes, opset {r['onnx']['opset']}, "
+                  f"onnxruntime parity max |diff| {r['onnx']['parity_max_abs']:.2e} on {r['onnx']['parity_images']} held-out images."]
+    return "\n".join(lines) + "\n"
+
+
+def headline(r: dict) -> str:
+    acc, m = r["accuracy"], r["mask"]
+    parts = [
+        f"wrote {r['output']}/ (model.safetensors, model.onnx, mask.json, report.json, report.md)",
+        f"FFN sparsity {_pct(m['sparsity'])}: kept {m['kept_counts']} of {m['widths']}",
+        f"params {r['params']['dense']:,} -> {r['params']['pruned']:,}; MACs {r['macs']['dense']:,} -> {r['macs']['pruned']:,} "
+        f"(x{r['macs']['ratio']:.3f})",
+        f"top-1 {_pct(acc['dense']['top1'])} -> {_pct(acc['pruned']['top1'])} on {r['data']['evaluation_images']} held-out images",
+    ]
+    if r.get("latency"):
+        d, p = r["latency"]["batch1"]["dense"]["median_ms"], r["latency"]["batch1"]["pruned"]["median_ms"]
+        d8, p8 = r["latency"]["batch8"]["dense"]["median_ms"], r["latency"]["batch8"]["pruned"]["median_ms"]
+        parts.append(f"ORT CPU latency batch 1: {d:.3f} -> {p:.3f} ms; batch 8: {d8:.3f} -> {p8:.3f} ms")
+    return "\n".join(parts)
+
+
+__all__ = ["CompressOptions", "run_compress", "default_name", "headline", "render_report"]

@@ -1,0 +1,62 @@
+"""Accuracy of one or more models on the same images, in one pass over the data."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from .progress import progress_bar
+
+
+@dataclass
+class EvalResult:
+    n: int
+    top1: float
+    mean_true_prob: float
+    per_class: list[dict] = field(default_factory=list)  # {class, name, n, top1, mean_true_prob}
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def evaluate_models(
+    models: Mapping[str, nn.Module],
+    batches: Iterable[tuple[list[str], torch.Tensor, torch.Tensor]],
+    *,
+    class_names: tuple[str, ...],
+    total: int | None = None,
+    quiet: bool = False,
+    desc: str = "evaluate",
+) -> dict[str, EvalResult]:
+    """Top-1 and mean true-class softmax probability, overall and per class, for every model."""
+    num_classes = len(class_names)
+    correct = {k: torch.zeros(num_classes, dtype=torch.float64) for k in models}
+    prob = {k: torch.zeros(num_classes, dtype=torch.float64) for k in models}
+    count = torch.zeros(num_classes, dtype=torch.float64)
+    for m in models.values():
+        m.eval()
+    with progress_bar(total=total, desc=desc, unit="img", disable=quiet) as bar:
+        for _, images, labels in batches:
+            count += torch.bincount(labels, minlength=num_classes).double()
+            for name, model in models.items():
+                device = next(model.parameters()).device
+                logits = model(images.to(device)).float().cpu()
+                p = logits.softmax(-1).gather(1, labels[:, None]).squeeze(1).double()
+                hit = (logits.argmax(-1) == labels).double()
+                correct[name].index_add_(0, labels, hit)
+                prob[name].index_add_(0, labels, p)
+            bar.update(len(labels))
+    n = int(count.sum())
+    out = {}
+    for name in models:
+        per_class = [
+            {"class": c, "name": class_names[c], "n": int(count[c]),
+             "top1": float(correct[name][c] / count[c]) if count[c] else None,
+             "mean_true_prob": float(prob[name][c] / count[c]) if count[c] else None}
+            for c in range(num_classes)
+        ]
+        out[name] = EvalResult(n, float(correct[name].sum() / max(n, 1)), float(prob[name].sum() / max(n, 1)), per_class)
+    return out
