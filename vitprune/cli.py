@@ -9,6 +9,8 @@ from pathlib import Path
 from . import __version__
 from .errors import ExportError, UserError
 
+SWEEP_CRITERIA = ("jas", "jas-all", "activation", "magnitude", "taylor", "variance", "wanda", "random", "keep-topk")
+
 
 def parse_classes(text: str | None) -> tuple[int, ...] | None:
     """'0,3,5-7' -> (0, 3, 5, 6, 7)."""
@@ -90,6 +92,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_compress)
 
+    v = sub.add_parser("evaluate", help="accuracy vs FFN sparsity for several criteria (CSV, JSON, Markdown, PNG)")
+    _add_model_data(v)
+    v.add_argument("--sparsities", default="0.25,0.5,0.75,0.9", help="FFN sparsities to sweep (default: 0.25,0.5,0.75,0.9)")
+    v.add_argument("--criteria", default=",".join(SWEEP_CRITERIA), help=f"comma list from {', '.join(SWEEP_CRITERIA)}")
+    v.add_argument("--keep-topk", default="1,5,20", help="K values of the keep-topk points (default: 1,5,20)")
+    v.add_argument("--compensate", default="both", choices=["off", "on", "both"], help="mean-shift compensation (default: both)")
+    v.add_argument("--seeds", default="0,1,2", help="seeds of the random criterion (default: 0,1,2)")
+    v.add_argument("--per-class", type=int, default=16, help="calibration images per class (default: 16)")
+    v.add_argument("--classes", default=None)
+    v.add_argument("--eval-per-class", type=int, default=None, help="held-out images per class (default: all)")
+    v.add_argument("--topk", type=int, default=None, help="discovery K for the jas points (default: max(keep-topk, 5))")
+    v.add_argument("--steps", type=int, default=20)
+    v.add_argument("--batch-size", type=int, default=16)
+    v.add_argument("--max-rows", type=int, default=None)
+    v.add_argument("--scope", default="per-block", choices=["per-block", "global"])
+    v.add_argument("--min-keep", type=int, default=1)
+    v.add_argument("--finetune-epochs", type=int, default=0, help="recovery epochs per point (default: 0 = one-shot)")
+    v.add_argument("--finetune-per-class", type=int, default=None, help="training images per class for recovery")
+    v.add_argument("--finetune-lr", type=float, default=1e-4)
+    v.add_argument("--latency", action="store_true", help="ONNX-export every point and time it with onnxruntime")
+    v.add_argument("--out", required=True, help="sweep folder (resumable)")
+    v.add_argument("--force", action="store_true")
+    v.add_argument("--quiet", action="store_true")
+    v.set_defaults(func=cmd_evaluate)
+
     e = sub.add_parser("export", help="export a pruned (or any vitprune) checkpoint folder to ONNX")
     e.add_argument("checkpoint", help="folder with model.safetensors + vitprune.json")
     e.add_argument("--data", default=None, help="held-out images for the parity check (default: the data it was pruned on)")
@@ -134,6 +161,33 @@ def cmd_compress(args: argparse.Namespace) -> int:
     )
     report = run_compress(opts, Path(args.out) if args.out else None, force=args.force, quiet=args.quiet)
     print(headline(report))
+    return 0
+
+
+def _floats(text: str, flag: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError as exc:
+        raise UserError(f"{flag} takes comma-separated numbers (got '{text}')") from exc
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .sweep import SweepOptions, run_sweep
+
+    opts = SweepOptions(
+        model=args.model, arch=args.arch, data=args.data, device=args.device,
+        sparsities=_floats(args.sparsities, "--sparsities"),
+        criteria=tuple(c.strip() for c in args.criteria.split(",") if c.strip()),
+        keep_topk=tuple(int(k) for k in _floats(args.keep_topk, "--keep-topk")),
+        compensate={"off": (False,), "on": (True,), "both": (False, True)}[args.compensate],
+        seeds=tuple(int(s) for s in _floats(args.seeds, "--seeds")), per_class=args.per_class,
+        classes=parse_classes(args.classes), eval_per_class=args.eval_per_class, topk=args.topk, steps=args.steps,
+        batch_size=args.batch_size, max_rows=args.max_rows, scope=args.scope, min_keep=args.min_keep,
+        finetune_epochs=args.finetune_epochs, finetune_per_class=args.finetune_per_class, finetune_lr=args.finetune_lr,
+        latency=args.latency,
+    )
+    rows = run_sweep(opts, Path(args.out), force=args.force, quiet=args.quiet)
+    print(f"{len(rows)} points -> {args.out}/results.csv, results.json, results.md, accuracy_vs_sparsity.png")
     return 0
 
 

@@ -321,3 +321,18 @@ def torch_loader(ds, transform: Callable, batch_size: int, *, shuffle: bool = Fa
 
     gen = torch.Generator().manual_seed(seed)
     return DataLoader(ds.with_transform(apply), batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=gen)
+
+
+def materialize(ds, transform: Callable, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Preprocess a whole pool once into (images, labels) tensors, for repeated evaluations."""
+    images, labels = [], []
+    for _, x, y in iterate_batches(ds, transform, batch_size):
+        images.append(x)
+        labels.append(y)
+    return torch.cat(images), torch.cat(labels)
+
+
+def tensor_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> Iterator[tuple[list[str], torch.Tensor, torch.Tensor]]:
+    """(ids, images, labels) batches over preprocessed tensors, the same shape as ``iterate_batches``."""
+    for s in range(0, len(images), batch_size):
+        yield [str(i) for i in range(s, min(s + batch_size, len(images)))], images[s : s + batch_size], labels[s : s + batch_size]
