@@ -20,7 +20,8 @@ from .adapter import ViTAdapter
 from .aggregate import class_critical_units, union_keep_sets
 from .criteria import CRITERIA, NEEDS_STATS, unit_scores
 from .data import iterate_batches, load_data, model_transform, select_per_class, torch_loader
-from .discover import DiscoverOptions, check_pairing, resolve_device, run_discover
+from .discover import DiscoverOptions, check_pairing, run_discover
+from .distributed import resolve_device
 from .errors import UserError
 from .evaluate import evaluate_models
 from .export import export_onnx, ort_latency

@@ -13,7 +13,8 @@ from .attribution import DiscoveryConfig, PathFinder
 from .data import DataPools, iterate_batches, load_data, model_transform, select_per_class
 from .errors import UserError
 from .models import load_model
-from .records import CONFIG, PARTIAL, PATHS, JsonlAppender, atomic_write_json, read_json
+from .distributed import Dist, get_dist
+from .records import CONFIG, PARTIAL, PATHS, JsonlAppender, atomic_write_json, atomic_write_text, read_json
 from .progress import progress_bar
 
 RUN_FILES = (CONFIG, PATHS, PARTIAL)
@@ -39,17 +40,6 @@ class DiscoverOptions:
     device: str = "auto"
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name} asked for but no CUDA GPU is visible; use --device cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise UserError(f"unknown --device '{name}'; use auto, cpu or cuda[:N]") from exc
-
-
 def check_pairing(pools: DataPools, num_classes: int) -> None:
     if pools.num_classes != num_classes:
         raise UserError(
@@ -58,8 +48,8 @@ def check_pairing(pools: DataPools, num_classes: int) -> None:
         )
 
 
-def prepare_run_dir(out: Path, config: dict, *, resume: bool, force: bool) -> str:
-    """'fresh', 'resume' or 'complete'; refuses to touch a different run without --force."""
+def check_run_dir(out: Path, config: dict, *, resume: bool, force: bool) -> str:
+    """'fresh', 'resume' or 'complete', without writing; refuses a different run without --force."""
     out = Path(out)
     if (out / CONFIG).is_file() and not force:
         old = read_json(out / CONFIG)
@@ -72,11 +62,22 @@ def prepare_run_dir(out: Path, config: dict, *, resume: bool, force: bool) -> st
             changed = sorted(k for k in set(old) | set(config) if k not in NON_IDENTITY_KEYS and old.get(k) != config.get(k))
             raise UserError(f"{out} holds a run with different settings ({', '.join(changed)}); pass --force to replace it")
         return "complete" if (out / PATHS).is_file() else "resume"
+    return "fresh"
+
+
+def prepare_run_dir(out: Path, config: dict, *, resume: bool, force: bool) -> str:
+    """Like ``check_run_dir``, then (re)creates the folder and writes config.json for a fresh run."""
+    out = Path(out)
+    state = check_run_dir(out, config, resume=resume, force=force)
+    if state != "fresh":
+        return state
     if force:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
         for extra in ("reference",):
             shutil.rmtree(out / extra, ignore_errors=True)
+        for shard in out.glob("paths.partial*.jsonl") if out.is_dir() else []:
+            shard.unlink()
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / CONFIG, config)
     return "fresh"
@@ -97,14 +98,23 @@ def verify_image_files(ds) -> None:
                 raise UserError(f"unreadable image '{ident}' ({type(exc).__name__}); remove or replace the file") from exc
 
 
-def run_discover(opts: DiscoverOptions, out: Path, *, resume: bool = False, force: bool = False, quiet: bool = False) -> Path:
-    """Discover paths for the selected images; returns the path of the finished ``paths.jsonl``."""
+def shard_file(rank: int, world: int) -> str:
+    return PARTIAL if world == 1 else f"paths.partial.rank{rank}-of-{world}.jsonl"
+
+
+def run_discover(opts: DiscoverOptions, out: Path, *, resume: bool = False, force: bool = False, quiet: bool = False,
+                 dist: Dist | None = None) -> Path:
+    """Discover paths for the selected images; returns the path of the finished ``paths.jsonl``.
+
+    Under ``torchrun``/``accelerate launch`` each process takes every world-th batch and writes
+    its own shard (resumable on its own); the main process merges them in image order.
+    """
     if opts.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1 (got {opts.batch_size})")
     if opts.pool not in ("calibration", "evaluation"):
         raise UserError(f"--pool must be calibration or evaluation (got '{opts.pool}')")
-    device = resolve_device(opts.device)
-    model = load_model(opts.model, arch=opts.arch).to(device)
+    dist = dist or get_dist(opts.device)
+    model = load_model(opts.model, arch=opts.arch).to(dist.device)
     cfg = DiscoveryConfig(opts.topk, opts.steps, opts.method, opts.token_scope, opts.label, opts.max_rows)
     finder = PathFinder(model, cfg)
     pools = load_data(opts.data)
@@ -125,23 +135,73 @@ def run_discover(opts: DiscoverOptions, out: Path, *, resume: bool = False, forc
         "vitprune_version": __version__,
         "command": "discover",
     }
-    state = prepare_run_dir(out, config, resume=resume, force=force)
     out = Path(out)
+    state = check_run_dir(out, config, resume=resume, force=force)
     if state == "complete":
-        if not quiet:
+        if not quiet and dist.is_main:
             print(f"{out / PATHS} is already complete ({len(ids)} images)")
         return out / PATHS
-    with JsonlAppender(out / PARTIAL, batch=opts.batch_size) as sink:
+    _check_shards(out, dist.world)
+    dist.barrier()
+    if dist.is_main:
+        prepare_run_dir(out, config, resume=resume, force=force)
+    dist.barrier()
+
+    batch = opts.batch_size
+    n_batches = (len(ids) + batch - 1) // batch
+    mine = dist.mine(n_batches)
+    my_ids = [ids[k * batch : (k + 1) * batch] for k in mine]
+    with JsonlAppender(out / shard_file(dist.rank, dist.world), batch=batch) as sink:
         done = len(sink.records)
-        if [r["id"] for r in sink.records] != ids[:done]:
-            raise UserError(f"{out / PARTIAL} does not match the selected images; pass --force to start over")
+        expected = [i for chunk in my_ids for i in chunk]
+        if [r["id"] for r in sink.records] != expected[:done]:
+            raise UserError(f"{sink.path} does not match the selected images; pass --force to start over")
         transform = model_transform(model)
-        remaining = selected.select(range(done, len(ids)))
+        finished = set(expected[:done])  # whole batches only (the appender keeps batch-aligned prefixes)
+        todo = [k for k, chunk in zip(mine, my_ids) if chunk[-1] not in finished]
         extra = {"method": cfg.method, "steps": cfg.steps, "token_scope": finder.scope, "topk": cfg.topk}
-        with progress_bar(total=len(ids), initial=done, desc="discover", unit="img", disable=quiet) as bar:
-            for batch_ids, images, labels in iterate_batches(remaining, transform, opts.batch_size):
-                records = finder.find(images, labels)
-                sink.append({"id": i, **extra, **r} for i, r in zip(batch_ids, records))
-                bar.update(len(batch_ids))
-    os.replace(out / PARTIAL, out / PATHS)
+        total = sum(len(c) for c in my_ids)
+        with progress_bar(total=total, initial=done, desc="discover", unit="img", disable=quiet or not dist.is_main) as bar:
+            for k in todo:
+                chunk = selected.select(range(k * batch, min((k + 1) * batch, len(ids))))
+                for batch_ids, images, labels in iterate_batches(chunk, transform, batch):
+                    records = finder.find(images, labels)
+                    sink.append({"id": i, **extra, **r} for i, r in zip(batch_ids, records))
+                    bar.update(len(batch_ids))
+    dist.barrier()
+    if dist.is_main:
+        _merge_shards(out, dist.world, ids)
+    dist.barrier()
     return out / PATHS
+
+
+def _check_shards(out: Path, world: int) -> None:
+    """A resumed run must use the same number of processes as the run that wrote its shards."""
+    expected = {shard_file(r, world) for r in range(world)}
+    for path in out.glob("paths.partial*.jsonl") if out.is_dir() else []:
+        if path.name not in expected:
+            raise UserError(f"{out} was started with a different number of processes ({path.name}); resume it with the "
+                            "same launch command or pass --force")
+
+
+def _merge_shards(out: Path, world: int, ids: list[str]) -> None:
+    """Write the shards' records in image order as ``paths.jsonl`` (atomically), then drop the shards."""
+    if world == 1:
+        os.replace(out / PARTIAL, out / PATHS)
+        return
+    shards = [out / shard_file(r, world) for r in range(world)]
+    by_id = {rec["id"]: line for path in shards for rec, line in _lines(path)}
+    if len(by_id) != len(ids):
+        raise UserError(f"the shards in {out} hold {len(by_id)} of {len(ids)} images; resume the run")
+    atomic_write_text(out / PATHS, "".join(by_id[i] for i in ids))
+    for path in shards:
+        path.unlink()
+
+
+def _lines(path: Path):
+    import json
+
+    with open(path) as f:
+        for line in f:
+            if line.endswith("\n"):
+                yield json.loads(line), line
