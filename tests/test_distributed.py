@@ -67,3 +67,18 @@ def test_resume_with_another_process_count_is_refused(runs, tmp_path, capsys):
     (out / shard_file(0, 2)).write_text("")
     assert main(["discover", "--model", model, *ARGS, "--out", str(out), "--resume"]) == 2
     assert "different number of processes" in capsys.readouterr().err
+
+
+def test_two_process_compress_counts_every_image_once(runs, tmp_path):
+    root, model = runs
+    common = ["compress", "--model", model, "--data", "demo", "--keep-topk", "2", "--per-class", "3", "--steps", "3",
+              "--batch-size", "4", "--eval-per-class", "7", "--no-export", "--quiet", "--device", "cpu"]
+    _run([sys.executable, "-m", "vitprune", *common, "--out", str(tmp_path / "one")])
+    _run([*TORCHRUN, "-m", "vitprune", *common, "--out", str(tmp_path / "two")])
+    one = json.loads((tmp_path / "one" / "report.json").read_text())
+    two = json.loads((tmp_path / "two" / "report.json").read_text())
+    assert two["accuracy"]["dense"]["n"] == one["accuracy"]["dense"]["n"] == 70
+    assert two["mask"] == one["mask"]
+    for model_name in ("dense", "pruned"):
+        assert two["accuracy"][model_name]["top1"] == one["accuracy"][model_name]["top1"]
+        assert two["accuracy"][model_name]["mean_true_prob"] == pytest.approx(one["accuracy"][model_name]["mean_true_prob"], rel=1e-6)

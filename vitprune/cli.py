@@ -142,8 +142,12 @@ def cmd_discover(args: argparse.Namespace) -> int:
         token_scope=args.token_scope, label=args.label, batch_size=args.batch_size, max_rows=args.max_rows,
         device=args.device,
     )
-    path = run_discover(opts, Path(args.out), resume=args.resume, force=args.force, quiet=args.quiet)
-    print(f"paths: {path}")
+    from .distributed import get_dist
+
+    dist = get_dist(args.device)
+    path = run_discover(opts, Path(args.out), resume=args.resume, force=args.force, quiet=args.quiet, dist=dist)
+    if dist.is_main:
+        print(f"paths: {path}")
     return 0
 
 
@@ -160,7 +164,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
         finetune_per_class=args.finetune_per_class, export=not args.no_export, seed=args.seed,
     )
     report = run_compress(opts, Path(args.out) if args.out else None, force=args.force, quiet=args.quiet)
-    print(headline(report))
+    if report is not None:  # the main process
+        print(headline(report))
     return 0
 
 

@@ -21,7 +21,7 @@ from .aggregate import class_critical_units, union_keep_sets
 from .criteria import CRITERIA, NEEDS_STATS, unit_scores
 from .data import iterate_batches, load_data, model_transform, select_per_class, torch_loader
 from .discover import DiscoverOptions, check_pairing, run_discover
-from .distributed import resolve_device
+from .distributed import get_dist
 from .errors import UserError
 from .evaluate import evaluate_models
 from .export import export_onnx, ort_latency
@@ -99,7 +99,7 @@ def validate(opts: CompressOptions) -> None:
         raise UserError(f"--eval-per-class must be >= 1 (got {opts.eval_per_class})")
 
 
-def _prepare_out(out: Path, settings: dict, force: bool) -> None:
+def _check_out(out: Path, settings: dict, force: bool) -> None:
     if (out / SETTINGS).is_file() and not force:
         old = read_json(out / SETTINGS)
         if old != settings:
@@ -107,18 +107,28 @@ def _prepare_out(out: Path, settings: dict, force: bool) -> None:
             raise UserError(f"{out} holds a different result ({', '.join(changed)} differ); pass --force to replace it")
     elif out.exists() and any(out.iterdir()) and not force:
         raise UserError(f"{out} exists and is not a vitprune compress result; pass --force or another --out")
+
+
+def _prepare_out(out: Path, settings: dict, force: bool) -> None:
+    _check_out(out, settings, force)
     if force and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / SETTINGS, settings)
 
 
-def run_compress(opts: CompressOptions, out: Path | None = None, *, force: bool = False, quiet: bool = False) -> dict:
-    """Run the whole pipeline; returns the report (also written to ``out``)."""
+def run_compress(opts: CompressOptions, out: Path | None = None, *, force: bool = False, quiet: bool = False) -> dict | None:
+    """Run the whole pipeline; returns the report (also written to ``out``) on the main process.
+
+    Under ``torchrun``/``accelerate launch``, discovery, statistics, evaluation and recovery are
+    split over the processes; the main process writes every file.
+    """
     validate(opts)
     t_start = time.time()
     out = Path(out) if out else Path("exported") / default_name(opts)
-    device = resolve_device(opts.device)
+    dist = get_dist(opts.device)
+    device = dist.device
+    quiet = quiet or not dist.is_main
     dense = load_model(opts.model, arch=opts.arch).to(device)
     adapter = ViTAdapter(dense)
     pools = load_data(opts.data)
@@ -126,7 +136,11 @@ def run_compress(opts: CompressOptions, out: Path | None = None, *, force: bool 
     transform = model_transform(dense)
     calib = select_per_class(pools.calibration, opts.per_class, opts.classes, num_classes=pools.num_classes)
     settings = {**asdict(opts), "classes": list(opts.classes) if opts.classes else None, "vitprune_version": __version__}
-    _prepare_out(out, settings, force)
+    _check_out(out, settings, force)
+    dist.barrier()
+    if dist.is_main:
+        _prepare_out(out, settings, force)
+    dist.barrier()
     timings: dict[str, float] = {}
 
     # 1. critical neurons: discovery (resumable, inside the output folder) or reuse
@@ -141,7 +155,7 @@ def run_compress(opts: CompressOptions, out: Path | None = None, *, force: bool 
                                     classes=opts.classes, topk=opts.discovery_topk, steps=opts.steps, method="jas",
                                     token_scope=opts.token_scope, label=opts.label, batch_size=opts.batch_size,
                                     max_rows=opts.max_rows, device=opts.device)
-            run_discover(dopts, out / "paths", resume=True, quiet=quiet)
+            run_discover(dopts, out / "paths", resume=True, quiet=quiet, dist=dist)
             records = load_run_records(out / "paths")
         timings["discovery_s"] = time.time() - t0
 
@@ -149,7 +163,8 @@ def run_compress(opts: CompressOptions, out: Path | None = None, *, force: bool 
     stats = None
     if opts.compensate or (opts.sparsity is not None and opts.criterion in NEEDS_STATS):
         t0 = time.time()
-        stats = collect_stats(dense, iterate_batches(calib, transform, opts.batch_size), total=len(calib), quiet=quiet)
+        stats = collect_stats(dense, iterate_batches(calib, transform, opts.batch_size, shard=dist), total=len(calib) // dist.world,
+                              quiet=quiet, dist=dist)
         timings["statistics_s"] = time.time() - t0
 
     # 3. mask
@@ -164,7 +179,8 @@ def run_compress(opts: CompressOptions, out: Path | None = None, *, force: bool 
         scores = unit_scores(opts.criterion, dense, stats=stats, records=records, seed=opts.seed)
         mask = from_scores(scores, opts.sparsity, scope=opts.scope, min_keep=opts.min_keep, round_to=opts.round_to,
                            criterion=opts.criterion)
-    atomic_write_json(out / "mask.json", mask.to_json())
+    if dist.is_main:
+        atomic_write_json(out / "mask.json", mask.to_json())
 
     # 4. slice (+ compensation)
     shift = compensation_shift(dense, mask, stats.mean) if opts.compensate else None
@@ -173,8 +189,8 @@ def run_compress(opts: CompressOptions, out: Path | None = None, *, force: bool 
     # 5. evaluation pool (never the calibration images), dense vs pruned
     evaluation = select_per_class(pools.evaluation, opts.eval_per_class, opts.classes, num_classes=pools.num_classes)
     t0 = time.time()
-    results = evaluate_models({"dense": dense, "pruned": pruned}, iterate_batches(evaluation, transform, 256),
-                              class_names=pools.class_names, total=len(evaluation), quiet=quiet)
+    results = evaluate_models({"dense": dense, "pruned": pruned}, iterate_batches(evaluation, transform, 256, shard=dist),
+                              class_names=pools.class_names, total=len(evaluation) // dist.world, quiet=quiet, dist=dist)
     timings["evaluation_s"] = time.time() - t0
 
     # 6. optional recovery
@@ -187,14 +203,18 @@ def run_compress(opts: CompressOptions, out: Path | None = None, *, force: bool 
         history = distill(pruned, dense, torch_loader(train, transform, 128, shuffle=True, seed=opts.seed),
                           epochs=opts.finetune_epochs, lr=opts.finetune_lr, seed=opts.seed, quiet=quiet)
         pruned = pruned.to(device).eval()
-        after = evaluate_models({"recovered": pruned}, iterate_batches(evaluation, transform, 256),
-                                class_names=pools.class_names, total=len(evaluation), quiet=quiet)["recovered"]
+        after = evaluate_models({"recovered": pruned}, iterate_batches(evaluation, transform, 256, shard=dist),
+                                class_names=pools.class_names, total=len(evaluation) // dist.world, quiet=quiet,
+                                dist=dist)["recovered"]
         finetune = {"epochs": opts.finetune_epochs, "images": len(train), "history": history, "after": after.to_json(),
                     "before": results["pruned"].to_json()}
         results["pruned"] = after
         timings["finetune_s"] = time.time() - t0
 
-    # 7. checkpoint
+    if not dist.is_main:
+        return None
+
+    # 7. checkpoint (main process only from here on)
     source = dense.vitprune_source
     meta = {"arch": source["arch"], "model_kwargs": source.get("model_kwargs", {}),
             "data_config": _data_config(dense), "source_model": source, "mlp_hidden": mask.kept_counts,

@@ -285,15 +285,20 @@ def model_transform(model: torch.nn.Module) -> Callable:
     return apply
 
 
-def iterate_batches(ds, transform: Callable, batch_size: int) -> Iterator[tuple[list[str], torch.Tensor, torch.Tensor]]:
-    """Yield (ids, images, labels) batches in pool order; unreadable images raise UserError."""
+def iterate_batches(ds, transform: Callable, batch_size: int, *, shard=None) -> Iterator[tuple[list[str], torch.Tensor, torch.Tensor]]:
+    """Yield (ids, images, labels) batches in pool order; unreadable images raise UserError.
+
+    ``shard`` (a ``distributed.Dist``) keeps batch k only on rank k % world, before decoding.
+    """
     import datasets
 
     raw = ds.cast_column("image", datasets.Image(decode=False))
     from PIL import Image, UnidentifiedImageError
     import io
 
-    for start in range(0, len(raw), batch_size):
+    for k, start in enumerate(range(0, len(raw), batch_size)):
+        if shard is not None and k % shard.world != shard.rank:
+            continue
         rows = raw[start : start + batch_size]
         tensors = []
         for ident, img in zip(rows["id"], rows["image"]):
@@ -332,7 +337,9 @@ def materialize(ds, transform: Callable, batch_size: int = 256) -> tuple[torch.T
     return torch.cat(images), torch.cat(labels)
 
 
-def tensor_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> Iterator[tuple[list[str], torch.Tensor, torch.Tensor]]:
+def tensor_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, shard=None) -> Iterator[tuple[list[str], torch.Tensor, torch.Tensor]]:
     """(ids, images, labels) batches over preprocessed tensors, the same shape as ``iterate_batches``."""
-    for s in range(0, len(images), batch_size):
+    for k, s in enumerate(range(0, len(images), batch_size)):
+        if shard is not None and k % shard.world != shard.rank:
+            continue
         yield [str(i) for i in range(s, min(s + batch_size, len(images)))], images[s : s + batch_size], labels[s : s + batch_size]

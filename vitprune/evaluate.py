@@ -30,8 +30,14 @@ def evaluate_models(
     total: int | None = None,
     quiet: bool = False,
     desc: str = "evaluate",
+    dist=None,
 ) -> dict[str, EvalResult]:
-    """Top-1 and mean true-class softmax probability, overall and per class, for every model."""
+    """Top-1 and mean true-class softmax probability, overall and per class, for every model.
+
+    With ``dist`` (several processes), each rank passes its own shard of batches
+    (``iterate_batches(..., shard=dist)``) and the per-class sums are gathered, so each image
+    is counted exactly once.
+    """
     num_classes = len(class_names)
     correct = {k: torch.zeros(num_classes, dtype=torch.float64) for k in models}
     prob = {k: torch.zeros(num_classes, dtype=torch.float64) for k in models}
@@ -49,6 +55,11 @@ def evaluate_models(
                 correct[name].index_add_(0, labels, hit)
                 prob[name].index_add_(0, labels, p)
             bar.update(len(labels))
+    if dist is not None and dist.world > 1:
+        parts = dist.gather({"count": count, "correct": correct, "prob": prob})
+        count = sum(p["count"] for p in parts)
+        correct = {k: sum(p["correct"][k] for p in parts) for k in models}
+        prob = {k: sum(p["prob"][k] for p in parts) for k in models}
     n = int(count.sum())
     out = {}
     for name in models:

@@ -33,7 +33,8 @@ class ActivationStats:
 
 
 def collect_stats(model: nn.Module, batches: Iterable[tuple[list[str], torch.Tensor, torch.Tensor]], *, total: int | None = None,
-                  quiet: bool = False) -> ActivationStats:
+                  quiet: bool = False, dist=None) -> ActivationStats:
+    """Statistics of every block's hidden units; with ``dist``, each rank passes its shard and the sums are gathered."""
     adapter = ViTAdapter(model)
     device = next(model.parameters()).device
     widths = adapter.hidden_widths
@@ -71,6 +72,11 @@ def collect_stats(model: nn.Module, batches: Iterable[tuple[list[str], torch.Ten
     finally:
         for p, r in zip(model.parameters(), requires):
             p.requires_grad_(r)
+    if dist is not None and dist.world > 1:
+        parts = dist.gather({"s1": [t.cpu() for t in s1], "s_abs": [t.cpu() for t in s_abs], "s2": [t.cpu() for t in s2],
+                             "tay": [t.cpu() for t in tay], "n_tok": n_tok, "n_img": n_img})
+        s1, s_abs, s2, tay = ([sum(p[key][b] for p in parts) for b in range(len(widths))] for key in ("s1", "s_abs", "s2", "tay"))
+        n_tok, n_img = sum(p["n_tok"] for p in parts), sum(p["n_img"] for p in parts)
     mean = [t / n_tok for t in s1]
     return ActivationStats(
         count_tokens=n_tok, count_images=n_img,
