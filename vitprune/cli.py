@@ -32,6 +32,8 @@ def _add_model_data(p: argparse.ArgumentParser) -> None:
     g.add_argument("--arch", default=None, help="timm architecture of a checkpoint file (inferred when omitted)")
     g.add_argument("--data", default="demo", help="demo | fashion-mnist[:DIR] | imagefolder:DIR | hf:NAME (default: demo)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default: auto)")
+    g.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16", "fp16"],
+                   help="model forwards for discovery and evaluation (default: fp32; see README for agreement figures)")
 
 
 def _add_discovery(p: argparse.ArgumentParser, per_class_default: int | None, *, compress: bool = False) -> None:
@@ -124,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--force", action="store_true")
     e.set_defaults(func=cmd_export)
 
+    from .analysis.cli import add_analyze_parser
+
+    add_analyze_parser(sub)
+
     c = sub.add_parser("convert", help="convert path records between vitprune runs and the reference .rlt.jsonl format")
     c.add_argument("src", help="a vitprune run folder (-> reference files) or a folder of *.rlt.jsonl (-> vitprune run)")
     c.add_argument("dst", help="output folder")
@@ -140,7 +146,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
         model=args.model, arch=args.arch, data=args.data, pool=args.pool, per_class=args.per_class,
         classes=parse_classes(args.classes), topk=args.topk, steps=args.steps, method=args.method,
         token_scope=args.token_scope, label=args.label, batch_size=args.batch_size, max_rows=args.max_rows,
-        device=args.device,
+        device=args.device, precision=args.precision,
     )
     from .distributed import get_dist
 
@@ -160,7 +166,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         round_to=args.round_to, compensate=args.compensate, per_class=args.per_class,
         classes=parse_classes(args.classes), paths=args.paths, topk=args.topk, steps=args.steps,
         token_scope=args.token_scope, label=args.label, batch_size=args.batch_size, max_rows=args.max_rows,
-        eval_per_class=args.eval_per_class, finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
+        precision=args.precision, eval_per_class=args.eval_per_class, finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
         finetune_per_class=args.finetune_per_class, export=not args.no_export, seed=args.seed,
     )
     report = run_compress(opts, Path(args.out) if args.out else None, force=args.force, quiet=args.quiet)
@@ -187,7 +193,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         compensate={"off": (False,), "on": (True,), "both": (False, True)}[args.compensate],
         seeds=tuple(int(s) for s in _floats(args.seeds, "--seeds")), per_class=args.per_class,
         classes=parse_classes(args.classes), eval_per_class=args.eval_per_class, topk=args.topk, steps=args.steps,
-        batch_size=args.batch_size, max_rows=args.max_rows, scope=args.scope, min_keep=args.min_keep,
+        batch_size=args.batch_size, max_rows=args.max_rows, precision=args.precision, scope=args.scope, min_keep=args.min_keep,
         finetune_epochs=args.finetune_epochs, finetune_per_class=args.finetune_per_class, finetune_lr=args.finetune_lr,
         latency=args.latency,
     )

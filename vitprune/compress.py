@@ -57,6 +57,7 @@ class CompressOptions:
     label: str = "truth"
     batch_size: int = 16
     max_rows: int | None = None
+    precision: str = "fp32"
     eval_per_class: int | None = None
     finetune_epochs: int = 0
     finetune_lr: float = 1e-4
@@ -154,7 +155,7 @@ def run_compress(opts: CompressOptions, out: Path | None = None, *, force: bool 
             dopts = DiscoverOptions(model=opts.model, arch=opts.arch, data=opts.data, per_class=opts.per_class,
                                     classes=opts.classes, topk=opts.discovery_topk, steps=opts.steps, method="jas",
                                     token_scope=opts.token_scope, label=opts.label, batch_size=opts.batch_size,
-                                    max_rows=opts.max_rows, device=opts.device)
+                                    max_rows=opts.max_rows, device=opts.device, precision=opts.precision)
             run_discover(dopts, out / "paths", resume=True, quiet=quiet, dist=dist)
             records = load_run_records(out / "paths")
         timings["discovery_s"] = time.time() - t0
@@ -190,7 +191,8 @@ def run_compress(opts: CompressOptions, out: Path | None = None, *, force: bool 
     evaluation = select_per_class(pools.evaluation, opts.eval_per_class, opts.classes, num_classes=pools.num_classes)
     t0 = time.time()
     results = evaluate_models({"dense": dense, "pruned": pruned}, iterate_batches(evaluation, transform, 256, shard=dist),
-                              class_names=pools.class_names, total=len(evaluation) // dist.world, quiet=quiet, dist=dist)
+                              class_names=pools.class_names, total=len(evaluation) // dist.world, quiet=quiet, dist=dist,
+                              precision=opts.precision)
     timings["evaluation_s"] = time.time() - t0
 
     # 6. optional recovery
@@ -205,7 +207,7 @@ def run_compress(opts: CompressOptions, out: Path | None = None, *, force: bool 
         pruned = pruned.to(device).eval()
         after = evaluate_models({"recovered": pruned}, iterate_batches(evaluation, transform, 256, shard=dist),
                                 class_names=pools.class_names, total=len(evaluation) // dist.world, quiet=quiet,
-                                dist=dist)["recovered"]
+                                dist=dist, precision=opts.precision)["recovered"]
         finetune = {"epochs": opts.finetune_epochs, "images": len(train), "history": history, "after": after.to_json(),
                     "before": results["pruned"].to_json()}
         results["pruned"] = after

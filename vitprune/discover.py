@@ -19,7 +19,7 @@ from .progress import progress_bar
 
 RUN_FILES = (CONFIG, PATHS, PARTIAL)
 # options that do not change what is computed; a resumed run may change them
-NON_IDENTITY_KEYS = ("device", "out")
+NON_IDENTITY_KEYS = ("device", "out")  # max_rows and precision stay: they change floating-point results
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class DiscoverOptions:
     batch_size: int = 16
     max_rows: int | None = None
     device: str = "auto"
+    precision: str = "fp32"
 
 
 def check_pairing(pools: DataPools, num_classes: int) -> None:
@@ -115,7 +116,7 @@ def run_discover(opts: DiscoverOptions, out: Path, *, resume: bool = False, forc
         raise UserError(f"--pool must be calibration or evaluation (got '{opts.pool}')")
     dist = dist or get_dist(opts.device)
     model = load_model(opts.model, arch=opts.arch).to(dist.device)
-    cfg = DiscoveryConfig(opts.topk, opts.steps, opts.method, opts.token_scope, opts.label, opts.max_rows)
+    cfg = DiscoveryConfig(opts.topk, opts.steps, opts.method, opts.token_scope, opts.label, opts.max_rows, opts.precision)
     finder = PathFinder(model, cfg)
     pools = load_data(opts.data)
     check_pairing(pools, finder.adapter.num_classes)

@@ -31,6 +31,7 @@ def evaluate_models(
     quiet: bool = False,
     desc: str = "evaluate",
     dist=None,
+    precision: str = "fp32",
 ) -> dict[str, EvalResult]:
     """Top-1 and mean true-class softmax probability, overall and per class, for every model.
 
@@ -49,7 +50,9 @@ def evaluate_models(
             count += torch.bincount(labels, minlength=num_classes).double()
             for name, model in models.items():
                 device = next(model.parameters()).device
-                logits = model(images.to(device)).float().cpu()
+                dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                    logits = model(images.to(device)).float().cpu()
                 p = logits.softmax(-1).gather(1, labels[:, None]).squeeze(1).double()
                 hit = (logits.argmax(-1) == labels).double()
                 correct[name].index_add_(0, labels, hit)

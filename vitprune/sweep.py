@@ -55,6 +55,7 @@ class SweepOptions:
     steps: int = 20
     batch_size: int = 16
     max_rows: int | None = None
+    precision: str = "fp32"
     scope: str = "per-block"
     min_keep: int = 1
     finetune_epochs: int = 0
@@ -140,7 +141,8 @@ def _run_points(opts, todo, sink, out, dense, adapter, pools, transform, calib, 
         if crits & ({name, "keep-topk"} if name == "jas" else {name}):
             dopts = DiscoverOptions(model=opts.model, arch=opts.arch, data=opts.data, per_class=opts.per_class,
                                     classes=opts.classes, topk=opts.discovery_topk, steps=opts.steps, token_scope=scope,
-                                    batch_size=opts.batch_size, max_rows=opts.max_rows, device=opts.device)
+                                    batch_size=opts.batch_size, max_rows=opts.max_rows, device=opts.device,
+                                    precision=opts.precision)
             run_discover(dopts, out / f"paths-{name}", resume=True, quiet=quiet)
             records[name] = load_run_records(out / f"paths-{name}")
     stats = collect_stats(dense, iterate_batches(calib, transform, opts.batch_size), total=len(calib), quiet=quiet)

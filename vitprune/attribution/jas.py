@@ -32,6 +32,8 @@ from ..hooks import ffn_hooks, override_ffn, replace_tokens
 
 METHODS = ("jas", "influence-pattern")
 LABEL_SOURCES = ("truth", "pred")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,8 @@ class DiscoveryConfig:
     method: str = "jas"
     token_scope: str = "auto"
     label: str = "truth"
-    max_rows: int | None = None  # rows (scaled copies) per forward/backward; None = all m*B at once
+    max_rows: int | None = None  # rows (scaled copies) per forward/backward; None = all m*B at once (CPU) or auto (GPU)
+    precision: str = "fp32"  # model forwards in fp32, TF32 matmuls, or bf16/fp16 autocast; sums stay fp64
 
 
 @dataclass
@@ -66,9 +69,29 @@ class PassStats:
             self.backward_rows += rows
 
 
+class _tf32:
+    """Allow TF32 matmuls (Ampere+ GPUs) inside the block; restores the previous setting."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def __enter__(self) -> None:
+        self.saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        if self.enabled:
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+    def __exit__(self, *exc) -> None:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.saved
+
+
 def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
     """Softmax in fp32 for half-precision logits; fp64 models keep fp64."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def rows_for_memory(free_bytes: int, bytes_per_row: int, fraction: float = 0.8, minimum: int = 1) -> int:
+    """How many scaled rows fit in ``fraction`` of ``free_bytes`` at ``bytes_per_row``."""
+    return max(minimum, int(fraction * free_bytes) // max(1, bytes_per_row))
 
 
 def stable_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -86,6 +109,7 @@ class PathFinder:
         self.scope = self.adapter.resolve_scope(config.token_scope)
         self.tokens = self.adapter.token_slice(self.scope)
         self.stats = PassStats()
+        self.auto_max_rows: int | None = None
         self._validate()
 
     def _validate(self) -> None:
@@ -100,12 +124,16 @@ class PathFinder:
             raise UserError(f"--steps must be >= 1 (got {cfg.steps})")
         if cfg.max_rows is not None and cfg.max_rows < 1:
             raise UserError(f"--max-rows must be >= 1 (got {cfg.max_rows})")
+        if cfg.precision not in PRECISIONS:
+            raise UserError(f"--precision must be one of {', '.join(PRECISIONS)} (got '{cfg.precision}')")
 
     # ------------------------------------------------------------------------------- public
     def find(self, images: torch.Tensor, labels: torch.Tensor) -> list[dict]:
         """One record per image: path [L][K], score, base_path, base_score, label, target, pred, prob."""
         device = next(self.model.parameters()).device
         images, labels = images.to(device), labels.to(device)
+        if self.config.max_rows is None and self.auto_max_rows is None and device.type == "cuda":
+            self.auto_max_rows = self._probe_max_rows(images[:1], labels[:1])
         requires = [p.requires_grad for p in self.model.parameters()]
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -146,19 +174,43 @@ class PathFinder:
             })
         return records
 
-    def _count_forward(self, rows: int) -> None:
-        self.stats.add("forward", rows)
+    def _probe_max_rows(self, image: torch.Tensor, label: torch.Tensor, probe_rows: int = 8) -> int:
+        """Rows per pass that fill ~80% of the free GPU memory, from one measured probe pass.
+
+        The probe is the costliest pass (every block clamped, one backward), so later passes fit.
+        """
+        acts, _ = self._clean_forward(image)
+        depth = self.adapter.depth
+        img = torch.zeros(probe_rows, dtype=torch.long, device=image.device)
+        alpha = torch.linspace(0, 1, probe_rows, dtype=torch.float64, device=image.device)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        units = [stable_topk(a.sum(dim=1), self.config.topk) for a in acts]
+        clamps = {l: self._path_clamp(acts[l], units[l], img, alpha) for l in range(depth)}
+        with torch.enable_grad(), override_ffn(self.adapter, clamps, self.tokens):
+            out = self._target_prob_sum(image[img], label[img])
+            torch.autograd.grad(out, [clamps[l] for l in range(depth)])
+        per_row = max(1, (torch.cuda.max_memory_allocated() - base) // probe_rows)
+        return rows_for_memory(torch.cuda.mem_get_info()[0], per_row)
+
+    def _forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Every model forward goes through here: precision, and the pass count."""
+        dtype = _AUTOCAST.get(self.config.precision)
+        with torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None), _tf32(self.config.precision == "tf32"):
+            logits = self.model(images)
+        self.stats.add("forward", len(images))
+        return logits
 
     @torch.no_grad()
     def _clean_forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         store: dict[int, torch.Tensor] = {}
 
         def record(b: int, hidden: torch.Tensor) -> None:
-            store[b] = hidden[:, self.tokens].detach()
+            store[b] = _at_least_fp32(hidden[:, self.tokens].detach())
 
         with ffn_hooks(self.adapter, record):
-            logits = self.model(images)
-        self._count_forward(len(images))
+            logits = self._forward(images)
         return [store[b] for b in range(self.adapter.depth)], logits
 
     def _row_chunks(self, batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -166,12 +218,11 @@ class PathFinder:
         m = self.config.steps
         rows = torch.arange(m * batch)
         img, alpha = rows % batch, (rows // batch).double() / m
-        size = self.config.max_rows or len(rows)
+        size = self.config.max_rows or self.auto_max_rows or len(rows)
         return [(img[s : s + size], alpha[s : s + size]) for s in range(0, len(rows), size)]
 
     def _target_prob_sum(self, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits = self.model(images)
-        self._count_forward(len(images))
+        logits = self._forward(images)
         return _at_least_fp32(logits).softmax(-1).gather(1, target[:, None]).sum()
 
     def _grad(self, output: torch.Tensor, inputs: Sequence[torch.Tensor], rows: int) -> tuple[torch.Tensor, ...]:
@@ -268,6 +319,7 @@ def find_paths(
     token_scope: str = "auto",
     label: str = "truth",
     max_rows: int | None = None,
+    precision: str = "fp32",
 ) -> list[dict]:
     """Top-K neuron paths of preprocessed ``images`` (B, C, H, W): one record per image.
 
@@ -276,5 +328,6 @@ def find_paths(
     layer, scored the same way), ``label``, ``target`` (the class F is taken for), ``pred``
     and ``prob`` (clean softmax probability of the target).
     """
-    config = DiscoveryConfig(topk=topk, steps=steps, method=method, token_scope=token_scope, label=label, max_rows=max_rows)
+    config = DiscoveryConfig(topk=topk, steps=steps, method=method, token_scope=token_scope, label=label, max_rows=max_rows,
+                             precision=precision)
     return PathFinder(model, config).find(images, labels)

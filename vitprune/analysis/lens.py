@@ -1,0 +1,282 @@
+"""``analyze lens``: the class-embedding lens (class_embedding spec sections 1, 2, 5).
+
+Every token at every site is read with the model's own readout, ``head(norm_f(x))``: the
+residual stream after block b (``blocks[b]``), and what the attention and MLP sublayers add
+to it (``blocks[b].ls1`` / ``ls2``, correct with LayerScale). Sublayer outputs go through the
+final norm on their own, as in the paper, so the reading is about direction, not magnitude.
+MLP units are labelled as key-value memories: value v_m = fc2.weight[:, m] (times the ls2
+gain), scored against the classes with the final-norm gain folded into the head.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..adapter import ViTAdapter
+from ..errors import UserError
+from ..records import atomic_write_json
+from .editing import check_paths, default_out, load_run, load_run_data, load_run_model, resolve_spec
+
+SITES = ("resid", "attn", "mlp")
+SITE_MODULE = {"resid": None, "attn": "ls1", "mlp": "ls2"}
+
+
+@dataclass(frozen=True)
+class Readout:
+    """How the model turns a d-vector into logits: ``head(norm(x))``, plus its token layout."""
+
+    norm: nn.Module
+    head: nn.Linear
+    pool: str  # 'token' or 'avg'
+    num_prefix: int
+    has_cls: bool
+    pool_uses_fc_norm: bool  # avg pool: norm after pooling (fc_norm) rather than per token (model.norm)
+    pool_include_prefix: bool
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(x))
+
+    def pooled(self, resid: torch.Tensor) -> torch.Tensor:
+        """The model's own avg-pool readout of a residual stream (B, N, d) -> (B, C)."""
+        tokens = resid if self.pool_include_prefix else resid[:, self.num_prefix:]
+        if self.pool_uses_fc_norm:
+            return self.head(self.norm(tokens.mean(1)))
+        return self.head(self.norm(tokens).mean(1))
+
+
+def resolve_readout(model: nn.Module) -> Readout:
+    """The final norm + head, refusing models whose output is not one linear readout of the stream."""
+    if getattr(model, "dist_token", None) is not None or hasattr(model, "head_dist"):
+        raise UserError("distilled models (DeiT distillation token + head_dist) average two heads; the class-embedding "
+                        "lens supports single-head ViTs: use the non-distilled model")
+    pool = getattr(model, "global_pool", "token")
+    if getattr(model, "attn_pool", None) is not None or pool in ("map", "prr"):
+        raise UserError(f"global_pool='{pool}' reads the tokens through an attention-pool head, which has no per-token "
+                        "linear readout; the class-embedding lens needs 'token' or 'avg' pooling")
+    adapter = ViTAdapter(model)
+    for b, block in enumerate(adapter.blocks):
+        if not (hasattr(block, "ls1") and hasattr(block, "ls2")):
+            raise UserError(f"block {b} ({type(block).__name__}) is not a pre-norm timm Block with ls1/ls2; "
+                            "post-norm and parallel blocks are not supported by the lens")
+    if not isinstance(model.head, nn.Linear):
+        raise UserError(f"the head is {type(model.head).__name__}, not a linear classifier; the lens needs one")
+    fc_norm = getattr(model, "fc_norm", nn.Identity())
+    uses_fc_norm = pool == "avg" and not isinstance(fc_norm, nn.Identity)
+    return Readout(
+        norm=fc_norm if uses_fc_norm else model.norm, head=model.head, pool=pool,
+        num_prefix=int(model.num_prefix_tokens), has_cls=model.cls_token is not None,
+        pool_uses_fc_norm=uses_fc_norm, pool_include_prefix=bool(getattr(model, "pool_include_prefix", False)),
+    )
+
+
+@contextmanager
+def capture_sites(model: nn.Module) -> Iterator[dict[tuple[str, int], torch.Tensor]]:
+    """Forward hooks recording (site, block) -> (B, N, d) for resid/attn/mlp; always removed."""
+    store: dict[tuple[str, int], torch.Tensor] = {}
+    handles = []
+    try:
+        for b, block in enumerate(model.blocks):
+            for site in SITES:
+                module = block if SITE_MODULE[site] is None else getattr(block, SITE_MODULE[site])
+
+                def hook(_m, _inp, output, _key=(site, b)):
+                    store[_key] = output.detach()
+
+                handles.append(module.register_forward_hook(hook))
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def class_ranks(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rank, true logit): rank = number of classes with a strictly greater logit than the label's."""
+    shape = labels.view(-1, *([1] * (logits.dim() - 1)))
+    true = logits.gather(-1, shape.expand(*logits.shape[:-1], 1))
+    return (logits > true).sum(-1), true.squeeze(-1)
+
+
+class _Mean:
+    """Running per-block mean of a statistic."""
+
+    def __init__(self, depth: int) -> None:
+        self.total = np.zeros(depth)
+        self.count = np.zeros(depth)
+
+    def add(self, b: int, values: torch.Tensor) -> None:
+        self.total[b] += float(values.double().sum())
+        self.count[b] += values.numel()
+
+    def values(self) -> list[float | None]:
+        return [float(t / c) if c else None for t, c in zip(self.total, self.count)]
+
+
+@torch.no_grad()
+def lens_statistics(model: nn.Module, batches: Iterable[tuple[list[str], torch.Tensor, torch.Tensor]], *,
+                    total: int | None = None, quiet: bool = False) -> dict:
+    """Identifiability per site/block (CLS, image tokens, pooled readout) and attention-vs-MLP CSCR."""
+    from ..progress import progress_bar
+
+    readout = resolve_readout(model)
+    depth, num_classes = len(model.blocks), int(model.head.out_features)
+    device = next(model.parameters()).device
+    groups = (["cls"] if readout.has_cls else []) + ["image"]
+    ident = {(s, g): _Mean(depth) for s in SITES for g in groups}
+    top1 = {(s, g): _Mean(depth) for s in SITES for g in groups}
+    pooled_ident, pooled_top1 = _Mean(depth), _Mean(depth)
+    cscr = {(t, g): _Mean(depth) for t in ("attn", "mlp") for g in groups}
+    readout_err = 0.0
+    n_images = 0
+
+    def split(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        parts = {"image": x[:, readout.num_prefix:]}
+        if readout.has_cls:
+            parts["cls"] = x[:, 0]
+        return parts
+
+    with progress_bar(total=total, desc="lens", unit="img", disable=quiet) as bar:
+        for _, images, labels in batches:
+            images, labels = images.to(device), labels.to(device)
+            with capture_sites(model) as acts:
+                logits = model(images).float()
+            prev_true = None
+            for b in range(depth):
+                true_logit = {}
+                for site in SITES:
+                    rank, true = class_ranks(readout.project(acts[(site, b)]).float(), labels)
+                    true_logit[site] = true
+                    for g, r in split(rank).items():
+                        ident[(site, g)].add(b, 1.0 - r.double() / num_classes)
+                        top1[(site, g)].add(b, (r == 0).double())
+                if prev_true is not None:
+                    for t in ("attn", "mlp"):
+                        for g, win in split(true_logit[t] > prev_true).items():
+                            cscr[(t, g)].add(b, win.double())
+                prev_true = true_logit["resid"]
+                if readout.pool == "avg":
+                    pooled = readout.pooled(acts[("resid", b)]).float()
+                    rank, _ = class_ranks(pooled, labels)
+                    pooled_ident.add(b, 1.0 - rank.double() / num_classes)
+                    pooled_top1.add(b, (rank == 0).double())
+            last = acts[("resid", depth - 1)]
+            final = readout.pooled(last) if readout.pool == "avg" else readout.project(last[:, 0])
+            readout_err = max(readout_err, float((final.float() - logits).abs().max()))
+            n_images += len(labels)
+            bar.update(len(labels))
+    result = {
+        "num_images": n_images, "num_classes": num_classes, "depth": depth, "pool": readout.pool,
+        "num_prefix_tokens": readout.num_prefix, "token_groups": groups,
+        "final_norm": "fc_norm" if readout.pool_uses_fc_norm else "norm",
+        "readout_max_abs_error": readout_err,
+        "identifiability": {s: {g: ident[(s, g)].values() for g in groups} for s in SITES},
+        "top1_rate": {s: {g: top1[(s, g)].values() for g in groups} for s in SITES},
+        "cscr": {g: {t: cscr[(t, g)].values() for t in ("attn", "mlp")} for g in groups},
+    }
+    if readout.pool == "avg":
+        result["identifiability"]["resid"]["pooled"] = pooled_ident.values()
+        result["top1_rate"]["resid"]["pooled"] = pooled_top1.values()
+    return result
+
+
+@torch.no_grad()
+def label_units(model: nn.Module, k: int = 5) -> list[dict[str, torch.Tensor]]:
+    """Per block, the top-k classes each MLP unit writes: S = (E * gamma_f) @ (v_m - mean(v_m)).
+
+    Centring removes the direction the final LayerNorm subtracts; the head bias is left out
+    because it does not depend on the unit. Weights are read, never modified.
+    """
+    readout = resolve_readout(model)
+    num_classes = int(model.head.out_features)
+    if not 1 <= k <= num_classes:
+        raise UserError(f"--label-topk must be in 1..{num_classes} (got {k})")
+    weight = readout.head.weight.detach().float()
+    gamma = getattr(readout.norm, "weight", None)
+    if gamma is not None:
+        weight = weight * gamma.detach().float()
+    out = []
+    for block in model.blocks:
+        values = block.mlp.fc2.weight.detach().float()  # (d, M): column m is unit m's value vector
+        ls_gamma = getattr(block.ls2, "gamma", None)
+        if ls_gamma is not None:
+            values = values * ls_gamma.detach().float()[:, None]
+        scores = weight @ (values - values.mean(0, keepdim=True))  # (C, M)
+        top = scores.topk(k, dim=0)
+        out.append({"top": top.indices.T.cpu(), "score": top.values.T.cpu()})
+    return out
+
+
+def path_unit_labels(records: Sequence[dict], labels: Sequence[dict[str, torch.Tensor]], num_classes: int) -> dict:
+    """For each class's path units in the last third of the blocks: the classes they write (top-1 label)."""
+    depth = len(labels)
+    first = depth - max(1, depth // 3)
+    counts: dict[int, np.ndarray] = {}
+    for rec in records:
+        cls = int(rec.get("target", rec["label"]))
+        row = counts.setdefault(cls, np.zeros(num_classes))
+        for layer in range(first, depth):
+            for u in rec["path"][layer]:
+                row[int(labels[layer]["top"][int(u), 0])] += 1
+    classes = sorted(counts)
+    matrix = np.stack([counts[c] / max(counts[c].sum(), 1) for c in classes]) if classes else np.zeros((0, num_classes))
+    return {
+        "layers": list(range(first, depth)), "classes": classes, "matrix": matrix,
+        "self_fraction": {str(c): float(matrix[i, c]) for i, c in enumerate(classes)},
+        "units": {str(c): int(counts[c].sum()) for c in classes}, "chance": 1.0 / num_classes,
+    }
+
+
+def lens_analysis(path: str | Path, out: str | Path | None = None, *, model: str | None = None,
+                  data: str | None = None, device: str = "auto", per_class: int | None = None, label_topk: int = 5,
+                  batch_size: int = 64, quiet: bool = False) -> dict:
+    """Lens statistics on the run's images and labels of its path units; writes lens.json and PNGs into ``out``."""
+    from ..data import iterate_batches, model_transform, select_per_class
+    from .plots import cscr_curves, identifiability_curves, label_heatmap
+
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1 (got {batch_size})")
+    run = load_run(path)
+    net = load_run_model([run], model, device)
+    readout = resolve_readout(net)
+    adapter = ViTAdapter(net)
+    check_paths(run.records, "path", adapter.hidden_widths, run.folder)
+    data_spec, pools = load_run_data([run], data, adapter.num_classes)
+    names = list(pools.class_names)
+    pool = pools.evaluation if run.config.get("pool") == "evaluation" else pools.calibration
+    count = per_class if per_class is not None else run.config.get("per_class", 5)
+    images = select_per_class(pool, count, run.config.get("classes"), num_classes=pools.num_classes)
+    stats = lens_statistics(net, iterate_batches(images, model_transform(net), batch_size), total=len(images), quiet=quiet)
+    units = label_units(net, label_topk)
+    paths = path_unit_labels(run.records, units, adapter.num_classes)
+    out = Path(out) if out else default_out(run, "lens")
+    out.mkdir(parents=True, exist_ok=True)
+    title = f"{Path(resolve_spec([run], 'model', model)).name}"
+    figures = [
+        str(identifiability_curves(stats["identifiability"], out / "lens_identifiability.png",
+                                   f"class identifiability per site — {title}")),
+        str(cscr_curves(stats["cscr"], out / "lens_cscr.png", f"attention vs MLP class-similarity change rate — {title}")),
+    ]
+    if paths["classes"]:
+        figures.append(str(label_heatmap(paths["matrix"], [names[c] for c in paths["classes"]], names,
+                                         out / "lens_path_labels.png",
+                                         f"classes written by path units of block(s) {', '.join(map(str, paths['layers']))}")))
+    report = {
+        "path": str(run.folder), "model": resolve_spec([run], "model", model), "data": data_spec,
+        "images": len(images), **stats,
+        "unit_labels": [{"top": u["top"].tolist(), "top1_score": u["score"][:, 0].tolist()} for u in units],
+        "path_units": {**paths, "matrix": paths["matrix"].tolist(),
+                       "class_names": [names[c] for c in paths["classes"]]},
+        "figures": figures,
+    }
+    atomic_write_json(out / "lens.json", report)
+    report["out"] = str(out)
+    return report
+
+
+__all__ = ["lens_analysis", "lens_statistics", "label_units", "resolve_readout", "capture_sites", "path_unit_labels",
+           "Readout"]
