@@ -5,8 +5,9 @@ setup:
 	@bash scripts/setup.sh
 
 # Main job on the embedded default: the bundled demo ViT on Fashion-MNIST.
+# Re-running it recomputes the same result in place (its path discovery resumes).
 demo: setup
-	.venv/bin/vitprune discover --model demo --data demo --per-class 8 --topk 5 --out runs/demo --resume
+	.venv/bin/vitprune compress --model demo --data demo --keep-topk 5
 
 test: setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 .venv/bin/python -m pytest

@@ -18,10 +18,15 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+DEMO = dict(model="demo", images=64, batch=16, steps=20, topk=5, reference_backward=False, precision="fp32")
+BASE = dict(model="random:vit_base_patch16_224", images=2, batch=2, steps=20, topk=5, reference_backward=False, precision="fp32")
 CONFIGS = {
-    "demo": dict(model="demo", images=64, batch=16, steps=20, topk=5, reference_backward=False),
-    "demo-ref": dict(model="demo", images=64, batch=16, steps=20, topk=5, reference_backward=True),
-    "vit_base": dict(model="random:vit_base_patch16_224", images=2, batch=2, steps=20, topk=5, reference_backward=False),
+    "demo": DEMO,
+    "demo-ref": {**DEMO, "reference_backward": True},
+    "demo-bf16": {**DEMO, "precision": "bf16"},
+    "demo-fp16": {**DEMO, "precision": "fp16"},
+    "vit_base": BASE,
+    "vit_base-bf16": {**BASE, "precision": "bf16"},
 }
 
 
@@ -60,7 +65,7 @@ def run_one(name: str) -> dict:
             return tuple(grads)
 
     finder_cls = ReferenceBackward if cfg["reference_backward"] else PathFinder
-    finder = finder_cls(model, DiscoveryConfig(topk=cfg["topk"], steps=cfg["steps"]))
+    finder = finder_cls(model, DiscoveryConfig(topk=cfg["topk"], steps=cfg["steps"], precision=cfg["precision"]))
     finder.find(*[t[:1] for t in batches[0]])  # warm-up (allocator, kernels); not counted
     finder.stats = type(finder.stats)()
     rss0 = _rss_mb()
@@ -80,6 +85,7 @@ def run_one(name: str) -> dict:
         "minimum_rows_per_image": m * (L + 2),
         "rss_before_mb": rss0, "peak_rss_mb": peak, "peak_minus_model_mb": peak - rss0,
         "paths": [r["path"] for r in records],
+        "scores": [r["score"] for r in records],
     }
 
 
@@ -94,13 +100,13 @@ def render(results: list[dict], machine: dict) -> str:
         "Per image, the minimum is one forward and one backward over m·(L+2) scaled rows "
         "(L greedy layers + the path score + the activation-baseline score), plus one clean forward.",
         "",
-        "| config | L | tokens | m | batch | images | images/s | s/image | forward rows/image | backward calls/batch "
+        "| config | precision | L | tokens | m | batch | images | images/s | s/image | forward rows/image | backward calls/batch "
         "| minimum m(L+2) | peak RSS (MB) | peak − after model load (MB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r['config']} | {r['depth']} | {r['tokens']} | {r['steps']} | {r['batch']} | {r['images']} | "
+            f"| {r['config']} | {r['precision']} | {r['depth']} | {r['tokens']} | {r['steps']} | {r['batch']} | {r['images']} | "
             f"{r['images_per_s']:.2f} | {r['seconds_per_image']:.2f} | {r['forward_rows_per_image']:.1f} | "
             f"{r['backward_calls_per_batch']:.0f} | {r['minimum_rows_per_image']} | {r['peak_rss_mb']:.0f} | {r['peak_minus_model_mb']:.0f} |"
         )
@@ -117,7 +123,29 @@ def render(results: list[dict], machine: dict) -> str:
             f"(F = forward, backward ≈ 2F, the reference's L repeated clean forwards included) predicts "
             f"{predicted_ref / predicted_ours:.2f}× for L = {L}. Paths identical: {a['paths'] == b['paths']}.",
         ]
+    agreement = [(name, path_agreement(by["demo"], by[name])) for name in ("demo-bf16", "demo-fp16") if name in by and "demo" in by]
+    if agreement:
+        lines += ["", "Reduced precision against fp32 on the demo model (same images; CPU autocast here, no GPU was lent):", "",
+                  "| precision | identical path units (same layer and rank) | same unit set per layer | score Pearson r |",
+                  "|---|---|---|---|"]
+        for name, a in agreement:
+            lines.append(f"| {by[name]['precision']} | {a['identical']:.3f} | {a['same_set']:.3f} | {a['pearson']:.4f} |")
     return "\n".join(lines) + "\n"
+
+
+def path_agreement(ref: dict, other: dict) -> dict:
+    """Fraction of identical units (same image, layer, rank), of identical per-layer sets, score correlation."""
+    import numpy as np
+
+    same = total = same_set = layers = 0
+    for p, q in zip(ref["paths"], other["paths"]):
+        for a, b in zip(p, q):
+            same += sum(x == y for x, y in zip(a, b))
+            total += len(a)
+            same_set += set(a) == set(b)
+            layers += 1
+    r = float(np.corrcoef(ref["scores"], other["scores"])[0, 1])
+    return {"identical": same / total, "same_set": same_set / layers, "pearson": r}
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from .helpers import tiny_vit  # noqa: E402
+from .helpers import save_tiny_fashion_model, tiny_vit  # noqa: E402
 
 
 @pytest.fixture
@@ -29,3 +29,9 @@ def fashion_dir() -> str:
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("VITPRUNE_CACHE", str(tmp_path_factory.getbasetemp() / "vitprune-cache"))
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> str:
+    """A tiny random 28x28 grayscale 10-class ViT saved as a vitprune checkpoint folder."""
+    return str(save_tiny_fashion_model(tmp_path_factory.mktemp("m") / "tiny"))

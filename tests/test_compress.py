@@ -12,14 +12,9 @@ from vitprune.errors import ExportError
 from vitprune.export import export_onnx, read_metadata
 from vitprune.models import load_model
 
-from .helpers import save_tiny_fashion_model, tiny_images, tiny_vit
+from .helpers import tiny_images, tiny_vit
 
 FAST = ["--data", "demo", "--per-class", "2", "--steps", "3", "--eval-per-class", "5", "--quiet"]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return str(save_tiny_fashion_model(tmp_path_factory.mktemp("m") / "tiny"))
 
 
 @pytest.fixture(scope="module")

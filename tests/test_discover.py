@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -18,11 +17,6 @@ from .helpers import save_tiny_fashion_model
 
 ARGS = ["--data", "demo", "--per-class", "2", "--topk", "2", "--steps", "3", "--batch-size", "4", "--quiet"]
 FIELDS = {"id", "label", "pred", "target", "prob", "method", "steps", "token_scope", "topk", "path", "score", "base_path", "base_score"}
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return str(save_tiny_fashion_model(tmp_path_factory.mktemp("m") / "tiny"))
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,6 @@ import pytest
 from vitprune.records import read_jsonl
 from vitprune.sweep import POINTS, SweepOptions, points_of, run_sweep
 
-from .helpers import save_tiny_fashion_model
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return str(save_tiny_fashion_model(tmp_path_factory.mktemp("m") / "tiny"))
 
 
 def _opts(model_dir, **kw):

@@ -20,11 +20,15 @@ import struct
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .errors import UserError
+
+if TYPE_CHECKING:
+    import datasets
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = (
@@ -40,8 +44,8 @@ class DataPools:
     """The two disjoint pools of one data spec."""
 
     spec: str
-    calibration: "datasets.Dataset"  # noqa: F821
-    evaluation: "datasets.Dataset"  # noqa: F821
+    calibration: datasets.Dataset
+    evaluation: datasets.Dataset
     class_names: tuple[str, ...]
 
     @property

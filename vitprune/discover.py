@@ -6,7 +6,6 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
 
 from . import __version__
 from .attribution import DiscoveryConfig, PathFinder

@@ -236,13 +236,13 @@ def lens_analysis(path: str | Path, out: str | Path | None = None, *, model: str
                   batch_size: int = 64, quiet: bool = False) -> dict:
     """Lens statistics on the run's images and labels of its path units; writes lens.json and PNGs into ``out``."""
     from ..data import iterate_batches, model_transform, select_per_class
-    from .plots import cscr_curves, identifiability_curves, label_heatmap
+    from .plots import block_curves, label_heatmap
 
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1 (got {batch_size})")
     run = load_run(path)
     net = load_run_model([run], model, device)
-    readout = resolve_readout(net)
+    resolve_readout(net)  # refuses distilled / attention-pool models before any data is read
     adapter = ViTAdapter(net)
     check_paths(run.records, "path", adapter.hidden_widths, run.folder)
     data_spec, pools = load_run_data([run], data, adapter.num_classes)
@@ -257,9 +257,10 @@ def lens_analysis(path: str | Path, out: str | Path | None = None, *, model: str
     out.mkdir(parents=True, exist_ok=True)
     title = f"{Path(resolve_spec([run], 'model', model)).name}"
     figures = [
-        str(identifiability_curves(stats["identifiability"], out / "lens_identifiability.png",
-                                   f"class identifiability per site — {title}")),
-        str(cscr_curves(stats["cscr"], out / "lens_cscr.png", f"attention vs MLP class-similarity change rate — {title}")),
+        str(block_curves(stats["identifiability"], out / "lens_identifiability.png", f"class identifiability per site — {title}",
+                         ylabel="class identifiability (1 - rank / C)")),
+        str(block_curves(stats["cscr"], out / "lens_cscr.png", f"attention vs MLP class-similarity change rate — {title}",
+                         ylabel="P[p_c(sublayer out) > p_c(block input)]", panel_title="{} tokens", width=4.6)),
     ]
     if paths["classes"]:
         figures.append(str(label_heatmap(paths["matrix"], [names[c] for c in paths["classes"]], names,

@@ -112,42 +112,25 @@ def path_violin(values: Sequence[np.ndarray], modes: Sequence[float], path: Path
     return save_png(fig, path)
 
 
-def identifiability_curves(curves: Mapping[str, Mapping[str, Sequence[float | None]]], path: Path, title: str) -> Path:
-    """One panel per site (resid/attn/mlp); lines for CLS, pooled and image tokens vs block; chance = 0.5."""
-    sites = list(curves)
-    fig = new_figure(4.2 * len(sites), 3.8)
-    axes = fig.subplots(1, len(sites), squeeze=False)[0]
-    for ax, site in zip(axes, sites):
-        for group, ys in curves[site].items():
+def block_curves(
+    curves: Mapping[str, Mapping[str, Sequence[float | None]]], path: Path, title: str, *, ylabel: str,
+    panel_title: str = "{}", width: float = 4.2,
+) -> Path:
+    """One panel per outer key, one line per inner key, value vs block (1-based); chance level 0.5 dotted."""
+    panels = list(curves)
+    fig = new_figure(width * len(panels), 3.8)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, panel in zip(axes, panels):
+        for name, ys in curves[panel].items():
             xs = [b + 1 for b, y in enumerate(ys) if y is not None]
             if xs:
-                ax.plot(xs, [y for y in ys if y is not None], marker="o", ms=3, label=group)
+                ax.plot(xs, [y for y in ys if y is not None], marker="o", ms=3, label=name)
         ax.axhline(0.5, **CHANCE_STYLE)
         ax.set_ylim(0.0, 1.02)
-        ax.set_xticks(range(1, max(len(ys) for ys in curves[site].values()) + 1))
+        ax.set_xticks(range(1, max(len(ys) for ys in curves[panel].values()) + 1))
         ax.set_xlabel("block")
-        ax.set_ylabel("class identifiability (1 - rank / C)")
-        ax.set_title(site)
-        ax.legend(fontsize=8)
-    fig.suptitle(title)
-    return save_png(fig, path)
-
-
-def cscr_curves(curves: Mapping[str, Mapping[str, Sequence[float | None]]], path: Path, title: str) -> Path:
-    """One panel per token group; attention vs MLP class-similarity change rate vs block; chance = 0.5."""
-    groups = list(curves)
-    fig = new_figure(4.6 * len(groups), 3.8)
-    axes = fig.subplots(1, len(groups), squeeze=False)[0]
-    for ax, group in zip(axes, groups):
-        for sublayer, ys in curves[group].items():
-            xs = [b + 1 for b, y in enumerate(ys) if y is not None]
-            ax.plot(xs, [y for y in ys if y is not None], marker="o", ms=3, label=sublayer)
-        ax.axhline(0.5, **CHANCE_STYLE)
-        ax.set_ylim(0.0, 1.02)
-        ax.set_xticks(range(1, max(len(ys) for ys in curves[group].values()) + 1))
-        ax.set_xlabel("block")
-        ax.set_ylabel("P[p_c(sublayer out) > p_c(block input)]")
-        ax.set_title(f"{group} tokens")
+        ax.set_ylabel(ylabel)
+        ax.set_title(panel_title.format(panel))
         ax.legend(fontsize=8)
     fig.suptitle(title)
     return save_png(fig, path)
