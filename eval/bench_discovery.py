@@ -114,14 +114,16 @@ def render(results: list[dict], machine: dict) -> str:
     if "demo" in by and "demo-ref" in by:
         a, b = by["demo"], by["demo-ref"]
         L, m = a["depth"], a["steps"]
-        predicted_ref = (L + m * (L + 2)) + 2 * m * (L + 1) * (2 * L + 7) / 6
-        predicted_ours = (1 + m * (L + 2)) + 2 * m * (L + 2)
+        forwards = 1 + m * (L + 2)
+        predicted_ref = forwards + 2 * m * (L + 1) * (2 * L + 7) / 6
+        predicted_ours = forwards + 2 * m * (L + 2)
         lines += [
             "",
-            f"One backward per scaled forward (vitprune) vs one `autograd.grad` per clamped layer (reference style), demo model: "
-            f"**{b['seconds'] / a['seconds']:.2f}× faster measured**; the pass-count model of `../shared/design.md` "
-            f"(F = forward, backward ≈ 2F, the reference's L repeated clean forwards included) predicts "
-            f"{predicted_ref / predicted_ours:.2f}× for L = {L}. Paths identical: {a['paths'] == b['paths']}.",
+            f"One backward per scaled forward (vitprune) vs one `autograd.grad` per clamped layer (reference style, "
+            f"`demo-ref`: same forwards, only the backward calls differ), demo model: **{b['seconds'] / a['seconds']:.2f}× "
+            f"faster measured**. The pass-count model (F = forward, backward ≈ 2F, a backward from the output to layer l "
+            f"costs (L − l)/L of a full one) predicts {predicted_ref / predicted_ours:.2f}× for L = {L}; the reference's "
+            f"L repeated clean forwards, not reproduced here, add a little more. Paths identical: {a['paths'] == b['paths']}.",
         ]
     agreement = [(name, path_agreement(by["demo"], by[name])) for name in ("demo-bf16", "demo-fp16") if name in by and "demo" in by]
     if agreement:
@@ -152,6 +154,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="*", default=list(CONFIGS))
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--render-only", action="store_true", help="re-render the Markdown from the saved JSON")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
     if args.one:
@@ -160,6 +163,10 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     from machine import describe
 
+    if args.render_only:
+        saved = json.loads((Path(args.out) / "discovery_benchmark.json").read_text())
+        (Path(args.out) / "discovery_benchmark.md").write_text(render(saved["results"], saved["machine"]))
+        return
     results = []
     for name in args.configs:
         print(f"running {name} ...", flush=True)

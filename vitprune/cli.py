@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--per-class", type=int, default=16, help="calibration images per class (default: 16)")
     v.add_argument("--classes", default=None)
     v.add_argument("--eval-per-class", type=int, default=None, help="held-out images per class (default: all)")
-    v.add_argument("--topk", type=int, default=None, help="discovery K for the jas points (default: max(keep-topk, 5))")
+    v.add_argument("--topk", type=int, default=5, help="discovery K of the run behind the jas budget points (default: 5)")
     v.add_argument("--steps", type=int, default=20)
     v.add_argument("--batch-size", type=int, default=16)
     v.add_argument("--max-rows", type=int, default=None)

@@ -141,7 +141,8 @@ def run_discover(opts: DiscoverOptions, out: Path, *, resume: bool = False, forc
         if not quiet and dist.is_main:
             print(f"{out / PATHS} is already complete ({len(ids)} images)")
         return out / PATHS
-    _check_shards(out, dist.world)
+    if not force:
+        _check_shards(out, dist.world)
     dist.barrier()
     if dist.is_main:
         prepare_run_dir(out, config, resume=resume, force=force)

@@ -51,7 +51,7 @@ class SweepOptions:
     per_class: int | None = 16
     classes: tuple[int, ...] | None = None
     eval_per_class: int | None = None
-    topk: int | None = None  # discovery K for all jas points; default max(keep_topk + (5,))
+    topk: int = 5  # discovery K of the run behind every jas / jas-all budget point
     steps: int = 20
     batch_size: int = 16
     max_rows: int | None = None
@@ -63,9 +63,6 @@ class SweepOptions:
     finetune_lr: float = 1e-4
     latency: bool = False
 
-    @property
-    def discovery_topk(self) -> int:
-        return self.topk or max((*self.keep_topk, 5))
 
 
 def points_of(opts: SweepOptions) -> list[dict]:
@@ -129,22 +126,25 @@ def run_sweep(opts: SweepOptions, out: Path, *, force: bool = False, quiet: bool
         todo = [p for p in todo if point_key(p) not in done]
         if todo:
             rows += _run_points(opts, todo, sink, out, dense, adapter, pools, transform, calib, evaluation, quiet)
-    rows.sort(key=lambda r: [point_key(p) for p in points_of(opts)].index(point_key(r)))
+    order = {point_key(p): i for i, p in enumerate(points_of(opts))}
+    rows.sort(key=lambda r: order[point_key(r)])
     write_outputs(rows, out, opts, pools)
     return rows
 
 
 def _run_points(opts, todo, sink, out, dense, adapter, pools, transform, calib, evaluation, quiet) -> list[dict]:
-    crits = {p["criterion"] for p in todo}
-    records: dict[str, list[dict]] = {}
-    for name, scope in (("jas", "auto"), ("jas-all", "all")):
-        if crits & ({name, "keep-topk"} if name == "jas" else {name}):
-            dopts = DiscoverOptions(model=opts.model, arch=opts.arch, data=opts.data, per_class=opts.per_class,
-                                    classes=opts.classes, topk=opts.discovery_topk, steps=opts.steps, token_scope=scope,
-                                    batch_size=opts.batch_size, max_rows=opts.max_rows, device=opts.device,
-                                    precision=opts.precision)
-            run_discover(dopts, out / f"paths-{name}", resume=True, quiet=quiet)
-            records[name] = load_run_records(out / f"paths-{name}")
+    # discovery runs, each shared by all the points that need it: (token scope, K)
+    needed = {("auto", p["keep_topk"]) for p in todo if p["criterion"] == "keep-topk"}
+    needed |= {("auto" if p["criterion"] == "jas" else "all", opts.topk) for p in todo if p["criterion"] in ("jas", "jas-all")}
+    records: dict[tuple[str, int], list[dict]] = {}
+    for scope, k in sorted(needed):
+        dopts = DiscoverOptions(model=opts.model, arch=opts.arch, data=opts.data, per_class=opts.per_class,
+                                classes=opts.classes, topk=k, steps=opts.steps, token_scope=scope,
+                                batch_size=opts.batch_size, max_rows=opts.max_rows, device=opts.device,
+                                precision=opts.precision)
+        folder = out / f"paths-{'cls' if scope == 'auto' else scope}-top{k}"
+        run_discover(dopts, folder, resume=True, quiet=quiet)
+        records[(scope, k)] = load_run_records(folder)
     stats = collect_stats(dense, iterate_batches(calib, transform, opts.batch_size), total=len(calib), quiet=quiet)
     images, labels = materialize(evaluation, transform)
     macs_dense, params_dense = count_macs_params(dense)
@@ -159,11 +159,12 @@ def _run_points(opts, todo, sink, out, dense, adapter, pools, transform, calib, 
                 mask = None
             else:
                 if p["criterion"] == "keep-topk":
-                    critical = class_critical_units(records["jas"], adapter.depth, p["keep_topk"])
+                    critical = class_critical_units(records[("auto", p["keep_topk"])], adapter.depth, p["keep_topk"])
                     mask = from_keep_sets(adapter.hidden_widths, union_keep_sets(critical, adapter.depth), "keep-topk")
                 else:
                     crit = "jas" if p["criterion"] == "jas-all" else p["criterion"]
-                    scores = unit_scores(crit, dense, stats=stats, records=records.get(p["criterion"]), seed=p["seed"])
+                    run = records.get(("auto" if p["criterion"] == "jas" else "all", opts.topk))
+                    scores = unit_scores(crit, dense, stats=stats, records=run, seed=p["seed"])
                     mask = from_scores(scores, p["target"], scope=opts.scope, min_keep=opts.min_keep, criterion=p["criterion"])
                 shift = compensation_shift(dense, mask, stats.mean) if p["compensate"] else None
                 model = slice_mlps(dense, mask, bias_shift=shift)
@@ -264,44 +265,56 @@ def render_table(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path, title: str = "") -> None:
+    """Left: one-shot top-1 vs sparsity with MACs on a twin axis; right: top-1 after recovery, or the
+    mean true-class probability when the sweep has no recovery. Solid: one-shot, dashed: + compensation."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     summary = summarize(rows)
+    recovered = any(s["top1_oneshot"] is not None for s in summary)
     dense = next((s for s in summary if s["criterion"] == "dense"), None)
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 5))
-    lines = {}
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(14, 5.5))
+    lines: dict[str, list[dict]] = {}
     for s in summary:
-        if s["criterion"] == "dense":
-            continue
-        lines.setdefault(label(s), []).append(s)
+        if s["criterion"] != "dense":
+            lines.setdefault(label(s), []).append(s)
     cmap = plt.get_cmap("tab10")
     names = sorted({k.replace(" + comp", "") for k in lines})
+    oneshot = "top1_oneshot" if recovered else "top1"
     for key, pts in sorted(lines.items()):
         pts.sort(key=lambda s: s["sparsity"])
         color = cmap(names.index(key.replace(" + comp", "")) % 10)
         style = "--" if key.endswith("+ comp") else "-"
         xs = [s["sparsity"] for s in pts]
-        ax.plot(xs, [100 * s["top1"] for s in pts], style, marker="o", color=color, label=key)
-        if any(s["n"] > 1 for s in pts):
-            ax.fill_between(xs, [100 * s["top1_min"] for s in pts], [100 * s["top1_max"] for s in pts], color=color, alpha=0.15)
-        ax2.plot(xs, [s["mean_true_prob"] for s in pts], style, marker="o", color=color, label=key)
+        ax.plot(xs, [100 * s[oneshot] for s in pts], style, marker="o", ms=4, color=color, label=key)
+        if recovered:
+            ax2.plot(xs, [100 * s["top1"] for s in pts], style, marker="o", ms=4, color=color, label=key)
+            if any(s["n"] > 1 for s in pts):
+                ax2.fill_between(xs, [100 * s["top1_min"] for s in pts], [100 * s["top1_max"] for s in pts], color=color, alpha=0.15)
+        else:
+            if any(s["n"] > 1 for s in pts):
+                ax.fill_between(xs, [100 * s["top1_min"] for s in pts], [100 * s["top1_max"] for s in pts], color=color, alpha=0.15)
+            ax2.plot(xs, [s["mean_true_prob"] for s in pts], style, marker="o", ms=4, color=color, label=key)
     if dense:
         ax.axhline(100 * dense["top1"], color="black", lw=1, ls=":", label="dense")
-        ax2.axhline(dense["mean_true_prob"], color="black", lw=1, ls=":", label="dense")
+        ax2.axhline(100 * dense["top1"] if recovered else dense["mean_true_prob"], color="black", lw=1, ls=":", label="dense")
     mac_pts = sorted((s["sparsity"], s["macs_ratio"]) for s in summary)
     twin = ax.twinx()
     twin.plot([x for x, _ in mac_pts], [y for _, y in mac_pts], color="grey", lw=3, alpha=0.3)
-    twin.set_ylabel("MACs, fraction of dense (grey)")
+    twin.set_ylabel("MACs, fraction of dense (grey band)")
     twin.set_ylim(0, 1.05)
     ax.set_xlabel("FFN sparsity (fraction of MLP hidden units removed)")
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(f"Accuracy vs FFN sparsity — {title}")
+    ax.set_title(f"One-shot — {title}")
     ax2.set_xlabel("FFN sparsity")
-    ax2.set_ylabel("mean true-class probability")
-    ax2.set_title("Mean true-class probability (solid: one-shot, dashed: + compensation)")
+    if recovered:
+        ax2.set_ylabel("top-1 accuracy (%)")
+        ax2.set_title("After recovery (distillation from the dense model)")
+    else:
+        ax2.set_ylabel("mean true-class probability")
+        ax2.set_title("Mean true-class probability")
     ax.legend(fontsize=7, ncol=2, loc="lower left")
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
