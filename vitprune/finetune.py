@@ -56,7 +56,7 @@ def distill(
             acc.backward(loss)
             opt.step()
             sched.step()
-            total += float(loss) * len(labels)
+            total += float(loss.detach()) * len(labels)
             n += len(labels)
             bar.update(1)
             bar.set_postfix(loss=f"{total / n:.3f}")
