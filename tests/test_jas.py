@@ -157,3 +157,19 @@ def test_bad_options_are_user_errors(kwargs, fragment):
     model = tiny_vit(**kwargs.pop("model_overrides", {}))
     with pytest.raises(UserError, match=fragment):
         vitprune.find_paths(model, tiny_images(1), torch.tensor([0]), **kwargs)
+
+
+def test_precision_options():
+    from vitprune.attribution.jas import rows_for_memory
+
+    model = tiny_vit()
+    x, y = tiny_images(3), torch.tensor([0, 1, 2])
+    fp32 = vitprune.find_paths(model, x, y, topk=2, steps=4)
+    assert vitprune.find_paths(model, x, y, topk=2, steps=4, precision="tf32") == fp32  # TF32 is a GPU matmul mode
+    bf16 = vitprune.find_paths(model, x, y, topk=2, steps=4, precision="bf16")
+    assert [len(r["path"]) for r in bf16] == [3, 3, 3]
+    assert all(abs(a["score"] - b["score"]) <= 0.05 * abs(a["score"]) + 1e-6 for a, b in zip(fp32, bf16))
+    with pytest.raises(UserError, match="--precision"):
+        vitprune.find_paths(model, x, y, precision="int8")
+    assert rows_for_memory(free_bytes=10_000, bytes_per_row=100) == 80
+    assert rows_for_memory(free_bytes=10, bytes_per_row=100) == 1
