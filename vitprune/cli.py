@@ -75,11 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--keep-topk", type=int, default=None, help="keep each class's K most frequent path units per layer (union over classes)")
     g.add_argument("--sparsity", type=float, default=None, help="remove this fraction of MLP hidden units, ranked by --criterion")
     g = p.add_argument_group("budget")
-    g.add_argument("--criterion", default="jas", help="jas | random | magnitude | activation | taylor | variance | wanda (default: jas)")
+    g.add_argument("--criterion", default=None,
+                   help="jas | random | magnitude | activation | taylor | variance | wanda (default: the best measured, see README)")
     g.add_argument("--scope", default="per-block", choices=["per-block", "global"])
     g.add_argument("--min-keep", type=int, default=1, help="units kept in every block at least (default: 1)")
     g.add_argument("--round-to", type=int, default=1, help="round kept counts to a multiple of this (default: 1)")
-    g.add_argument("--compensate", action="store_true", help="fold the removed units' mean activation into fc2's bias")
+    g.add_argument("--compensate", action=argparse.BooleanOptionalAction, default=None,
+                   help="fold the removed units' mean activation into fc2's bias (default: the best measured for --sparsity, "
+                        "off for --keep-topk)")
     g.add_argument("--seed", type=int, default=0)
     _add_discovery(p, per_class_default=16, compress=True)
     p.add_argument("--paths", default=None, help="reuse a finished discover run (or a folder of reference .rlt.jsonl files)")

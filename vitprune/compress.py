@@ -12,7 +12,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from . import __version__
@@ -32,6 +32,8 @@ from .slicing import compensation_shift, count_macs_params, slice_mlps
 from .stats import collect_stats
 
 SETTINGS = "compress.json"
+# The best one-shot combination of the committed demo sweep (eval/README.md, "Accuracy vs FFN sparsity").
+SPARSITY_DEFAULT = {"criterion": "jas", "compensate": False}
 OUTPUTS = ("mask.json", "model.safetensors", "vitprune.json", "model.onnx", "report.json", "report.md")
 
 
@@ -43,11 +45,11 @@ class CompressOptions:
     device: str = "auto"
     keep_topk: int | None = None
     sparsity: float | None = None
-    criterion: str = "jas"
+    criterion: str | None = None  # None: SPARSITY_DEFAULT's criterion for --sparsity
     scope: str = "per-block"
     min_keep: int = 1
     round_to: int = 1
-    compensate: bool = False
+    compensate: bool | None = None  # None: SPARSITY_DEFAULT's choice for --sparsity, off for --keep-topk
     per_class: int | None = 16
     classes: tuple[int, ...] | None = None
     paths: str | None = None
@@ -69,6 +71,14 @@ class CompressOptions:
     @property
     def discovery_topk(self) -> int:
         return self.topk or self.keep_topk or 5
+
+
+def resolve_defaults(opts: CompressOptions) -> CompressOptions:
+    """Fill the criterion/compensation left unset: the measured best for --sparsity, off for --keep-topk."""
+    keep = opts.keep_topk is not None
+    criterion = opts.criterion or SPARSITY_DEFAULT["criterion"]
+    compensate = opts.compensate if opts.compensate is not None else (False if keep else SPARSITY_DEFAULT["compensate"])
+    return replace(opts, criterion=criterion, compensate=compensate)
 
 
 def default_name(opts: CompressOptions) -> str:
@@ -124,6 +134,7 @@ def run_compress(opts: CompressOptions, out: Path | None = None, *, force: bool 
     Under ``torchrun``/``accelerate launch``, discovery, statistics, evaluation and recovery are
     split over the processes; the main process writes every file.
     """
+    opts = resolve_defaults(opts)
     validate(opts)
     t_start = time.time()
     out = Path(out) if out else Path("exported") / default_name(opts)
