@@ -82,3 +82,17 @@ def test_two_process_compress_counts_every_image_once(runs, tmp_path):
     for model_name in ("dense", "pruned"):
         assert two["accuracy"][model_name]["top1"] == one["accuracy"][model_name]["top1"]
         assert two["accuracy"][model_name]["mean_true_prob"] == pytest.approx(one["accuracy"][model_name]["mean_true_prob"], rel=1e-6)
+
+
+def test_two_process_sweep_equals_one(runs, tmp_path):
+    root, model = runs
+    common = ["evaluate", "--model", model, "--data", "demo", "--sparsities", "0.5", "--criteria", "jas,magnitude,random",
+              "--seeds", "0,1", "--compensate", "both", "--per-class", "2", "--steps", "2", "--batch-size", "4",
+              "--eval-per-class", "30", "--quiet", "--device", "cpu"]
+    _run([sys.executable, "-m", "vitprune", *common, "--out", str(tmp_path / "one")])
+    _run([*TORCHRUN, "-m", "vitprune", *common, "--out", str(tmp_path / "two")])
+    one = json.loads((tmp_path / "one" / "results.json").read_text())["points"]
+    two = json.loads((tmp_path / "two" / "results.json").read_text())["points"]
+    assert [(p["criterion"], p["compensate"], p["seed"], p["kept"]) for p in two] == [
+        (p["criterion"], p["compensate"], p["seed"], p["kept"]) for p in one]
+    assert [p["top1"] for p in two] == [p["top1"] for p in one]  # 300 images, each counted once

@@ -332,12 +332,14 @@ def torch_loader(ds, transform: Callable, batch_size: int, *, shuffle: bool = Fa
     return DataLoader(ds.with_transform(apply), batch_size=batch_size, shuffle=shuffle, collate_fn=collate, generator=gen)
 
 
-def materialize(ds, transform: Callable, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Preprocess a whole pool once into (images, labels) tensors, for repeated evaluations."""
+def materialize(ds, transform: Callable, batch_size: int = 256, *, shard=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Preprocess a whole pool (or this process's ``shard`` of its batches) once into tensors."""
     images, labels = [], []
-    for _, x, y in iterate_batches(ds, transform, batch_size):
+    for _, x, y in iterate_batches(ds, transform, batch_size, shard=shard):
         images.append(x)
         labels.append(y)
+    if not images:  # a process whose shard is empty
+        return torch.empty(0), torch.empty(0, dtype=torch.long)
     return torch.cat(images), torch.cat(labels)
 
 

@@ -23,12 +23,12 @@ from .aggregate import class_critical_units, union_keep_sets
 from .criteria import unit_scores
 from .data import iterate_batches, load_data, materialize, model_transform, select_per_class, tensor_batches, torch_loader
 from .discover import DiscoverOptions, check_pairing, run_discover
-from .distributed import resolve_device
+from .distributed import get_dist
 from .errors import UserError
 from .evaluate import evaluate_models
 from .masks import from_keep_sets, from_scores
 from .models import load_model
-from .records import JsonlAppender, atomic_write_json, atomic_write_text, load_run_records, read_json
+from .records import JsonlAppender, atomic_write_json, atomic_write_text, load_run_records, read_json, read_jsonl
 from .slicing import compensation_shift, count_macs_params, slice_mlps
 from .stats import collect_stats
 
@@ -97,10 +97,13 @@ def validate(opts: SweepOptions) -> None:
 
 
 def run_sweep(opts: SweepOptions, out: Path, *, force: bool = False, quiet: bool = False) -> list[dict]:
+    """Run (or resume) the sweep; under torchrun/accelerate the discovery, statistics, evaluation
+    and recovery are split over the processes and the main process writes every file."""
     validate(opts)
     out = Path(out)
-    device = resolve_device(opts.device)
-    dense = load_model(opts.model, arch=opts.arch).to(device)
+    dist = get_dist(opts.device)
+    quiet = quiet or not dist.is_main
+    dense = load_model(opts.model, arch=opts.arch).to(dist.device)
     adapter = ViTAdapter(dense)
     pools = load_data(opts.data)
     check_pairing(pools, adapter.num_classes)
@@ -112,27 +115,35 @@ def run_sweep(opts: SweepOptions, out: Path, *, force: bool = False, quiet: bool
             raise UserError(f"{out} holds a sweep with different settings; pass --force or another --out")
     elif out.exists() and any(out.iterdir()) and not force:
         raise UserError(f"{out} exists and is not a vitprune sweep; pass --force or another --out")
-    if force and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / SETTINGS, settings)
+    dist.barrier()
+    if dist.is_main:
+        if force and out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / SETTINGS, settings)
 
     calib = select_per_class(pools.calibration, opts.per_class, opts.classes, num_classes=pools.num_classes)
     evaluation = select_per_class(pools.evaluation, opts.eval_per_class, opts.classes, num_classes=pools.num_classes)
-    todo = points_of(opts)
-    with JsonlAppender(out / POINTS) as sink:
-        done = {point_key(r) for r in sink.records}
-        rows = list(sink.records)
-        todo = [p for p in todo if point_key(p) not in done]
+    sink = JsonlAppender(out / POINTS) if dist.is_main else None  # drops a torn last line before the others read
+    dist.barrier()
+    try:
+        rows = sink.records if sink else (read_jsonl(out / POINTS) if (out / POINTS).exists() else [])
+        done = {point_key(r) for r in rows}
+        todo = [p for p in points_of(opts) if point_key(p) not in done]
         if todo:
-            rows += _run_points(opts, todo, sink, out, dense, adapter, pools, transform, calib, evaluation, quiet)
+            rows = rows + _run_points(opts, todo, sink, out, dense, adapter, pools, transform, calib, evaluation, quiet, dist)
+    finally:
+        if sink:
+            sink.close()
+    dist.barrier()
     order = {point_key(p): i for i, p in enumerate(points_of(opts))}
     rows.sort(key=lambda r: order[point_key(r)])
-    write_outputs(rows, out, opts, pools)
+    if dist.is_main:
+        write_outputs(rows, out, opts, pools)
     return rows
 
 
-def _run_points(opts, todo, sink, out, dense, adapter, pools, transform, calib, evaluation, quiet) -> list[dict]:
+def _run_points(opts, todo, sink, out, dense, adapter, pools, transform, calib, evaluation, quiet, dist) -> list[dict]:
     # discovery runs, each shared by all the points that need it: (token scope, K)
     needed = {("auto", p["keep_topk"]) for p in todo if p["criterion"] == "keep-topk"}
     needed |= {("auto" if p["criterion"] == "jas" else "all", opts.topk) for p in todo if p["criterion"] in ("jas", "jas-all")}
@@ -143,10 +154,11 @@ def _run_points(opts, todo, sink, out, dense, adapter, pools, transform, calib, 
                                 batch_size=opts.batch_size, max_rows=opts.max_rows, device=opts.device,
                                 precision=opts.precision)
         folder = out / f"paths-{'cls' if scope == 'auto' else scope}-top{k}"
-        run_discover(dopts, folder, resume=True, quiet=quiet)
+        run_discover(dopts, folder, resume=True, quiet=quiet, dist=dist)
         records[(scope, k)] = load_run_records(folder)
-    stats = collect_stats(dense, iterate_batches(calib, transform, opts.batch_size), total=len(calib), quiet=quiet)
-    images, labels = materialize(evaluation, transform)
+    stats = collect_stats(dense, iterate_batches(calib, transform, opts.batch_size, shard=dist), total=len(calib) // dist.world,
+                          quiet=quiet, dist=dist)
+    images, labels = materialize(evaluation, transform, shard=dist)  # this process's share of the evaluation images
     macs_dense, params_dense = count_macs_params(dense)
     dense_onnx = None
     new_rows = []
@@ -169,7 +181,7 @@ def _run_points(opts, todo, sink, out, dense, adapter, pools, transform, calib, 
                 shift = compensation_shift(dense, mask, stats.mean) if p["compensate"] else None
                 model = slice_mlps(dense, mask, bias_shift=shift)
             res = evaluate_models({"m": model}, tensor_batches(images, labels, 512), class_names=pools.class_names,
-                                  total=len(images), quiet=True)["m"]
+                                  total=len(images), quiet=True, dist=dist, precision=opts.precision)["m"]
             row.update(sparsity=mask.sparsity if mask else 0.0, kept=mask.kept_counts if mask else adapter.hidden_widths,
                        top1=res.top1, mean_true_prob=res.mean_true_prob)
             if opts.finetune_epochs and mask is not None:
@@ -179,12 +191,12 @@ def _run_points(opts, todo, sink, out, dense, adapter, pools, transform, calib, 
                 distill(model, dense, torch_loader(train, transform, 128, shuffle=True, seed=p["seed"]),
                         epochs=opts.finetune_epochs, lr=opts.finetune_lr, seed=p["seed"], quiet=True)
                 after = evaluate_models({"m": model.eval()}, tensor_batches(images, labels, 512), class_names=pools.class_names,
-                                        total=len(images), quiet=True)["m"]
+                                        total=len(images), quiet=True, dist=dist, precision=opts.precision)["m"]
                 row.update(top1_oneshot=row["top1"], mean_true_prob_oneshot=row["mean_true_prob"],
                            top1=after.top1, mean_true_prob=after.mean_true_prob, finetune_epochs=opts.finetune_epochs)
             macs, params = count_macs_params(model)
             row.update(macs=macs, params=params, macs_ratio=macs / macs_dense, params_ratio=params / params_dense)
-            if opts.latency:
+            if opts.latency and dist.is_main:
                 from .export import export_onnx, ort_latency
 
                 parity = images[:8]
@@ -195,7 +207,8 @@ def _run_points(opts, todo, sink, out, dense, adapter, pools, transform, calib, 
                 export_onnx(model, path, metadata={}, parity_images=parity)
                 lat = ort_latency({"dense": dense_onnx, "point": path}, tuple(images.shape[1:]), batch_sizes=(1,), rounds=20)
                 row.update(ort_b1_ms=lat["batch1"]["point"]["median_ms"], ort_b1_dense_ms=lat["batch1"]["dense"]["median_ms"])
-            sink.append([row])
+            if sink:
+                sink.append([row])
             new_rows.append(row)
             if not quiet:
                 print(f"  {p['criterion']:<10} comp={int(p['compensate'])} seed={p['seed']} "
