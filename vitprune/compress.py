@@ -77,7 +77,7 @@ class CompressOptions:
 def resolve_defaults(opts: CompressOptions) -> CompressOptions:
     """Fill the criterion/compensation left unset: the measured best for --sparsity, off for --keep-topk."""
     keep = opts.keep_topk is not None
-    criterion = opts.criterion or SPARSITY_DEFAULT["criterion"]
+    criterion = opts.criterion or ("jas" if keep else SPARSITY_DEFAULT["criterion"])  # keep-topk sets are path-defined
     compensate = opts.compensate if opts.compensate is not None else (False if keep else SPARSITY_DEFAULT["compensate"])
     return replace(opts, criterion=criterion, compensate=compensate)
 
