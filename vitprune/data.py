@@ -88,14 +88,18 @@ def _find_idx(root: Path, stem: str) -> Path:
     )
 
 
-def fashion_mnist_arrays(root: str | os.PathLike = FASHION_MNIST_DIR, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
-    """Raw (images uint8 (N,28,28), labels int64 (N,)) of one split ('train' or 'test')."""
-    root = Path(root)
+def _require_fashion_dir(root: Path) -> None:
     if not root.is_dir():
         raise UserError(
             f"Fashion-MNIST folder {root} does not exist; "
             "install it with 'apt-get install -y dataset-fashion-mnist' or pass fashion-mnist:DIR"
         )
+
+
+def fashion_mnist_arrays(root: str | os.PathLike = FASHION_MNIST_DIR, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """Raw (images uint8 (N,28,28), labels int64 (N,)) of one split ('train' or 'test')."""
+    root = Path(root)
+    _require_fashion_dir(root)
     prefix = {"train": "train", "test": "t10k"}[split]
     images = read_idx(_find_idx(root, f"{prefix}-images-idx3-ubyte"))
     labels = read_idx(_find_idx(root, f"{prefix}-labels-idx1-ubyte")).astype(np.int64)
@@ -107,11 +111,7 @@ def fashion_mnist_arrays(root: str | os.PathLike = FASHION_MNIST_DIR, split: str
 def _fashion_mnist_pools(spec: str, root: Path) -> DataPools:
     import datasets
 
-    if not root.is_dir():
-        raise UserError(
-            f"Fashion-MNIST folder {root} does not exist; "
-            "install it with 'apt-get install -y dataset-fashion-mnist' or pass fashion-mnist:DIR"
-        )
+    _require_fashion_dir(root)
     features = datasets.Features(
         image=datasets.Image(),
         label=datasets.ClassLabel(names=list(FASHION_MNIST_CLASSES)),

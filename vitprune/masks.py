@@ -113,8 +113,4 @@ def from_scores(
     return NeuronMask(tuple(widths), tuple(tuple(top(s, n)) for s, n in zip(scores, counts)), criterion)
 
 
-def achieved(mask: NeuronMask) -> str:
-    return f"{mask.sparsity:.1%} of {sum(mask.widths)} units removed (kept {mask.kept_counts})"
-
-
-__all__ = ["NeuronMask", "from_keep_sets", "from_scores", "SCOPES", "achieved"]
+__all__ = ["NeuronMask", "from_keep_sets", "from_scores", "SCOPES"]

@@ -286,12 +286,4 @@ def _finish(model: nn.Module, source: dict[str, Any], meta: dict[str, Any] | Non
     return model
 
 
-def model_num_classes(model: nn.Module) -> int:
-    return int(getattr(model, "num_classes", 0) or 0)
-
-
-def param_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-__all__ = ["load_model", "save_checkpoint", "infer_arch", "model_num_classes", "param_count", "DEMO_DIR"]
+__all__ = ["load_model", "save_checkpoint", "infer_arch", "DEMO_DIR"]

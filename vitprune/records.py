@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -213,7 +213,3 @@ def write_reference(records: list[dict], folder: Path, prefix: str = "imgnet_all
     atomic_write_json(folder / f"{prefix}.args.json", args or {})
     return written
 
-
-def iter_chunks(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
