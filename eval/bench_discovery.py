@@ -6,6 +6,12 @@ Configurations (each in its own process, so peak memory is per configuration):
   demo        the bundled demo ViT (6 blocks), real Fashion-MNIST calibration images
   demo-ref    the same with reference-style backward: one autograd.grad per clamped layer
   vit_base    random-init vit_base_patch16_224 (12 blocks, 197 tokens), 224x224 inputs
+  *-PREC      the same at another --precision
+
+The FLOP minimum per image is 2 * MACs * (1 + m(L+2)) for the clean and scaled forwards plus
+2 * MACs * m(L+2) for the backwards (input gradients only: no weight gradients are needed), with
+MACs of one forward counted by torch-pruning. It is set against the GEMM throughput measured in
+the same process at the same precision (a 2048^3 matmul), the most this machine can sustain.
 """
 from __future__ import annotations
 
@@ -26,8 +32,12 @@ CONFIGS = {
     "demo-bf16": {**DEMO, "precision": "bf16"},
     "demo-fp16": {**DEMO, "precision": "fp16"},
     "vit_base": BASE,
+    "vit_base-tf32": {**BASE, "precision": "tf32"},
     "vit_base-bf16": {**BASE, "precision": "bf16"},
+    # CPU fp16 runs several times slower than fp32 here (no native fp16 GEMM): one image keeps it to minutes
+    "vit_base-fp16": {**BASE, "precision": "fp16", "images": 1, "batch": 1},
 }
+GEMM_DTYPES = {"fp32": "float32", "tf32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def _rss_mb() -> float:
@@ -41,6 +51,7 @@ def run_one(name: str) -> dict:
     import vitprune
     from vitprune.attribution import DiscoveryConfig, PathFinder
     from vitprune.data import iterate_batches, load_data, model_transform, select_per_class
+    from vitprune.slicing import count_macs_params
 
     cfg = CONFIGS[name]
     torch.manual_seed(0)
@@ -66,7 +77,9 @@ def run_one(name: str) -> dict:
 
     finder_cls = ReferenceBackward if cfg["reference_backward"] else PathFinder
     finder = finder_cls(model, DiscoveryConfig(topk=cfg["topk"], steps=cfg["steps"], precision=cfg["precision"]))
-    finder.find(*[t[:1] for t in batches[0]])  # warm-up (allocator, kernels); not counted
+    warm = finder_cls(model, DiscoveryConfig(topk=cfg["topk"], steps=2, precision=cfg["precision"]))
+    warm.find(*[t[:1] for t in batches[0]])  # warm-up (allocator, kernels); not counted
+    finder.memory = finder.measure_memory(*[t[:1] for t in batches[0]])  # the first batch's probe, not timed
     finder.stats = type(finder.stats)()
     rss0 = _rss_mb()
     t0 = time.perf_counter()
@@ -77,7 +90,12 @@ def run_one(name: str) -> dict:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     L, m, n = finder.adapter.depth, cfg["steps"], len(records)
     s = finder.stats
+    macs, _ = count_macs_params(model)
+    min_flop = 2 * macs * (1 + m * (L + 2)) + 2 * macs * m * (L + 2)
+    gemm = gemm_flops(getattr(torch, GEMM_DTYPES[cfg["precision"]]), tf32=cfg["precision"] == "tf32")
     return {
+        "macs_per_forward": macs, "min_flop_per_image": min_flop, "achieved_flops": min_flop * n / seconds,
+        "gemm_flops": gemm, "min_seconds_per_image": min_flop / gemm,
         "config": name, **cfg, "depth": L, "tokens": int(model.patch_embed.num_patches + model.num_prefix_tokens),
         "seconds": seconds, "images_per_s": n / seconds, "seconds_per_image": seconds / n,
         "forward_rows_per_image": s.forward_rows / n, "backward_calls_per_batch": s.backward_calls / len(batches),
@@ -87,6 +105,19 @@ def run_one(name: str) -> dict:
         "paths": [r["path"] for r in records],
         "scores": [r["score"] for r in records],
     }
+
+
+def gemm_flops(dtype, tf32: bool = False, n: int = 2048, seconds: float = 2.0) -> float:
+    """Sustained FLOP/s of an n^3 matmul at ``dtype`` on the model's device (CPU here)."""
+    import torch
+
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    torch.matmul(a, b)
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        torch.matmul(a, b)
+        reps += 1
+    return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
 def render(results: list[dict], machine: dict) -> str:
@@ -107,8 +138,24 @@ def render(results: list[dict], machine: dict) -> str:
     for r in results:
         lines.append(
             f"| {r['config']} | {r['precision']} | {r['depth']} | {r['tokens']} | {r['steps']} | {r['batch']} | {r['images']} | "
-            f"{r['images_per_s']:.2f} | {r['seconds_per_image']:.2f} | {r['forward_rows_per_image']:.1f} | "
+            f"{r['images_per_s']:.3g} | {r['seconds_per_image']:.3g} | {r['forward_rows_per_image']:.1f} | "
             f"{r['backward_calls_per_batch']:.0f} | {r['minimum_rows_per_image']} | {r['peak_rss_mb']:.0f} | {r['peak_minus_model_mb']:.0f} |"
+        )
+    lines += [
+        "",
+        "Cost per image against the FLOP-count minimum: 2·MACs·(1 + m(L+2)) forward + 2·MACs·m(L+2) backward "
+        "(input gradients only), MACs of one forward from torch-pruning; the floor is that count at the GEMM "
+        "throughput measured in the same process at the same precision (2048³ matmul).",
+        "",
+        "| config | precision | GMAC/forward | minimum TFLOP/image | GEMM GFLOP/s | floor s/image | measured s/image "
+        "| measured / floor | achieved GFLOP/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['config']} | {r['precision']} | {r['macs_per_forward'] / 1e9:.3g} | {r['min_flop_per_image'] / 1e12:.3g} | "
+            f"{r['gemm_flops'] / 1e9:.0f} | {r['min_seconds_per_image']:.3g} | {r['seconds_per_image']:.3g} | "
+            f"{r['seconds_per_image'] / r['min_seconds_per_image']:.2f} | {r['achieved_flops'] / 1e9:.0f} |"
         )
     by = {r["config"]: r for r in results}
     if "demo" in by and "demo-ref" in by:
@@ -126,12 +173,16 @@ def render(results: list[dict], machine: dict) -> str:
             f"L repeated clean forwards, not reproduced here, add a little more. Paths identical: {a['paths'] == b['paths']}.",
         ]
     agreement = [(name, path_agreement(by["demo"], by[name])) for name in ("demo-bf16", "demo-fp16") if name in by and "demo" in by]
+    agreement += [(name, path_agreement(by["vit_base"], by[name])) for name in ("vit_base-tf32", "vit_base-bf16", "vit_base-fp16")
+                  if name in by and "vit_base" in by]
     if agreement:
-        lines += ["", "Reduced precision against fp32 on the demo model (same images; CPU autocast here, no GPU was lent):", "",
-                  "| precision | identical path units (same layer and rank) | same unit set per layer | score Pearson r |",
-                  "|---|---|---|---|"]
+        lines += ["", "Reduced precision against fp32 (same images; CPU autocast here, no GPU was lent). The random "
+                  "ViT-B/16 rows cover its 1–2 random-input images only; the demo rows are the measure:", "",
+                  "| config | precision | images | identical path units (same layer and rank) | same unit set per layer | score Pearson r |",
+                  "|---|---|---|---|---|---|"]
         for name, a in agreement:
-            lines.append(f"| {by[name]['precision']} | {a['identical']:.3f} | {a['same_set']:.3f} | {a['pearson']:.4f} |")
+            r = "n/a (one image)" if a["pearson"] != a["pearson"] else f"{a['pearson']:.4f}"
+            lines.append(f"| {name} | {by[name]['precision']} | {a['images']} | {a['identical']:.3f} | {a['same_set']:.3f} | {r} |")
     return "\n".join(lines) + "\n"
 
 
@@ -146,8 +197,9 @@ def path_agreement(ref: dict, other: dict) -> dict:
             total += len(a)
             same_set += set(a) == set(b)
             layers += 1
-    r = float(np.corrcoef(ref["scores"], other["scores"])[0, 1])
-    return {"identical": same / total, "same_set": same_set / layers, "pearson": r}
+    n = min(len(ref["scores"]), len(other["scores"]))
+    r = float(np.corrcoef(ref["scores"][:n], other["scores"][:n])[0, 1]) if n > 1 else float("nan")
+    return {"identical": same / total, "same_set": same_set / layers, "pearson": r, "images": n}
 
 
 def main() -> None:

@@ -8,6 +8,8 @@ import torch
 
 import vitprune
 from vitprune.attribution import DiscoveryConfig, PathFinder
+from vitprune.attribution.jas import stable_topk
+from vitprune.memory import DEFAULT_FRACTION, PassMemory
 from vitprune.errors import UserError
 
 from .helpers import tiny_images, tiny_vit
@@ -111,11 +113,15 @@ def test_pass_counts_per_batch(monkeypatch, method, passes):
     counter = _Counter(model, monkeypatch)
     finder = PathFinder(model, DiscoveryConfig(topk=2, steps=m, method=method))
     finder.find(tiny_images(B), torch.arange(B) % 5)
+    # the first batch also measures memory: a clean forward and probe forwards of 2 and 6 rows (no backward on CPU)
+    assert (counter.forwards, counter.rows) == (1 + passes(L) + 3, B + passes(L) * m * B + 1 + 2 + 6)
+    counter.forwards = counter.rows = counter.backwards = 0
+    finder.find(tiny_images(B), torch.arange(B) % 5)
     counter.handle.remove()
     assert counter.forwards == 1 + passes(L)  # one clean forward, then one per greedy layer / score
     assert counter.backwards == passes(L)  # ONE backward per scaled forward, not one per clamped layer
     assert counter.rows == B + passes(L) * m * B
-    assert (finder.stats.forward_calls, finder.stats.backward_calls) == (counter.forwards, counter.backwards)
+    assert (finder.stats.forward_calls, finder.stats.backward_calls) == (2 * counter.forwards, 2 * counter.backwards)
 
 
 def test_max_rows_chunks_every_pass(monkeypatch):
@@ -160,8 +166,6 @@ def test_bad_options_are_user_errors(kwargs, fragment):
 
 
 def test_precision_options():
-    from vitprune.attribution.jas import rows_for_memory
-
     model = tiny_vit()
     x, y = tiny_images(3), torch.tensor([0, 1, 2])
     fp32 = vitprune.find_paths(model, x, y, topk=2, steps=4)
@@ -171,5 +175,52 @@ def test_precision_options():
     assert all(abs(a["score"] - b["score"]) <= 0.05 * abs(a["score"]) + 1e-6 for a, b in zip(fp32, bf16))
     with pytest.raises(UserError, match="--precision"):
         vitprune.find_paths(model, x, y, precision="int8")
-    assert rows_for_memory(free_bytes=10_000, bytes_per_row=100) == 80
-    assert rows_for_memory(free_bytes=10, bytes_per_row=100) == 1
+
+
+def test_pass_memory_rows_are_equal_chunks_that_fit():
+    mem = PassMemory(fixed=1_000, per_row=100, budget=2_000)  # 10 rows fit
+    assert mem.rows(8) == 8
+    assert mem.rows(10) == 10
+    assert mem.rows(11) == 6  # two equal chunks, not 10 + 1
+    assert mem.rows(80) == 10
+    assert PassMemory(fixed=5_000, per_row=100, budget=2_000).rows(7) == 1  # never zero
+
+
+def test_memory_probe_is_linear_in_rows():
+    """The CPU count (saved storages + leaves + their gradients) is linear in rows: fixed + per_row * rows."""
+    from vitprune.hooks import override_ffn
+    from vitprune.memory import PassMeter
+
+    model = tiny_vit()
+    finder = PathFinder(model, DiscoveryConfig(topk=2, steps=4))
+    image, label = tiny_images(1), torch.tensor([1])
+    mem = finder.measure_memory(image, label)
+    acts, _ = finder._clean_forward(image)
+    leaf_bytes = sum(a[0].numel() * a.element_size() for a in acts)
+    assert mem.per_row >= 2 * leaf_bytes  # each row holds its clamped leaves and their gradients
+    meter = PassMeter(image.device, exclude=[*model.parameters(), *model.buffers()])
+    img = torch.zeros(10, dtype=torch.long)
+    clamps = {l: finder._path_clamp(a, stable_topk(a.sum(1), 2), img, torch.linspace(0, 1, 10, dtype=torch.float64))
+              for l, a in enumerate(acts)}
+    with meter.measure(clamps.values()), torch.enable_grad(), override_ffn(finder.adapter, clamps, finder.tokens):
+        finder._target_prob_sum(image[img], label[img])
+    assert abs(meter.bytes - (mem.fixed + 10 * mem.per_row)) <= 16  # exact up to rounding to whole bytes
+
+
+def test_auto_rows_chunk_to_the_free_memory(monkeypatch):
+    """With little memory free, passes are split into equal chunks and the paths do not change."""
+    model = tiny_vit()
+    x, y = tiny_images(4), torch.tensor([0, 1, 2, 3])
+    whole = PathFinder(model, DiscoveryConfig(topk=2, steps=5))
+    expected = whole.find(x, y)
+    assert whole.memory.rows(20) == 20  # everything fits on this machine
+    probe = whole.memory
+    monkeypatch.setattr("vitprune.attribution.jas.free_bytes",
+                        lambda device: int((probe.fixed + 7 * probe.per_row) / DEFAULT_FRACTION) + 1)
+    counter = _Counter(model, monkeypatch)
+    tight = PathFinder(model, DiscoveryConfig(topk=2, steps=5))
+    records = tight.find(x, y)
+    counter.handle.remove()
+    assert tight.memory.rows(20) == 7  # ceil(20 / ceil(20 / 7)) = 7: chunks 7, 7, 6
+    assert counter.backwards == (len(model.blocks) + 2) * 3
+    _assert_records_equal(records, expected)

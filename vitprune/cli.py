@@ -51,7 +51,7 @@ def _add_discovery(p: argparse.ArgumentParser, per_class_default: int | None, *,
                    help="tokens a unit is scaled at: auto = what the head reads (cls, or patches when average-pooled)")
     g.add_argument("--label", default="truth", choices=["truth", "pred"], help="class whose probability is attributed")
     g.add_argument("--batch-size", type=int, default=16)
-    g.add_argument("--max-rows", type=int, default=None, help="scaled rows per forward/backward, bounds memory (default: all m*B)")
+    g.add_argument("--max-rows", type=int, default=None, help="scaled rows per forward/backward (default: as many as fit in 80%% of the free memory, measured on the first batch)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -168,6 +168,8 @@ def run_discover(opts: DiscoverOptions, out: Path, *, resume: bool = False, forc
                 for batch_ids, images, labels in iterate_batches(chunk, transform, batch):
                     records = finder.find(images, labels)
                     sink.append({"id": i, **extra, **r} for i, r in zip(batch_ids, records))
+                    if finder.memory is not None and k == todo[0]:
+                        bar.set_postfix_str(finder.memory.describe(cfg.steps * len(batch_ids)), refresh=False)
                     bar.update(len(batch_ids))
     dist.barrier()
     if dist.is_main:

@@ -29,6 +29,7 @@ from torch import nn
 from ..adapter import ViTAdapter
 from ..errors import UserError
 from ..hooks import ffn_hooks, override_ffn, replace_tokens
+from ..memory import DEFAULT_FRACTION, PassMemory, PassMeter, fit_linear, free_bytes
 
 METHODS = ("jas", "influence-pattern")
 LABEL_SOURCES = ("truth", "pred")
@@ -45,7 +46,7 @@ class DiscoveryConfig:
     method: str = "jas"
     token_scope: str = "auto"
     label: str = "truth"
-    max_rows: int | None = None  # rows (scaled copies) per forward/backward; None = all m*B at once (CPU) or auto (GPU)
+    max_rows: int | None = None  # rows (scaled copies) per forward/backward; None = as many as fit in memory
     precision: str = "fp32"  # model forwards in fp32, TF32 matmuls, or bf16/fp16 autocast; sums stay fp64
 
 
@@ -89,11 +90,6 @@ def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def rows_for_memory(free_bytes: int, bytes_per_row: int, fraction: float = 0.8, minimum: int = 1) -> int:
-    """How many scaled rows fit in ``fraction`` of ``free_bytes`` at ``bytes_per_row``."""
-    return max(minimum, int(fraction * free_bytes) // max(1, bytes_per_row))
-
-
 def stable_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the k largest entries per row, ties broken by the lower index (like argmax)."""
     return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]
@@ -109,7 +105,7 @@ class PathFinder:
         self.scope = self.adapter.resolve_scope(config.token_scope)
         self.tokens = self.adapter.token_slice(self.scope)
         self.stats = PassStats()
-        self.auto_max_rows: int | None = None
+        self.memory: PassMemory | None = None  # measured on the first batch when max_rows is None
         self._validate()
 
     def _validate(self) -> None:
@@ -132,8 +128,8 @@ class PathFinder:
         """One record per image: path [L][K], score, base_path, base_score, label, target, pred, prob."""
         device = next(self.model.parameters()).device
         images, labels = images.to(device), labels.to(device)
-        if self.config.max_rows is None and self.auto_max_rows is None and device.type == "cuda":
-            self.auto_max_rows = self._probe_max_rows(images[:1], labels[:1])
+        if self.config.max_rows is None and self.memory is None:
+            self.memory = self.measure_memory(images[:1], labels[:1])
         requires = [p.requires_grad for p in self.model.parameters()]
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -174,25 +170,29 @@ class PathFinder:
             })
         return records
 
-    def _probe_max_rows(self, image: torch.Tensor, label: torch.Tensor, probe_rows: int = 8) -> int:
-        """Rows per pass that fill ~80% of the free GPU memory, from one measured probe pass.
-
-        The probe is the costliest pass (every block clamped, one backward), so later passes fit.
-        """
-        acts, _ = self._clean_forward(image)
-        depth = self.adapter.depth
-        img = torch.zeros(probe_rows, dtype=torch.long, device=image.device)
-        alpha = torch.linspace(0, 1, probe_rows, dtype=torch.float64, device=image.device)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        units = [stable_topk(a.sum(dim=1), self.config.topk) for a in acts]
-        clamps = {l: self._path_clamp(acts[l], units[l], img, alpha) for l in range(depth)}
-        with torch.enable_grad(), override_ffn(self.adapter, clamps, self.tokens):
-            out = self._target_prob_sum(image[img], label[img])
-            torch.autograd.grad(out, [clamps[l] for l in range(depth)])
-        per_row = max(1, (torch.cuda.max_memory_allocated() - base) // probe_rows)
-        return rows_for_memory(torch.cuda.mem_get_info()[0], per_row)
+    def measure_memory(self, image: torch.Tensor, label: torch.Tensor, rows: tuple[int, int] = (2, 6)) -> PassMemory:
+        """Bytes of a pass as fixed + per-row, from two probe passes of the costliest kind
+        (every block clamped, one backward), so every later pass fits. Not counted in ``stats``."""
+        device, depth = image.device, self.adapter.depth
+        stats, self.stats = self.stats, PassStats()
+        meter = PassMeter(device, exclude=[*self.model.parameters(), *self.model.buffers()])
+        measured = []
+        try:
+            acts, _ = self._clean_forward(image)
+            units = [stable_topk(a.sum(dim=1), self.config.topk) for a in acts]
+            for r in rows:
+                img = torch.zeros(r, dtype=torch.long, device=device)
+                alpha = torch.linspace(0, 1, r, dtype=torch.float64, device=device)
+                clamps = {l: self._path_clamp(acts[l], units[l], img, alpha) for l in range(depth)}
+                with meter.measure(clamps.values()), torch.enable_grad(), override_ffn(self.adapter, clamps, self.tokens):
+                    out = self._target_prob_sum(image[img], label[img])
+                    if device.type == "cuda":
+                        torch.autograd.grad(out, list(clamps.values()))
+                measured.append(meter.bytes)
+                del clamps, out
+        finally:
+            self.stats = stats
+        return fit_linear(rows, (measured[0], measured[1]), int(DEFAULT_FRACTION * free_bytes(device)))
 
     def _forward(self, images: torch.Tensor) -> torch.Tensor:
         """Every model forward goes through here: precision, and the pass count."""
@@ -218,7 +218,7 @@ class PathFinder:
         m = self.config.steps
         rows = torch.arange(m * batch)
         img, alpha = rows % batch, (rows // batch).double() / m
-        size = self.config.max_rows or self.auto_max_rows or len(rows)
+        size = self.config.max_rows or (self.memory.rows(len(rows)) if self.memory else len(rows))
         return [(img[s : s + size], alpha[s : s + size]) for s in range(0, len(rows), size)]
 
     def _target_prob_sum(self, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
