@@ -103,7 +103,7 @@ def render(results: list[dict], machine: dict) -> str:
         "",
         "Command: `.venv/bin/python eval/bench_memory.py` (each row in its own process).",
         f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gb']} GB, no GPU; torch {machine['torch']}.",
-        f"Model: random-init `vit_base_patch16_224` (12 blocks, 197 tokens), top-5, m = 20.",
+        "Model: random-init `vit_base_patch16_224` (12 blocks, 197 tokens), top-5, m = 20.",
         "",
         "`--max-rows` left out, the first batch fits `fixed + per_row · R` through two probe passes (R = 2 and 6)",
         "and passes take as many rows as fit in 80% of the free memory (CUDA: free device memory, measured",

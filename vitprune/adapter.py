@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from .errors import UserError
+from .options import TOKEN_SCOPES, check_choice
 
-TOKEN_SCOPES = ("auto", "cls", "patches", "all")
 
 
 @dataclass(frozen=True)
@@ -102,8 +102,7 @@ class ViTAdapter:
     # ------------------------------------------------------------------------------ tokens
     def resolve_scope(self, scope: str) -> str:
         """'auto' -> the tokens the head reads: 'cls' for CLS-pooled, 'patches' for average-pooled models."""
-        if scope not in TOKEN_SCOPES:
-            raise UserError(f"--token-scope must be one of {', '.join(TOKEN_SCOPES)} (got '{scope}')")
+        check_choice("--token-scope", scope, TOKEN_SCOPES)
         if scope == "auto":
             return "cls" if self.layout.pool == "token" else "patches"
         if scope == "cls" and (self.layout.pool != "token" or not self.layout.has_class_token):

@@ -8,8 +8,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import ExportError, UserError
-
-SWEEP_CRITERIA = ("jas", "jas-all", "activation", "magnitude", "taylor", "variance", "wanda", "random", "keep-topk")
+from .options import LABEL_SOURCES, MASK_SCOPES, METHODS, PRECISIONS, SWEEP_CRITERIA, TOKEN_SCOPES, shared_fields
 
 
 def parse_classes(text: str | None) -> tuple[int, ...] | None:
@@ -32,7 +31,7 @@ def _add_model_data(p: argparse.ArgumentParser) -> None:
     g.add_argument("--arch", default=None, help="timm architecture of a checkpoint file (inferred when omitted)")
     g.add_argument("--data", default="demo", help="demo | fashion-mnist[:DIR] | imagefolder:DIR | hf:NAME (default: demo)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default: auto)")
-    g.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16", "fp16"],
+    g.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="model forwards for discovery and evaluation (default: fp32; see README for agreement figures)")
 
 
@@ -45,11 +44,11 @@ def _add_discovery(p: argparse.ArgumentParser, per_class_default: int | None, *,
         g.add_argument("--topk", type=int, default=None, help="units per layer on each path (default: --keep-topk, else 5)")
     else:
         g.add_argument("--topk", type=int, default=1, help="units per layer on each path (default: 1)")
-        g.add_argument("--method", default="jas", choices=["jas", "influence-pattern"])
+        g.add_argument("--method", default="jas", choices=METHODS)
     g.add_argument("--steps", type=int, default=20, help="interpolation steps m, alpha = k/m for k < m (default: 20)")
-    g.add_argument("--token-scope", default="auto", choices=["auto", "cls", "patches", "all"],
+    g.add_argument("--token-scope", default="auto", choices=TOKEN_SCOPES,
                    help="tokens a unit is scaled at: auto = what the head reads (cls, or patches when average-pooled)")
-    g.add_argument("--label", default="truth", choices=["truth", "pred"], help="class whose probability is attributed")
+    g.add_argument("--label", default="truth", choices=LABEL_SOURCES, help="class whose probability is attributed")
     g.add_argument("--batch-size", type=int, default=16)
     g.add_argument("--max-rows", type=int, default=None, help="scaled rows per forward/backward (default: as many as fit in 80%% of the free memory, measured on the first batch)")
 
@@ -77,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("budget")
     g.add_argument("--criterion", default=None,
                    help="jas | random | magnitude | activation | taylor | variance | wanda (default: the best measured, see README)")
-    g.add_argument("--scope", default="per-block", choices=["per-block", "global"])
+    g.add_argument("--scope", default="per-block", choices=MASK_SCOPES)
     g.add_argument("--min-keep", type=int, default=1, help="units kept in every block at least (default: 1)")
     g.add_argument("--round-to", type=int, default=1, help="round kept counts to a multiple of this (default: 1)")
     g.add_argument("--compensate", action=argparse.BooleanOptionalAction, default=None,
@@ -111,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--steps", type=int, default=20)
     v.add_argument("--batch-size", type=int, default=16)
     v.add_argument("--max-rows", type=int, default=None)
-    v.add_argument("--scope", default="per-block", choices=["per-block", "global"])
+    v.add_argument("--scope", default="per-block", choices=MASK_SCOPES)
     v.add_argument("--min-keep", type=int, default=1)
     v.add_argument("--finetune-epochs", type=int, default=0, help="recovery epochs per point (default: 0 = one-shot)")
     v.add_argument("--finetune-per-class", type=int, default=None, help="training images per class for recovery")
@@ -145,12 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_discover(args: argparse.Namespace) -> int:
     from .discover import DiscoverOptions, run_discover
 
-    opts = DiscoverOptions(
-        model=args.model, arch=args.arch, data=args.data, pool=args.pool, per_class=args.per_class,
-        classes=parse_classes(args.classes), topk=args.topk, steps=args.steps, method=args.method,
-        token_scope=args.token_scope, label=args.label, batch_size=args.batch_size, max_rows=args.max_rows,
-        device=args.device, precision=args.precision,
-    )
+    opts = shared_fields(args, DiscoverOptions, classes=parse_classes(args.classes))
     from .distributed import get_dist
 
     dist = get_dist(args.device)
@@ -163,15 +157,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
 def cmd_compress(args: argparse.Namespace) -> int:
     from .compress import CompressOptions, headline, run_compress
 
-    opts = CompressOptions(
-        model=args.model, arch=args.arch, data=args.data, device=args.device, keep_topk=args.keep_topk,
-        sparsity=args.sparsity, criterion=args.criterion, scope=args.scope, min_keep=args.min_keep,
-        round_to=args.round_to, compensate=args.compensate, per_class=args.per_class,
-        classes=parse_classes(args.classes), paths=args.paths, topk=args.topk, steps=args.steps,
-        token_scope=args.token_scope, label=args.label, batch_size=args.batch_size, max_rows=args.max_rows,
-        precision=args.precision, eval_per_class=args.eval_per_class, finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
-        finetune_per_class=args.finetune_per_class, export=not args.no_export, seed=args.seed,
-    )
+    opts = shared_fields(args, CompressOptions, classes=parse_classes(args.classes), export=not args.no_export)
     report = run_compress(opts, Path(args.out) if args.out else None, force=args.force, quiet=args.quiet)
     if report is not None:  # the main process
         print(headline(report))
@@ -188,17 +174,14 @@ def _floats(text: str, flag: str) -> tuple[float, ...]:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .sweep import SweepOptions, run_sweep
 
-    opts = SweepOptions(
-        model=args.model, arch=args.arch, data=args.data, device=args.device,
+    opts = shared_fields(
+        args, SweepOptions,
         sparsities=_floats(args.sparsities, "--sparsities"),
         criteria=tuple(c.strip() for c in args.criteria.split(",") if c.strip()),
         keep_topk=tuple(int(k) for k in _floats(args.keep_topk, "--keep-topk")),
         compensate={"off": (False,), "on": (True,), "both": (False, True)}[args.compensate],
-        seeds=tuple(int(s) for s in _floats(args.seeds, "--seeds")), per_class=args.per_class,
-        classes=parse_classes(args.classes), eval_per_class=args.eval_per_class, topk=args.topk, steps=args.steps,
-        batch_size=args.batch_size, max_rows=args.max_rows, precision=args.precision, scope=args.scope, min_keep=args.min_keep,
-        finetune_epochs=args.finetune_epochs, finetune_per_class=args.finetune_per_class, finetune_lr=args.finetune_lr,
-        latency=args.latency,
+        seeds=tuple(int(s) for s in _floats(args.seeds, "--seeds")),
+        classes=parse_classes(args.classes),
     )
     rows = run_sweep(opts, Path(args.out), force=args.force, quiet=args.quiet)
     print(f"{len(rows)} points -> {args.out}/results.csv, results.json, results.md, accuracy_vs_sparsity.png")

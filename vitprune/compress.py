@@ -18,7 +18,7 @@ from pathlib import Path
 from . import __version__
 from .adapter import ViTAdapter
 from .aggregate import class_critical_units, union_keep_sets
-from .criteria import CRITERIA, NEEDS_STATS, unit_scores
+from .criteria import NEEDS_STATS, unit_scores
 from .data import iterate_batches, load_data, model_transform, select_per_class, torch_loader
 from .discover import DiscoverOptions, check_pairing, run_discover
 from .distributed import get_dist
@@ -27,7 +27,8 @@ from .evaluate import evaluate_models
 from .export import export_onnx, ort_latency
 from .masks import from_keep_sets, from_scores
 from .models import load_model, save_checkpoint
-from .records import atomic_write_json, atomic_write_text, load_run_records, read_json
+from .options import CRITERIA, CalibrationOptions, check_choice, shared_fields
+from .records import atomic_write_json, atomic_write_text, check_output_dir, load_run_records
 from .slicing import compensation_shift, count_macs_params, slice_mlps
 from .stats import collect_stats
 
@@ -39,11 +40,7 @@ OUTPUTS = ("mask.json", "model.safetensors", "vitprune.json", "model.onnx", "rep
 
 
 @dataclass(frozen=True)
-class CompressOptions:
-    model: str = "demo"
-    arch: str | None = None
-    data: str = "demo"
-    device: str = "auto"
+class CompressOptions(CalibrationOptions):
     keep_topk: int | None = None
     sparsity: float | None = None
     criterion: str | None = None  # None: SPARSITY_DEFAULT's criterion for --sparsity
@@ -51,16 +48,10 @@ class CompressOptions:
     min_keep: int = 1
     round_to: int = 1
     compensate: bool | None = None  # None: SPARSITY_DEFAULT's choice for --sparsity, off for --keep-topk
-    per_class: int | None = 16
-    classes: tuple[int, ...] | None = None
     paths: str | None = None
     topk: int | None = None  # discovery K; defaults to keep_topk, else 5
-    steps: int = 20
     token_scope: str = "auto"
     label: str = "truth"
-    batch_size: int = 16
-    max_rows: int | None = None
-    precision: str = "fp32"
     eval_per_class: int | None = None
     finetune_epochs: int = 0
     finetune_lr: float = 1e-4
@@ -103,26 +94,15 @@ def validate(opts: CompressOptions) -> None:
         raise UserError(f"--keep-topk must be >= 1 (got {opts.keep_topk})")
     if opts.sparsity is not None and not 0.0 <= opts.sparsity < 1.0:
         raise UserError(f"--sparsity must be in [0, 1) (got {opts.sparsity})")
-    if opts.criterion not in CRITERIA:
-        raise UserError(f"--criterion must be one of {', '.join(CRITERIA)} (got '{opts.criterion}')")
+    check_choice("--criterion", opts.criterion, CRITERIA)
     if opts.finetune_epochs < 0:
         raise UserError(f"--finetune-epochs must be >= 0 (got {opts.finetune_epochs})")
     if opts.eval_per_class is not None and opts.eval_per_class < 1:
         raise UserError(f"--eval-per-class must be >= 1 (got {opts.eval_per_class})")
 
 
-def _check_out(out: Path, settings: dict, force: bool) -> None:
-    if (out / SETTINGS).is_file() and not force:
-        old = read_json(out / SETTINGS)
-        if old != settings:
-            changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-            raise UserError(f"{out} holds a different result ({', '.join(changed)} differ); pass --force to replace it")
-    elif out.exists() and any(out.iterdir()) and not force:
-        raise UserError(f"{out} exists and is not a vitprune compress result; pass --force or another --out")
-
-
 def _prepare_out(out: Path, settings: dict, force: bool) -> None:
-    _check_out(out, settings, force)
+    check_output_dir(out, SETTINGS, settings, what="compress result", force=force)
     if force and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -149,7 +129,7 @@ def run_compress(opts: CompressOptions, out: Path | None = None, *, force: bool 
     transform = model_transform(dense)
     calib = select_per_class(pools.calibration, opts.per_class, opts.classes, num_classes=pools.num_classes)
     settings = {**asdict(opts), "classes": list(opts.classes) if opts.classes else None, "vitprune_version": __version__}
-    _check_out(out, settings, force)
+    check_output_dir(out, SETTINGS, settings, what="compress result", force=force)
     dist.barrier()
     if dist.is_main:
         _prepare_out(out, settings, force)
@@ -164,10 +144,7 @@ def run_compress(opts: CompressOptions, out: Path | None = None, *, force: bool 
         if opts.paths:
             records = load_run_records(Path(opts.paths))
         else:
-            dopts = DiscoverOptions(model=opts.model, arch=opts.arch, data=opts.data, per_class=opts.per_class,
-                                    classes=opts.classes, topk=opts.discovery_topk, steps=opts.steps, method="jas",
-                                    token_scope=opts.token_scope, label=opts.label, batch_size=opts.batch_size,
-                                    max_rows=opts.max_rows, device=opts.device, precision=opts.precision)
+            dopts = shared_fields(opts, DiscoverOptions, topk=opts.discovery_topk, method="jas")
             run_discover(dopts, out / "paths", resume=True, quiet=quiet, dist=dist)
             records = load_run_records(out / "paths")
         timings["discovery_s"] = time.time() - t0

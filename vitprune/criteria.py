@@ -7,9 +7,9 @@ from torch import nn
 from .adapter import ViTAdapter
 from .aggregate import path_importance
 from .errors import UserError
+from .options import CRITERIA, check_choice
 from .stats import ActivationStats
 
-CRITERIA = ("jas", "random", "magnitude", "activation", "taylor", "variance", "wanda")
 NEEDS_STATS = ("jas", "activation", "taylor", "variance", "wanda")
 
 
@@ -32,8 +32,7 @@ def unit_scores(
     variance   Var(a) over images and tokens (VBP; pair it with --compensate)
     wanda      ||a||_2 * ||fc2 column||_2 (structured Wanda)
     """
-    if criterion not in CRITERIA:
-        raise UserError(f"--criterion must be one of {', '.join(CRITERIA)} (got '{criterion}')")
+    check_choice("--criterion", criterion, CRITERIA)
     adapter = ViTAdapter(model)
     widths = adapter.hidden_widths
     if criterion in NEEDS_STATS and stats is None:

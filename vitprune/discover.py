@@ -11,9 +11,10 @@ from . import __version__
 from .attribution import DiscoveryConfig, PathFinder
 from .data import DataPools, iterate_batches, load_data, model_transform, select_per_class
 from .errors import UserError
+from .options import CalibrationOptions
 from .models import load_model
 from .distributed import Dist, get_dist
-from .records import CONFIG, PARTIAL, PATHS, JsonlAppender, atomic_write_json, atomic_write_text, read_json
+from .records import CONFIG, PARTIAL, PATHS, JsonlAppender, atomic_write_json, atomic_write_text, check_output_dir
 from .progress import progress_bar
 
 RUN_FILES = (CONFIG, PATHS, PARTIAL)
@@ -22,22 +23,13 @@ NON_IDENTITY_KEYS = ("device", "out")  # max_rows and precision stay: they chang
 
 
 @dataclass(frozen=True)
-class DiscoverOptions:
-    model: str = "demo"
-    arch: str | None = None
-    data: str = "demo"
-    pool: str = "calibration"
+class DiscoverOptions(CalibrationOptions):
     per_class: int | None = 8
-    classes: tuple[int, ...] | None = None
+    pool: str = "calibration"
     topk: int = 1
-    steps: int = 20
     method: str = "jas"
     token_scope: str = "auto"
     label: str = "truth"
-    batch_size: int = 16
-    max_rows: int | None = None
-    device: str = "auto"
-    precision: str = "fp32"
 
 
 def check_pairing(pools: DataPools, num_classes: int) -> None:
@@ -51,16 +43,9 @@ def check_pairing(pools: DataPools, num_classes: int) -> None:
 def check_run_dir(out: Path, config: dict, *, resume: bool, force: bool) -> str:
     """'fresh', 'resume' or 'complete', without writing; refuses a different run without --force."""
     out = Path(out)
-    if (out / CONFIG).is_file() and not force:
-        old = read_json(out / CONFIG)
-        same = {k: v for k, v in old.items() if k not in NON_IDENTITY_KEYS} == {
-            k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS
-        }
-        if not resume:
-            raise UserError(f"{out} already holds a run; pass --resume to continue it or --force to replace it")
-        if not same:
-            changed = sorted(k for k in set(old) | set(config) if k not in NON_IDENTITY_KEYS and old.get(k) != config.get(k))
-            raise UserError(f"{out} holds a run with different settings ({', '.join(changed)}); pass --force to replace it")
+    if (out / CONFIG).is_file() and not force and not resume:
+        raise UserError(f"{out} already holds a run; pass --resume to continue it or --force to replace it")
+    if check_output_dir(out, CONFIG, config, what="discover run", force=force, ignore=NON_IDENTITY_KEYS):
         return "complete" if (out / PATHS).is_file() else "resume"
     return "fresh"
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 import torch
 
 from .errors import UserError
+from .options import MASK_SCOPES as SCOPES, check_choice
 
-SCOPES = ("per-block", "global")
 
 
 @dataclass(frozen=True)
@@ -86,8 +86,7 @@ def from_scores(
         raise UserError(f"--min-keep must be >= 1 (got {min_keep})")
     if round_to < 1:
         raise UserError(f"--round-to must be >= 1 (got {round_to})")
-    if scope not in SCOPES:
-        raise UserError(f"--scope must be one of {', '.join(SCOPES)} (got '{scope}')")
+    check_choice("--scope", scope, SCOPES)
     widths = [int(s.numel()) for s in scores]
 
     def top(s: torch.Tensor, n: int) -> list[int]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,28 @@ def read_json(path: Path) -> Any:
         return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise UserError(f"cannot read {path} ({type(exc).__name__}); the run folder is damaged, rerun with --force") from exc
+
+
+def check_output_dir(out: Path, settings_file: str, settings: dict, *, what: str, force: bool,
+                     ignore: Sequence[str] = ()) -> bool:
+    """Whether ``out`` already holds this very result (same settings, ``ignore`` keys aside).
+
+    A folder holding another result, or anything that is not a vitprune result, is refused with
+    one line naming the differing settings, unless ``force`` (then the caller replaces it).
+    """
+    out = Path(out)
+    if force:
+        return False
+    if (out / settings_file).is_file():
+        old = read_json(out / settings_file)
+        changed = sorted(k for k in set(old) | set(settings) if k not in ignore and old.get(k) != settings.get(k))
+        if changed:
+            raise UserError(f"{out} holds a {what} with different settings ({', '.join(changed)}); "
+                            "pass --force to replace it or another --out")
+        return True
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not a vitprune {what}; pass --force or another --out")
+    return False
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -27,35 +27,25 @@ from .distributed import get_dist
 from .errors import UserError
 from .evaluate import evaluate_models
 from .masks import from_keep_sets, from_scores
+from .options import SWEEP_CRITERIA, CalibrationOptions, shared_fields
 from .models import load_model
-from .records import JsonlAppender, atomic_write_json, atomic_write_text, load_run_records, read_json, read_jsonl
+from .records import JsonlAppender, atomic_write_json, atomic_write_text, check_output_dir, load_run_records, read_jsonl
 from .slicing import compensation_shift, count_macs_params, slice_mlps
 from .stats import collect_stats
 
-SWEEP_CRITERIA = ("jas", "jas-all", "activation", "magnitude", "taylor", "variance", "wanda", "random", "keep-topk")
 SETTINGS = "sweep.json"
 POINTS = "points.jsonl"
 
 
 @dataclass(frozen=True)
-class SweepOptions:
-    model: str = "demo"
-    arch: str | None = None
-    data: str = "demo"
-    device: str = "auto"
+class SweepOptions(CalibrationOptions):
     sparsities: tuple[float, ...] = (0.25, 0.5, 0.75, 0.9)
     criteria: tuple[str, ...] = SWEEP_CRITERIA
     keep_topk: tuple[int, ...] = (1, 5, 20)
     compensate: tuple[bool, ...] = (False, True)
     seeds: tuple[int, ...] = (0, 1, 2)
-    per_class: int | None = 16
-    classes: tuple[int, ...] | None = None
     eval_per_class: int | None = None
     topk: int = 5  # discovery K of the run behind every jas / jas-all budget point
-    steps: int = 20
-    batch_size: int = 16
-    max_rows: int | None = None
-    precision: str = "fp32"
     scope: str = "per-block"
     min_keep: int = 1
     finetune_epochs: int = 0
@@ -110,11 +100,7 @@ def run_sweep(opts: SweepOptions, out: Path, *, force: bool = False, quiet: bool
     transform = model_transform(dense)
     settings = {**asdict(opts), "vitprune_version": __version__}
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as read back from disk
-    if (out / SETTINGS).is_file() and not force:
-        if read_json(out / SETTINGS) != settings:
-            raise UserError(f"{out} holds a sweep with different settings; pass --force or another --out")
-    elif out.exists() and any(out.iterdir()) and not force:
-        raise UserError(f"{out} exists and is not a vitprune sweep; pass --force or another --out")
+    check_output_dir(out, SETTINGS, settings, what="sweep", force=force)
     dist.barrier()
     if dist.is_main:
         if force and out.exists():
@@ -149,10 +135,7 @@ def _run_points(opts, todo, sink, out, dense, adapter, pools, transform, calib, 
     needed |= {("auto" if p["criterion"] == "jas" else "all", opts.topk) for p in todo if p["criterion"] in ("jas", "jas-all")}
     records: dict[tuple[str, int], list[dict]] = {}
     for scope, k in sorted(needed):
-        dopts = DiscoverOptions(model=opts.model, arch=opts.arch, data=opts.data, per_class=opts.per_class,
-                                classes=opts.classes, topk=k, steps=opts.steps, token_scope=scope,
-                                batch_size=opts.batch_size, max_rows=opts.max_rows, device=opts.device,
-                                precision=opts.precision)
+        dopts = shared_fields(opts, DiscoverOptions, topk=k, token_scope=scope)
         folder = out / f"paths-{'cls' if scope == 'auto' else scope}-top{k}"
         run_discover(dopts, folder, resume=True, quiet=quiet, dist=dist)
         records[(scope, k)] = load_run_records(folder)

@@ -29,11 +29,9 @@ from torch import nn
 from ..adapter import ViTAdapter
 from ..errors import UserError
 from ..hooks import ffn_hooks, override_ffn, replace_tokens
+from ..options import LABEL_SOURCES, METHODS, PRECISIONS, check_choice
 from ..memory import DEFAULT_FRACTION, PassMemory, PassMeter, fit_linear, free_bytes
 
-METHODS = ("jas", "influence-pattern")
-LABEL_SOURCES = ("truth", "pred")
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -110,18 +108,15 @@ class PathFinder:
 
     def _validate(self) -> None:
         cfg, widths = self.config, self.adapter.hidden_widths
-        if cfg.method not in METHODS:
-            raise UserError(f"--method must be one of {', '.join(METHODS)} (got '{cfg.method}')")
-        if cfg.label not in LABEL_SOURCES:
-            raise UserError(f"--label must be one of {', '.join(LABEL_SOURCES)} (got '{cfg.label}')")
+        check_choice("--method", cfg.method, METHODS)
+        check_choice("--label", cfg.label, LABEL_SOURCES)
         if not 1 <= cfg.topk <= min(widths):
             raise UserError(f"--topk must be between 1 and the narrowest MLP width {min(widths)} (got {cfg.topk})")
         if cfg.steps < 1:
             raise UserError(f"--steps must be >= 1 (got {cfg.steps})")
         if cfg.max_rows is not None and cfg.max_rows < 1:
             raise UserError(f"--max-rows must be >= 1 (got {cfg.max_rows})")
-        if cfg.precision not in PRECISIONS:
-            raise UserError(f"--precision must be one of {', '.join(PRECISIONS)} (got '{cfg.precision}')")
+        check_choice("--precision", cfg.precision, PRECISIONS)
 
     # ------------------------------------------------------------------------------- public
     def find(self, images: torch.Tensor, labels: torch.Tensor) -> list[dict]:
