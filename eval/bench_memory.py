@@ -121,16 +121,17 @@ def render(results: list[dict], machine: dict) -> str:
                          f"{r['predicted'] / mib:.0f} | {r['measured'] / mib:.0f} | {r['measured'] / r['predicted']:.2f} |")
     traces = [r for r in results if r["kind"] == "trace"]
     if traces:
-        lines += ["", f"The count itself (predicted / HEAP_OVERHEAD = {results[0]['predicted'] / results[0]['predicted_live']:.1f}) "
+        lines += ["", f"The count itself (predicted ÷ HEAP_OVERHEAD, {results[0]['predicted'] / results[0]['predicted_live']:.1f}) "
                   "against the live-tensor peak from the profiler's allocator events (same pass); the gap to the resident "
-                  "peak above is glibc keeping freed buffers (with `MALLOC_MMAP_THRESHOLD_=131072` it mostly goes away):", "",
+                  "peak above is freed buffers that glibc's heap keeps resident, which HEAP_OVERHEAD covers:", "",
                   "| precision | R | counted live (MiB) | profiler live peak (MiB) | profiler / counted |", "|---|---|---|---|---|"]
         for r in traces:
             lines.append(f"| {r['precision']} | {r['rows']} | {r['predicted_live'] / mib:.0f} | {r['measured'] / mib:.0f} | "
                          f"{r['measured'] / r['predicted_live']:.2f} |")
     finds = [r for r in results if r["kind"] == "find"]
     if finds:
-        lines += ["", "A whole image (`find`, 14 passes of 20 rows) with the budget set to fit R rows per pass:", "",
+        lines += ["", "A whole image (`find`: 14 passes over 20 rows, each split into equal chunks of at most R rows) with "
+                  "the budget set to fit R rows per pass; the peak includes the clean activations and score buffers:", "",
                   "| precision | rows per pass | budget (MiB) | measured peak of the whole find (MiB) | peak / budget |",
                   "|---|---|---|---|---|"]
         for r in finds:
@@ -146,6 +147,7 @@ def main() -> None:
     parser.add_argument("--find-rows", type=int, default=7, help="rows per pass the whole-image check is budgeted for")
     parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--render-only", action="store_true", help="re-render the Markdown from the saved JSON")
     args = parser.parse_args()
     if args.one:
         kind, precision, rows = args.one
@@ -154,6 +156,10 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     from machine import describe
 
+    if args.render_only:
+        saved = json.loads((Path(args.out) / "memory_benchmark.json").read_text())
+        (Path(args.out) / "memory_benchmark.md").write_text(render(saved["results"], saved["machine"]))
+        return
     jobs = ([("pass", p, r) for p in args.precisions for r in args.rows] + [("trace", p, args.rows[0]) for p in args.precisions]
             + [("find", p, args.find_rows) for p in args.precisions])
     results = []
