@@ -43,11 +43,6 @@ COST_MODELS = ("vit_base_patch16_224", "vit_base_patch32_224", "vit_large_patch3
 GEMM_DTYPES = {"fp32": "float32", "tf32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
-
-
 def run_one(name: str) -> dict:
     import torch
 
@@ -55,6 +50,8 @@ def run_one(name: str) -> dict:
     from vitprune.attribution import DiscoveryConfig, PathFinder
     from vitprune.data import iterate_batches, load_data, model_transform, select_per_class
     from vitprune.slicing import count_macs_params
+
+    from machine import proc_status
 
     cfg = CONFIGS[name]
     torch.manual_seed(0)
@@ -85,7 +82,7 @@ def run_one(name: str) -> dict:
     warm.find(*[t[:1] for t in batches[0]])  # warm-up (allocator, kernels); not counted
     finder.memory = finder.measure_memory(*[t[:1] for t in batches[0]])  # the first batch's probe, not timed
     finder.stats = type(finder.stats)()
-    rss0 = _rss_mb()
+    rss0 = proc_status("VmRSS") / 2**20
     t0 = time.perf_counter()
     records = []
     for x, y in batches:

@@ -21,11 +21,6 @@ HERE = Path(__file__).resolve().parent
 MODEL = "random:vit_base_patch16_224"
 
 
-def _status(key: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
-
-
 def _reset_peak() -> None:
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets VmHWM to the current resident set (Linux >= 4.0)
@@ -41,6 +36,8 @@ def run_one(kind: str, precision: str, rows: int) -> dict:
     from vitprune.attribution.jas import stable_topk
     from vitprune.hooks import override_ffn
     from vitprune.memory import HEAP_OVERHEAD, PassMemory
+
+    from machine import proc_status
 
     torch.manual_seed(0)
     model = vitprune.load_model(MODEL)
@@ -62,23 +59,23 @@ def run_one(kind: str, precision: str, rows: int) -> dict:
                 torch.autograd.grad(out, list(clamps.values()))
 
         gc.collect()
-        base = _status("VmRSS")
+        base = proc_status("VmRSS")
         _reset_peak()
         if kind == "trace":
             measured = _live_peak(one_pass)
         else:
             one_pass()
-            measured = _status("VmHWM") - base
+            measured = proc_status("VmHWM") - base
         predicted = mem.fixed + rows * mem.per_row
         return {"kind": kind, "precision": precision, "rows": rows, "fixed": mem.fixed, "per_row": mem.per_row,
                 "predicted": predicted, "predicted_live": predicted / HEAP_OVERHEAD, "measured": measured}
     finder.memory = PassMemory(mem.fixed, mem.per_row, budget=mem.fixed + rows * mem.per_row)
     gc.collect()
-    base = _status("VmRSS")
+    base = proc_status("VmRSS")
     _reset_peak()
     finder.find(image, label)
     return {"kind": kind, "precision": precision, "rows": finder.memory.rows(20), "fixed": mem.fixed,
-            "per_row": mem.per_row, "budget": finder.memory.budget, "measured": _status("VmHWM") - base,
+            "per_row": mem.per_row, "budget": finder.memory.budget, "measured": proc_status("VmHWM") - base,
             "forward_calls": finder.stats.forward_calls}
 
 

@@ -5,6 +5,12 @@ import os
 import platform
 
 
+def proc_status(key: str) -> int:
+    """A byte count from /proc/self/status (VmRSS: resident now, VmHWM: resident peak)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key + ":"))
+
+
 def describe() -> dict:
     cpu = platform.processor() or ""
     try:

@@ -16,7 +16,6 @@ from .errors import UserError
 from .options import TOKEN_SCOPES, check_choice
 
 
-
 @dataclass(frozen=True)
 class TokenLayout:
     num_prefix: int  # CLS + distillation + register tokens, all before the patches

@@ -101,8 +101,8 @@ def validate(opts: CompressOptions) -> None:
         raise UserError(f"--eval-per-class must be >= 1 (got {opts.eval_per_class})")
 
 
-def _prepare_out(out: Path, settings: dict, force: bool) -> None:
-    check_output_dir(out, SETTINGS, settings, what="compress result", force=force)
+def _start_out(out: Path, settings: dict, force: bool) -> None:
+    """(Re)create the output folder that ``check_output_dir`` accepted and write its settings."""
     if force and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -132,7 +132,7 @@ def run_compress(opts: CompressOptions, out: Path | None = None, *, force: bool 
     check_output_dir(out, SETTINGS, settings, what="compress result", force=force)
     dist.barrier()
     if dist.is_main:
-        _prepare_out(out, settings, force)
+        _start_out(out, settings, force)
     dist.barrier()
     timings: dict[str, float] = {}
 

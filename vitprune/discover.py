@@ -50,12 +50,9 @@ def check_run_dir(out: Path, config: dict, *, resume: bool, force: bool) -> str:
     return "fresh"
 
 
-def prepare_run_dir(out: Path, config: dict, *, resume: bool, force: bool) -> str:
-    """Like ``check_run_dir``, then (re)creates the folder and writes config.json for a fresh run."""
+def start_run_dir(out: Path, config: dict, *, force: bool) -> None:
+    """(Re)create the folder of a run ``check_run_dir`` found fresh and write its config.json."""
     out = Path(out)
-    state = check_run_dir(out, config, resume=resume, force=force)
-    if state != "fresh":
-        return state
     if force:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
@@ -65,7 +62,6 @@ def prepare_run_dir(out: Path, config: dict, *, resume: bool, force: bool) -> st
             shard.unlink()
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / CONFIG, config)
-    return "fresh"
 
 
 def verify_image_files(ds) -> None:
@@ -129,8 +125,8 @@ def run_discover(opts: DiscoverOptions, out: Path, *, resume: bool = False, forc
     if not force:
         _check_shards(out, dist.world)
     dist.barrier()
-    if dist.is_main:
-        prepare_run_dir(out, config, resume=resume, force=force)
+    if dist.is_main and state == "fresh":
+        start_run_dir(out, config, force=force)
     dist.barrier()
 
     batch = opts.batch_size

@@ -9,7 +9,6 @@ from .errors import UserError
 from .options import MASK_SCOPES as SCOPES, check_choice
 
 
-
 @dataclass(frozen=True)
 class NeuronMask:
     """Kept hidden-unit indices (sorted) per block, out of the original widths."""

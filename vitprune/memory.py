@@ -62,13 +62,12 @@ def free_bytes(device: torch.device) -> int:
 
 
 class PassMeter:
-    """Measures the bytes one pass holds at its peak; use ``with meter.measure(leaves) as done: ...``."""
+    """Measures the bytes one pass holds at its peak: ``with meter.measure(leaves): <pass>``, then ``meter.bytes``."""
 
     def __init__(self, device: torch.device, exclude: Iterable[torch.Tensor]) -> None:
         self.device = device
         self.exclude = {_storage_key(t) for t in exclude}
         self.bytes = 0  # budgeted bytes of the last measured pass
-        self.live_bytes = 0  # its live tensors
 
     @contextmanager
     def measure(self, leaves: Iterable[torch.Tensor]) -> Iterator[None]:
@@ -79,7 +78,7 @@ class PassMeter:
             base = torch.cuda.memory_allocated(self.device) - sum(_nbytes(t) for t in leaves)
             yield
             torch.cuda.synchronize(self.device)
-            self.bytes = self.live_bytes = torch.cuda.max_memory_allocated(self.device) - base
+            self.bytes = torch.cuda.max_memory_allocated(self.device) - base
             return
         storages: dict[tuple[int, int], int] = {}
 
@@ -94,7 +93,6 @@ class PassMeter:
         for t in leaves:
             storages[_storage_key(t)] = _nbytes(t)
         live = sum(storages.values()) + sum(_nbytes(t) for t in leaves)  # + one gradient per leaf
-        self.live_bytes = live
         self.bytes = math.ceil(HEAP_OVERHEAD * live)
 
 
