@@ -1,9 +1,10 @@
-"""Train the bundled demo model (`--model demo`) on the Fashion-MNIST train split.
+"""Train a bundled model (the demo, or a zoo model) on the Fashion-MNIST train split.
 
-    .venv/bin/python recipes/train_demo.py [--epochs N] [--out vitprune/assets/demo]
+    .venv/bin/python recipes/train_fashion_mnist.py [--recipe recipes/demo.yaml] [--epochs N] [--out DIR]
 
-Reads recipes/demo.yaml, trains on the 60k train images only, measures top-1 on the 10k test
-images, and writes model.safetensors (weights + the recipe as metadata) and train_log.json.
+Reads the recipe, trains on the 60k train images only, measures top-1 on the 10k test images
+after every epoch, and writes model.safetensors (weights + the recipe as metadata) and
+train_log.json into the recipe's ``out`` folder (``--model demo`` / ``--model zoo:NAME``).
 """
 from __future__ import annotations
 
@@ -56,9 +57,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default=str(HERE / "demo.yaml"))
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epoch count")
-    parser.add_argument("--out", default=str(HERE.parent / "vitprune" / "assets" / "demo"))
+    parser.add_argument("--out", default=None, help="output folder (default: the recipe's 'out', relative to the repository)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     recipe = yaml.safe_load(Path(args.recipe).read_text())
     hp = recipe["train"]
     epochs = args.epochs or hp["epochs"]
@@ -106,10 +110,10 @@ def main() -> None:
     log["train_seconds"] = round(time.time() - start, 1)
     log["torch"] = torch.__version__
     log["timm"] = timm.__version__
-    out = Path(args.out)
+    out = Path(args.out) if args.out else HERE.parent / recipe["out"]
     out.mkdir(parents=True, exist_ok=True)
     meta = {"arch": recipe["arch"], "model_kwargs": recipe["model_kwargs"], "data_config": recipe["data_config"],
-            "test_top1": log["test_top1"], "source": "recipes/train_demo.py"}
+            "test_top1": log["test_top1"], "source": f"recipes/train_fashion_mnist.py --recipe recipes/{Path(args.recipe).name}"}
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     tmp = out / "model.safetensors.tmp"
     save_file(state, str(tmp), metadata={"vitprune": json.dumps(meta)})
