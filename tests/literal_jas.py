@@ -24,7 +24,16 @@ def _clean_acts(model, x, tokens):
     return [acts[l] for l in range(len(model.blocks))], logits[0]
 
 
-def _prob_with_clamps(model, x, label, clamps, tokens):
+def _objective(logits, label, objective, clean):
+    """F of one image: the label's probability, its log, or sum_c p_c log p_c(x) with p the clean softmax."""
+    if objective == "prob":
+        return logits.softmax(-1)[0, label]
+    if objective == "logprob":
+        return logits.log_softmax(-1)[0, label]
+    return (clean.softmax(-1) * logits.log_softmax(-1)[0]).sum()
+
+
+def _prob_with_clamps(model, x, label, clamps, tokens, objective="prob", clean=None):
     def make(l):
         def pre(mod, args):
             h = args[0].clone()
@@ -38,7 +47,7 @@ def _prob_with_clamps(model, x, label, clamps, tokens):
     finally:
         for h in handles:
             h.remove()
-    return logits.softmax(-1)[0, label]
+    return _objective(logits, label, objective, clean)
 
 
 def _scaled_path_clamp(a, units, alpha):
@@ -52,12 +61,12 @@ def _topk(scores, k):
     return sorted(range(len(scores)), key=lambda j: (-float(scores[j]), j))[:k]
 
 
-def literal_path_score(model, x, label, acts, path, m, tokens):
+def literal_path_score(model, x, label, acts, path, m, tokens, objective="prob", clean=None):
     L, T = len(acts), acts[0].shape[0]
     g = torch.zeros(T, dtype=acts[0].dtype)
     for k in range(m):
         clamps = {l: _scaled_path_clamp(acts[l], path[l], k / m) for l in range(L)}
-        f = _prob_with_clamps(model, x, label, clamps, tokens)
+        f = _prob_with_clamps(model, x, label, clamps, tokens, objective, clean)
         for l in range(L):
             (grad,) = torch.autograd.grad(f, clamps[l], retain_graph=True)
             for u in path[l]:
@@ -66,14 +75,15 @@ def literal_path_score(model, x, label, acts, path, m, tokens):
     return float((g * a).sum() / m / T)
 
 
-def literal_jas(model, images, labels, *, topk, steps, tokens):
-    """Records {path, score, base_path, base_score} per image, computed literally."""
+def literal_jas(model, images, labels, *, topk, steps, tokens, objective="prob"):
+    """Records {path, score, base_path, base_score, step_scores} per image, computed literally
+    (step_scores: the greedy score of every unit of every layer; step_own: its own-term part)."""
     out = []
     L = len(model.blocks)
     for i in range(len(images)):
         x, label = images[i : i + 1], int(labels[i])
-        acts, _ = _clean_acts(model, x, tokens)
-        path = []
+        acts, clean = _clean_acts(model, x, tokens)
+        path, step_scores, step_own = [], [], []
         for t in range(L):
             g_t = torch.zeros_like(acts[t])
             g_path = torch.zeros(acts[t].shape[0], dtype=acts[t].dtype)
@@ -81,7 +91,7 @@ def literal_jas(model, images, labels, *, topk, steps, tokens):
                 alpha = k / steps
                 clamps = {l: _scaled_path_clamp(acts[l], path[l], alpha) for l in range(t)}
                 clamps[t] = (alpha * acts[t]).requires_grad_(True)
-                f = _prob_with_clamps(model, x, label, clamps, tokens)
+                f = _prob_with_clamps(model, x, label, clamps, tokens, objective, clean)
                 for l in range(t + 1):
                     (grad,) = torch.autograd.grad(f, clamps[l], retain_graph=True)
                     if l == t:
@@ -92,12 +102,16 @@ def literal_jas(model, images, labels, *, topk, steps, tokens):
             a_path = sum((acts[l][:, u] for l in range(t) for u in path[l]), torch.zeros_like(g_path))
             scores = ((g_t + g_path[:, None]) * (acts[t] + a_path[:, None]) / steps).sum(0)
             path.append(_topk(scores, topk))
+            step_scores.append(scores)
+            step_own.append((g_t * acts[t]).sum(0) / steps)
         base = [_topk(a.sum(0), topk) for a in acts]
         out.append({
             "path": path,
-            "score": literal_path_score(model, x, label, acts, path, steps, tokens),
+            "score": literal_path_score(model, x, label, acts, path, steps, tokens, objective, clean),
             "base_path": base,
-            "base_score": literal_path_score(model, x, label, acts, base, steps, tokens),
+            "base_score": literal_path_score(model, x, label, acts, base, steps, tokens, objective, clean),
+            "step_scores": step_scores,
+            "step_own": step_own,
         })
     return out
 

@@ -91,6 +91,9 @@ def test_failed_parity_leaves_no_file(tmp_path, monkeypatch):
         (["--keep-topk", "64"], "keeps every unit"),
         (["--sparsity", "0.5", "--criterion", "nope"], "--criterion"),
         (["--sparsity", "0.5", "--min-keep", "0"], "--min-keep"),
+        (["--sparsity", "0.5", "--compensate", "bogus"], "--compensate"),
+        (["--keep-topk", "2", "--criterion", "taylor"], "--criterion must be jas or jas-freq"),
+        (["--sparsity", "0.5", "--compensate", "lsq", "--per-class", "1", "--classes", "3"], "at least 2 calibration images"),
     ],
 )
 def test_bad_input(model_dir, tmp_path, capsys, extra, fragment, fashion_dir):
@@ -107,11 +110,43 @@ def test_unsupported_mlp_is_refused(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("criterion", ["variance", "random"])
-def test_sparsity_budget_with_compensation(model_dir, tmp_path, criterion, fashion_dir):
+@pytest.mark.parametrize("criterion,compensate", [("variance", "mean"), ("random", "lsq")])
+def test_sparsity_budget_with_compensation(model_dir, tmp_path, criterion, compensate, fashion_dir):
     out = tmp_path / "s"
-    assert main(["compress", "--model", model_dir, "--sparsity", "0.5", "--criterion", criterion, "--compensate",
+    assert main(["compress", "--model", model_dir, "--sparsity", "0.5", "--criterion", criterion, "--compensate", compensate,
                  *FAST, "--no-export", "--out", str(out)]) == 0
     r = json.loads((out / "report.json").read_text())
     assert r["mask"]["kept_counts"] == [32, 32, 32] and r["mask"]["sparsity"] == 0.5
+    assert r["compensation"]["mode"] == compensate
+    assert (r["compensation"]["reconstruction"] is not None) == (compensate == "lsq")
     assert not (out / "paths").exists()  # no discovery for a non-path criterion
+
+
+def test_lsq_refit_checkpoint_and_onnx_are_exact(model_dir, tmp_path, fashion_dir):
+    """The refitted weights survive the checkpoint round trip and the ONNX export bit for bit / within 1e-4."""
+    import onnxruntime as ort
+
+    out = tmp_path / "lsq"
+    assert main(["compress", "--model", model_dir, "--sparsity", "0.75", "--criterion", "activation", "--compensate", "lsq",
+                 *FAST, "--out", str(out)]) == 0
+    r = json.loads((out / "report.json").read_text())
+    blocks = r["compensation"]["reconstruction"]["blocks"]
+    assert len(blocks) == 3 and all(b["calibration_error"]["lsq"] <= b["calibration_error"]["slice"] for b in blocks)
+    model = load_model(str(out))
+    dense = load_model(model_dir)
+    assert not torch.equal(model.blocks[0].mlp.fc2.bias, dense.blocks[0].mlp.fc2.bias)  # refit, not a plain slice
+    x = tiny_images(4, size=28, chans=1)
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        assert np.abs(sess.run(None, {"pixel_values": x.numpy()})[0] - model(x).numpy()).max() <= 1e-4
+
+
+def test_underdetermined_fit_is_said_and_solved(model_dir, tmp_path, capsys, fashion_dir):
+    """2 calibration images (34 tokens) for 48 kept units: the ridge solves it; one note says so."""
+    out = tmp_path / "u"
+    rc = main(["compress", "--model", model_dir, "--data", "demo", "--per-class", "1", "--classes", "0,1", "--sparsity", "0.25",
+               "--criterion", "magnitude", "--compensate", "lsq", "--eval-per-class", "3", "--no-export", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 0 and "fewer calibration tokens than kept units" in err
+    r = json.loads((out / "report.json").read_text())
+    assert r["compensation"]["reconstruction"]["underdetermined"] == [0, 1, 2]

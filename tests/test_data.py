@@ -125,3 +125,16 @@ def test_model_transform_follows_the_model_data_config():
     model.pretrained_cfg = {**model.pretrained_cfg, "mean": (0.5,), "std": (0.25,), "crop_pct": 1.0}
     out = model_transform(model)(Image.fromarray(np.full((28, 28), 255, dtype=np.uint8)))
     assert out.shape == (1, 28, 28) and torch.allclose(out, torch.full_like(out, 2.0))
+
+
+def test_holdout_selection_is_disjoint_from_calibration(fashion_dir):
+    from vitprune.data import load_data, select_holdout_per_class, select_per_class
+    from vitprune.errors import UserError
+
+    pools = load_data("demo")
+    calib = select_per_class(pools.calibration, 16, num_classes=10)
+    held = select_holdout_per_class(pools.calibration, 5, num_classes=10, skip=16)
+    assert len(held) == 50 and not set(calib["id"]) & set(held["id"])
+    assert sorted(set(held["label"])) == list(range(10))
+    with pytest.raises(UserError, match="too few"):
+        select_holdout_per_class(pools.calibration, 6000, num_classes=10, skip=16)

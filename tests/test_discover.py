@@ -16,7 +16,8 @@ from vitprune.records import CONFIG, PARTIAL, PATHS, read_jsonl
 from .helpers import save_tiny_fashion_model
 
 ARGS = ["--data", "demo", "--per-class", "2", "--topk", "2", "--steps", "3", "--batch-size", "4", "--quiet"]
-FIELDS = {"id", "label", "pred", "target", "prob", "method", "steps", "token_scope", "topk", "path", "score", "base_path", "base_score"}
+FIELDS = {"id", "label", "pred", "target", "prob", "method", "steps", "token_scope", "topk", "objective", "path", "score", "base_path",
+          "base_score"}
 
 
 @pytest.fixture(scope="module")

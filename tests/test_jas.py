@@ -188,6 +188,7 @@ def test_pass_memory_rows_are_equal_chunks_that_fit():
 
 def test_memory_probe_is_linear_in_rows():
     """The CPU count (saved storages + leaves + their gradients) is linear in rows: fixed + per_row * rows."""
+    from vitprune.attribution.jas import _Goal
     from vitprune.hooks import override_ffn
     from vitprune.memory import PassMeter
 
@@ -195,7 +196,8 @@ def test_memory_probe_is_linear_in_rows():
     finder = PathFinder(model, DiscoveryConfig(topk=2, steps=4))
     image, label = tiny_images(1), torch.tensor([1])
     mem = finder.measure_memory(image, label)
-    acts, _ = finder._clean_forward(image)
+    acts, logits = finder._clean_forward(image)
+    goal = _Goal(label, logits.softmax(-1))
     leaf_bytes = sum(a[0].numel() * a.element_size() for a in acts)
     assert mem.per_row >= 2 * leaf_bytes  # each row holds its clamped leaves and their gradients
     meter = PassMeter(image.device, exclude=[*model.parameters(), *model.buffers()])
@@ -203,7 +205,7 @@ def test_memory_probe_is_linear_in_rows():
     clamps = {l: finder._path_clamp(a, stable_topk(a.sum(1), 2), img, torch.linspace(0, 1, 10, dtype=torch.float64))
               for l, a in enumerate(acts)}
     with meter.measure(clamps.values()), torch.enable_grad(), override_ffn(finder.adapter, clamps, finder.tokens):
-        finder._target_prob_sum(image[img], label[img])
+        finder._objective_sum(image[img], goal.rows(img))
     assert abs(meter.bytes - (mem.fixed + 10 * mem.per_row)) <= 16  # exact up to rounding to whole bytes
 
 

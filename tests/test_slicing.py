@@ -7,6 +7,7 @@ import torch
 from vitprune.criteria import CRITERIA, unit_scores
 from vitprune.errors import UserError
 from vitprune.hooks import edit_ffn
+from vitprune.importance import ImportanceSums
 from vitprune.adapter import ViTAdapter
 from vitprune.masks import NeuronMask, from_keep_sets, from_scores
 from vitprune.models import load_model, save_checkpoint
@@ -31,7 +32,10 @@ def test_sliced_equals_masked_for_every_criterion(criterion, scope):
     model = tiny_vit()
     x, y = tiny_images(6), torch.tensor([0, 1, 2, 3, 4, 0])
     records = [{"path": [[1, 2], [3, 4], [5, 6]], "score": 0.5, "label": 0}]
-    scores = unit_scores(criterion, model, stats=_stats(model, x, y), records=records, seed=3)
+    importance = ImportanceSums((64, 64, 64))
+    scores = [torch.randn(2, 64, generator=torch.Generator().manual_seed(b)) for b in range(3)]
+    importance.add([0, 1], scores, scores)
+    scores = unit_scores(criterion, model, stats=_stats(model, x, y), records=records, importance=importance, seed=3)
     mask = from_scores(scores, 0.6, scope=scope, criterion=criterion)
     pruned = slice_mlps(model, mask)
     assert ViTAdapter(pruned).hidden_widths == mask.kept_counts

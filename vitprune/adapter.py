@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from .errors import UserError
@@ -85,6 +86,15 @@ class ViTAdapter:
 
     def fc2(self, b: int) -> nn.Linear:
         return self.blocks[b].mlp.fc2
+
+    def residual_scale_inverse(self, b: int, delta: "torch.Tensor") -> "torch.Tensor":
+        """Map a change of block b's output back to fc2's output space: undo the MLP branch's layer scale
+        (timm ``ls2``, identity in most ViTs; channels whose scale is zero get no correction)."""
+        gamma = getattr(getattr(self.blocks[b], "ls2", None), "gamma", None)
+        if gamma is None:
+            return delta
+        safe = gamma.abs() > 1e-12
+        return torch.where(safe, delta / torch.where(safe, gamma, torch.ones_like(gamma)), torch.zeros_like(delta))
 
     @property
     def hidden_widths(self) -> list[int]:

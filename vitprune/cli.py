@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
 from .errors import ExportError, UserError
-from .options import LABEL_SOURCES, MASK_SCOPES, METHODS, PRECISIONS, SWEEP_CRITERIA, TOKEN_SCOPES, shared_fields
+from .defaults import JAS_DEFAULT, KEEP_DEFAULT, LSQ_DEFAULT, PER_CLASS_DEFAULT, SPARSITY_DEFAULT
+from .options import (COMPENSATIONS, CRITERIA, JAS_AGGREGATIONS, LABEL_SOURCES, LSQ_TARGETS, MASK_SCOPES, METHODS, OBJECTIVES,
+                      PRECISIONS, TOKEN_SCOPES, TOKEN_WEIGHTINGS, shared_fields)
 
 
 def parse_classes(text: str | None) -> tuple[int, ...] | None:
@@ -27,7 +30,7 @@ def parse_classes(text: str | None) -> tuple[int, ...] | None:
 
 def _add_model_data(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and data")
-    g.add_argument("--model", default="demo", help="demo | random:NAME | timm NAME | checkpoint file | vitprune folder (default: demo)")
+    g.add_argument("--model", default="demo", help="demo | zoo:NAME | random:NAME | timm NAME | checkpoint file | vitprune folder (default: demo)")
     g.add_argument("--arch", default=None, help="timm architecture of a checkpoint file (inferred when omitted)")
     g.add_argument("--data", default="demo", help="demo | fashion-mnist[:DIR] | imagefolder:DIR | hf:NAME (default: demo)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default: auto)")
@@ -46,15 +49,31 @@ def _add_discovery(p: argparse.ArgumentParser, per_class_default: int | None, *,
         g.add_argument("--topk", type=int, default=1, help="units per layer on each path (default: 1)")
         g.add_argument("--method", default="jas", choices=METHODS)
     g.add_argument("--steps", type=int, default=20, help="interpolation steps m, alpha = k/m for k < m (default: 20)")
-    g.add_argument("--token-scope", default="auto", choices=TOKEN_SCOPES,
-                   help="tokens a unit is scaled at: auto = what the head reads (cls, or patches when average-pooled)")
+    scope, objective = (JAS_DEFAULT["token_scope"], JAS_DEFAULT["objective"]) if compress else ("auto", "prob")
+    g.add_argument("--token-scope", default=None if compress else scope, choices=TOKEN_SCOPES,
+                   help="tokens a unit is scaled at: auto = what the head reads (cls, or patches when average-pooled), "
+                        f"all = every token, as physical pruning removes it (default: {scope})")
     g.add_argument("--label", default="truth", choices=LABEL_SOURCES, help="class whose probability is attributed")
+    g.add_argument("--objective", default=None if compress else objective, choices=OBJECTIVES,
+                   help="F whose gradient is integrated: prob (the reference), logprob, or kl (minus the divergence from "
+                        f"the clean output; label-free) (default: {objective})")
+    if compress:
+        g.add_argument("--jas-aggregation", default=None, choices=JAS_AGGREGATIONS,
+                       help="how --criterion jas pools the greedy scores S of every unit over images: mean of S, of |S|, or "
+                            f"of S normalised per image; class-balanced (default: {JAS_DEFAULT['aggregation']})")
     g.add_argument("--batch-size", type=int, default=16)
     g.add_argument("--max-rows", type=int, default=None, help="scaled rows per forward/backward (default: as many as fit in 80%% of the free memory, measured on the first batch)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the tool's error format: one line naming the fix, exit code 2 (no usage dump)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"vitprune: error: {message}; see '{self.prog} --help'\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vitprune", description="Neuron-path discovery and FFN pruning for timm ViTs.")
+    parser = _Parser(prog="vitprune", description="Neuron-path discovery and FFN pruning for timm ViTs.")
     parser.add_argument("--version", action="version", version=f"vitprune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -71,19 +90,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compress", help="keep the critical neurons, slice the MLPs, evaluate, export ONNX")
     _add_model_data(p)
     g = p.add_argument_group("what to keep (exactly one)")
-    g.add_argument("--keep-topk", type=int, default=None, help="keep each class's K most frequent path units per layer (union over classes)")
+    g.add_argument("--keep-topk", type=int, default=None,
+                   help="keep each class's K top path units per layer (union over classes), ranked by --criterion")
     g.add_argument("--sparsity", type=float, default=None, help="remove this fraction of MLP hidden units, ranked by --criterion")
     g = p.add_argument_group("budget")
-    g.add_argument("--criterion", default=None,
-                   help="jas | random | magnitude | activation | taylor | variance | wanda (default: the best measured, see README)")
+    g.add_argument("--criterion", default=None, choices=CRITERIA,
+                   help="jas = dense path importance, jas-freq = path frequency, or a baseline (default: the zoo's best, "
+                        f"{SPARSITY_DEFAULT['criterion']} for --sparsity, {KEEP_DEFAULT['criterion']} for --keep-topk; see README)")
     g.add_argument("--scope", default="per-block", choices=MASK_SCOPES)
     g.add_argument("--min-keep", type=int, default=1, help="units kept in every block at least (default: 1)")
     g.add_argument("--round-to", type=int, default=1, help="round kept counts to a multiple of this (default: 1)")
-    g.add_argument("--compensate", action=argparse.BooleanOptionalAction, default=None,
-                   help="fold the removed units' mean activation into fc2's bias (default: the best measured for --sparsity, "
-                        "off for --keep-topk)")
+    g.add_argument("--compensate", default=None, choices=COMPENSATIONS,
+                   help="none; mean = fold the removed units' mean activation into fc2's bias; lsq = refit fc2 on the kept "
+                        "units by least squares, block after block, ridge chosen on held-out calibration images "
+                        f"(default: the zoo's best, {SPARSITY_DEFAULT['compensate']} for --sparsity, "
+                        f"{KEEP_DEFAULT['compensate']} for --keep-topk)")
+    g.add_argument("--lsq-target", default=LSQ_DEFAULT["target"], choices=LSQ_TARGETS,
+                   help="lsq: reproduce each block's own fc2 output on the pruned inputs (local) or the dense model's block "
+                        f"output, undoing the drift of earlier blocks (output) (default: {LSQ_DEFAULT['target']})")
+    g.add_argument("--lsq-weighting", default=LSQ_DEFAULT["weighting"], choices=TOKEN_WEIGHTINGS,
+                   help="lsq: every token weighs the same (uniform), or the tokens a CLS-pooled head reads weigh as much as "
+                        f"all others together (readout) (default: {LSQ_DEFAULT['weighting']})")
     g.add_argument("--seed", type=int, default=0)
-    _add_discovery(p, per_class_default=16, compress=True)
+    _add_discovery(p, per_class_default=PER_CLASS_DEFAULT, compress=True)
     p.add_argument("--paths", default=None, help="reuse a finished discover run (or a folder of reference .rlt.jsonl files)")
     g = p.add_argument_group("evaluation, recovery and export")
     g.add_argument("--eval-per-class", type=int, default=None, help="held-out images per class (default: the whole evaluation pool)")
@@ -99,13 +128,27 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("evaluate", help="accuracy vs FFN sparsity for several criteria (CSV, JSON, Markdown, PNG)")
     _add_model_data(v)
     v.add_argument("--sparsities", default="0.25,0.5,0.75,0.9", help="FFN sparsities to sweep (default: 0.25,0.5,0.75,0.9)")
-    v.add_argument("--criteria", default=",".join(SWEEP_CRITERIA), help=f"comma list from {', '.join(SWEEP_CRITERIA)}")
-    v.add_argument("--keep-topk", default="1,5,20", help="K values of the keep-topk points (default: 1,5,20)")
-    v.add_argument("--compensate", default="both", choices=["off", "on", "both"], help="mean-shift compensation (default: both)")
+    v.add_argument("--criteria", default=",".join(CRITERIA), help=f"comma list from {', '.join(CRITERIA)} (default: all)")
+    v.add_argument("--keep-topk", default="", help="K values of keep-topk points for the path criteria, e.g. 1,5,20 (default: none)")
+    v.add_argument("--compensate", default=",".join(COMPENSATIONS),
+                   help=f"comma list of compensations from {', '.join(COMPENSATIONS)} (default: all)")
     v.add_argument("--seeds", default="0,1,2", help="seeds of the random criterion (default: 0,1,2)")
-    v.add_argument("--per-class", type=int, default=16, help="calibration images per class (default: 16)")
+    v.add_argument("--token-scopes", default=JAS_DEFAULT["token_scope"],
+                   help=f"discovery token scopes of the path criteria, from {', '.join(TOKEN_SCOPES)} (default: {JAS_DEFAULT['token_scope']})")
+    v.add_argument("--objectives", default=JAS_DEFAULT["objective"],
+                   help=f"discovery objectives of the path criteria, from {', '.join(OBJECTIVES)} (default: {JAS_DEFAULT['objective']})")
+    v.add_argument("--jas-aggregations", default=JAS_DEFAULT["aggregation"],
+                   help=f"aggregations of criterion jas, from {', '.join(JAS_AGGREGATIONS)} (default: {JAS_DEFAULT['aggregation']})")
+    v.add_argument("--per-class", type=int, default=PER_CLASS_DEFAULT, help=f"calibration images per class (default: {PER_CLASS_DEFAULT})")
     v.add_argument("--classes", default=None)
     v.add_argument("--eval-per-class", type=int, default=None, help="held-out images per class (default: all)")
+    v.add_argument("--selection-per-class", type=int, default=None,
+                   help="also score every point on the last N images per class of the calibration pool (never calibration "
+                        "images): choose settings there, report on the evaluation pool (default: off)")
+    v.add_argument("--lsq-target", default=LSQ_DEFAULT["target"], choices=LSQ_TARGETS,
+                   help=f"what --compensate lsq fits: local fc2 outputs or the dense block outputs (default: {LSQ_DEFAULT['target']})")
+    v.add_argument("--lsq-weighting", default=LSQ_DEFAULT["weighting"], choices=TOKEN_WEIGHTINGS,
+                   help=f"token weights of the lsq fit (default: {LSQ_DEFAULT['weighting']})")
     v.add_argument("--topk", type=int, default=5, help="discovery K of the run behind the jas budget points (default: 5)")
     v.add_argument("--steps", type=int, default=20)
     v.add_argument("--batch-size", type=int, default=16)
@@ -171,16 +214,30 @@ def _floats(text: str, flag: str) -> tuple[float, ...]:
         raise UserError(f"{flag} takes comma-separated numbers (got '{text}')") from exc
 
 
+def _ints(text: str, flag: str) -> tuple[int, ...]:
+    values = _floats(text, flag)
+    if any(not math.isfinite(v) or v != int(v) for v in values):
+        raise UserError(f"{flag} takes comma-separated whole numbers (got '{text}')")
+    return tuple(int(v) for v in values)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(c.strip() for c in text.split(",") if c.strip())
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .sweep import SweepOptions, run_sweep
 
     opts = shared_fields(
         args, SweepOptions,
         sparsities=_floats(args.sparsities, "--sparsities"),
-        criteria=tuple(c.strip() for c in args.criteria.split(",") if c.strip()),
-        keep_topk=tuple(int(k) for k in _floats(args.keep_topk, "--keep-topk")),
-        compensate={"off": (False,), "on": (True,), "both": (False, True)}[args.compensate],
-        seeds=tuple(int(s) for s in _floats(args.seeds, "--seeds")),
+        criteria=_names(args.criteria),
+        keep_topk=_ints(args.keep_topk, "--keep-topk"),
+        compensate=_names(args.compensate),
+        seeds=_ints(args.seeds, "--seeds"),
+        token_scopes=_names(args.token_scopes),
+        objectives=_names(args.objectives),
+        aggregations=_names(args.jas_aggregations),
         classes=parse_classes(args.classes),
     )
     rows = run_sweep(opts, Path(args.out), force=args.force, quiet=args.quiet)
@@ -241,7 +298,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a one-line usage error (exit 2)
+        return int(exc.code or 0)
     try:
         return args.func(args)
     except UserError as exc:

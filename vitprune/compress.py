@@ -10,6 +10,7 @@ Everything lands in one output folder (``exported/<name>/`` by default):
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
@@ -18,39 +19,44 @@ from pathlib import Path
 from . import __version__
 from .adapter import ViTAdapter
 from .aggregate import class_critical_units, union_keep_sets
-from .criteria import NEEDS_STATS, unit_scores
+from .criteria import NEEDS_STATS, PATH_CRITERIA, unit_scores
+from .defaults import JAS_DEFAULT, KEEP_DEFAULT, LSQ_DEFAULT, PER_CLASS_DEFAULT, SPARSITY_DEFAULT
 from .data import iterate_batches, load_data, model_transform, select_per_class, torch_loader
 from .discover import DiscoverOptions, check_pairing, run_discover
 from .distributed import get_dist
 from .errors import UserError
 from .evaluate import evaluate_models
 from .export import export_onnx, ort_latency
+from .importance import require_importance
 from .masks import from_keep_sets, from_scores
 from .models import load_model, save_checkpoint
-from .options import CRITERIA, CalibrationOptions, check_choice, shared_fields
+from .options import COMPENSATIONS, CRITERIA, JAS_AGGREGATIONS, OBJECTIVES, TOKEN_SCOPES, CalibrationOptions, check_choice, shared_fields
+from .reconstruct import calibration_set, prune
 from .records import atomic_write_json, atomic_write_text, check_output_dir, load_run_records
-from .slicing import compensation_shift, count_macs_params, slice_mlps
+from .slicing import count_macs_params
 from .stats import collect_stats
 
 SETTINGS = "compress.json"
-# The best one-shot combination of the committed demo sweep (eval/results/demo-sweep, eval/README.md):
-# taylor without compensation, mean one-shot top-1 83.73% over 25/50/75/90% FFN sparsity (next: wanda 82.65%).
-SPARSITY_DEFAULT = {"criterion": "taylor", "compensate": False}
 OUTPUTS = ("mask.json", "model.safetensors", "vitprune.json", "model.onnx", "report.json", "report.md")
 
 
 @dataclass(frozen=True)
 class CompressOptions(CalibrationOptions):
+    per_class: int | None = PER_CLASS_DEFAULT
     keep_topk: int | None = None
     sparsity: float | None = None
-    criterion: str | None = None  # None: SPARSITY_DEFAULT's criterion for --sparsity
+    criterion: str | None = None  # None: the zoo's best (defaults.SPARSITY_DEFAULT / KEEP_DEFAULT)
     scope: str = "per-block"
     min_keep: int = 1
     round_to: int = 1
-    compensate: bool | None = None  # None: SPARSITY_DEFAULT's choice for --sparsity, off for --keep-topk
+    compensate: str | None = None  # none | mean | lsq; None: the zoo's best
     paths: str | None = None
     topk: int | None = None  # discovery K; defaults to keep_topk, else 5
-    token_scope: str = "auto"
+    token_scope: str | None = None  # discovery settings of the path criteria; None: defaults.JAS_DEFAULT
+    objective: str | None = None
+    jas_aggregation: str | None = None
+    lsq_target: str = LSQ_DEFAULT["target"]
+    lsq_weighting: str = LSQ_DEFAULT["weighting"]
     label: str = "truth"
     eval_per_class: int | None = None
     finetune_epochs: int = 0
@@ -66,22 +72,25 @@ class CompressOptions(CalibrationOptions):
 
 
 def resolve_defaults(opts: CompressOptions) -> CompressOptions:
-    """Fill the criterion/compensation left unset: the measured best for --sparsity, off for --keep-topk."""
-    keep = opts.keep_topk is not None
-    criterion = opts.criterion or ("jas" if keep else SPARSITY_DEFAULT["criterion"])  # keep-topk sets are path-defined
-    compensate = opts.compensate if opts.compensate is not None else (False if keep else SPARSITY_DEFAULT["compensate"])
-    return replace(opts, criterion=criterion, compensate=compensate)
+    """Fill what is left unset with the zoo's best: criterion and compensation (for --keep-topk or
+    --sparsity) and the discovery settings of the path criteria."""
+    best = KEEP_DEFAULT if opts.keep_topk is not None else SPARSITY_DEFAULT
+    return replace(opts, criterion=opts.criterion or best["criterion"],
+                   compensate=opts.compensate if opts.compensate is not None else best["compensate"],
+                   token_scope=opts.token_scope or JAS_DEFAULT["token_scope"], objective=opts.objective or JAS_DEFAULT["objective"],
+                   jas_aggregation=opts.jas_aggregation or JAS_DEFAULT["aggregation"])
 
 
 def default_name(opts: CompressOptions) -> str:
     model = Path(opts.model).name.split(".")[0] if opts.model not in ("demo",) else "demo"
     model = model.replace("random:", "random-")
+    best = KEEP_DEFAULT if opts.keep_topk is not None else SPARSITY_DEFAULT
     if opts.keep_topk is not None:
-        name = f"{model}-keep-top{opts.keep_topk}"
+        name = f"{model}-keep-top{opts.keep_topk}" + (f"-{opts.criterion}" if opts.criterion != best["criterion"] else "")
     else:
         name = f"{model}-{opts.criterion}-s{opts.sparsity:.2f}"
-    if opts.compensate:
-        name += "-comp"
+    if opts.compensate != best["compensate"]:
+        name += f"-{opts.compensate}"
     if opts.finetune_epochs:
         name += f"-ft{opts.finetune_epochs}"
     return name
@@ -95,6 +104,12 @@ def validate(opts: CompressOptions) -> None:
     if opts.sparsity is not None and not 0.0 <= opts.sparsity < 1.0:
         raise UserError(f"--sparsity must be in [0, 1) (got {opts.sparsity})")
     check_choice("--criterion", opts.criterion, CRITERIA)
+    check_choice("--compensate", opts.compensate, COMPENSATIONS)
+    check_choice("--token-scope", opts.token_scope, TOKEN_SCOPES)
+    check_choice("--objective", opts.objective, OBJECTIVES)
+    check_choice("--jas-aggregation", opts.jas_aggregation, JAS_AGGREGATIONS)
+    if opts.keep_topk is not None and opts.criterion not in PATH_CRITERIA:
+        raise UserError(f"--keep-topk keeps path units: --criterion must be {' or '.join(PATH_CRITERIA)} (got '{opts.criterion}')")
     if opts.finetune_epochs < 0:
         raise UserError(f"--finetune-epochs must be >= 0 (got {opts.finetune_epochs})")
     if opts.eval_per_class is not None and opts.eval_per_class < 1:
@@ -137,44 +152,57 @@ def run_compress(opts: CompressOptions, out: Path | None = None, *, force: bool 
     timings: dict[str, float] = {}
 
     # 1. critical neurons: discovery (resumable, inside the output folder) or reuse
-    records = None
-    needs_paths = opts.keep_topk is not None or opts.criterion == "jas"
-    if needs_paths:
+    records, importance = None, None
+    if opts.criterion in PATH_CRITERIA:
         t0 = time.time()
-        if opts.paths:
-            records = load_run_records(Path(opts.paths))
-        else:
+        run = Path(opts.paths) if opts.paths else out / "paths"
+        if not opts.paths:
             dopts = shared_fields(opts, DiscoverOptions, topk=opts.discovery_topk, method="jas")
-            run_discover(dopts, out / "paths", resume=True, quiet=quiet, dist=dist)
-            records = load_run_records(out / "paths")
+            run_discover(dopts, run, resume=True, quiet=quiet, dist=dist)
+        records = load_run_records(run)
+        if opts.criterion == "jas":
+            importance = require_importance(run, "--criterion jas")[0]
         timings["discovery_s"] = time.time() - t0
 
-    # 2. statistics (activation/taylor/variance/wanda, jas fallback, compensation)
-    stats = None
-    if opts.compensate or (opts.sparsity is not None and opts.criterion in NEEDS_STATS):
+    # 2. statistics (activation/taylor/variance/wanda, the jas-freq fallback, mean-shift) and calibration images (lsq)
+    stats, calibration = None, None
+    if opts.compensate == "mean" or (opts.sparsity is not None and opts.criterion in NEEDS_STATS):
         t0 = time.time()
         stats = collect_stats(dense, iterate_batches(calib, transform, opts.batch_size, shard=dist), total=len(calib) // dist.world,
                               quiet=quiet, dist=dist)
         timings["statistics_s"] = time.time() - t0
+    if opts.compensate == "lsq":
+        calibration = calibration_set(calib, transform, shard=dist)
 
     # 3. mask
     widths = adapter.hidden_widths
     critical = None
     if opts.keep_topk is not None:
-        critical = class_critical_units(records, adapter.depth, opts.keep_topk)
-        mask = from_keep_sets(widths, union_keep_sets(critical, adapter.depth), criterion=f"jas-keep-top{opts.keep_topk}")
+        if opts.criterion == "jas":
+            critical = importance.class_topk(opts.keep_topk, opts.jas_aggregation)
+        else:
+            critical = class_critical_units(records, adapter.depth, opts.keep_topk)
+        mask = from_keep_sets(widths, union_keep_sets(critical, adapter.depth),
+                              criterion=f"{opts.criterion}-keep-top{opts.keep_topk}")
         if mask.sparsity == 0.0:
             raise UserError(f"--keep-topk {opts.keep_topk} keeps every unit of every block: nothing to remove; lower K")
     else:
-        scores = unit_scores(opts.criterion, dense, stats=stats, records=records, seed=opts.seed)
+        scores = unit_scores(opts.criterion, dense, stats=stats, records=records, importance=importance,
+                             aggregation=opts.jas_aggregation, seed=opts.seed)
         mask = from_scores(scores, opts.sparsity, scope=opts.scope, min_keep=opts.min_keep, round_to=opts.round_to,
                            criterion=opts.criterion)
     if dist.is_main:
         atomic_write_json(out / "mask.json", mask.to_json())
 
-    # 4. slice (+ compensation)
-    shift = compensation_shift(dense, mask, stats.mean) if opts.compensate else None
-    pruned = slice_mlps(dense, mask, bias_shift=shift)
+    # 4. slice + compensation (least squares: block by block on the calibration images)
+    t0 = time.time()
+    pruned, recon = prune(dense, mask, opts.compensate, means=stats.mean if stats else None, calibration=calibration,
+                          lsq_target=opts.lsq_target, lsq_weighting=opts.lsq_weighting, dist=dist)
+    timings["compensation_s"] = time.time() - t0
+    if recon is not None and recon.underdetermined and not quiet:
+        print(f"vitprune: note: blocks {recon.underdetermined} have fewer calibration tokens than kept units; the least-squares "
+              "fit is underdetermined there and the ridge keeps it close to the plain slice (raise --per-class for a "
+              "better fit)", file=sys.stderr)
 
     # 5. evaluation pool (never the calibration images), dense vs pruned
     evaluation = select_per_class(pools.evaluation, opts.eval_per_class, opts.classes, num_classes=pools.num_classes)
@@ -210,7 +238,7 @@ def run_compress(opts: CompressOptions, out: Path | None = None, *, force: bool 
     meta = {"arch": source["arch"], "model_kwargs": source.get("model_kwargs", {}),
             "data_config": _data_config(dense), "source_model": source, "mlp_hidden": mask.kept_counts,
             "kept": [list(k) for k in mask.kept], "criterion": mask.criterion, "sparsity": mask.sparsity,
-            "compensated": opts.compensate, "finetune_epochs": opts.finetune_epochs, "data": opts.data,
+            "compensate": opts.compensate, "finetune_epochs": opts.finetune_epochs, "data": opts.data,
             "vitprune_version": __version__}
     save_checkpoint(pruned.cpu(), out, meta)
     pruned.to(device)
@@ -243,6 +271,7 @@ def run_compress(opts: CompressOptions, out: Path | None = None, *, force: bool 
         "mask": {"criterion": mask.criterion, "kept_counts": mask.kept_counts, "widths": list(mask.widths),
                  "sparsity": mask.sparsity, "block_sparsity": mask.block_sparsity},
         "critical_units": {str(c): units for c, units in critical.items()} if critical else None,
+        "compensation": {"mode": opts.compensate, "reconstruction": recon.to_json() if recon else None},
         "params": {"dense": params_dense, "pruned": params_pruned, "ratio": params_pruned / params_dense},
         "macs": {"dense": macs_dense, "pruned": macs_pruned, "ratio": macs_pruned / macs_dense},
         "accuracy": {k: v.to_json() for k, v in results.items()},
@@ -272,7 +301,8 @@ def render_report(r: dict) -> str:
         f"# vitprune compress report: `{r['output']}`",
         "",
         f"- model: `{r['model']['spec']}` ({r['model']['arch']}); data: `{r['data']['spec']}`",
-        f"- criterion: {m['criterion']}; calibration images: {r['data']['calibration_images']}; "
+        f"- criterion: {m['criterion']}; compensation: {r['compensation']['mode']}; "
+        f"calibration images: {r['data']['calibration_images']}; "
         f"evaluation images: {r['data']['evaluation_images']} (disjoint from calibration)",
         f"- FFN sparsity: {_pct(m['sparsity'])} ({sum(m['kept_counts'])} of {sum(m['widths'])} hidden units kept)",
         "",
@@ -308,8 +338,9 @@ def render_report(r: dict) -> str:
 
 def headline(r: dict) -> str:
     acc, m = r["accuracy"], r["mask"]
+    files = ["model.safetensors", *(["model.onnx"] if r.get("onnx") else []), "mask.json", "report.json", "report.md"]
     parts = [
-        f"wrote {r['output']}/ (model.safetensors, model.onnx, mask.json, report.json, report.md)",
+        f"wrote {r['output']}/ ({', '.join(files)})",
         f"FFN sparsity {_pct(m['sparsity'])}: kept {m['kept_counts']} of {m['widths']}",
         f"params {r['params']['dense']:,} -> {r['params']['pruned']:,}; MACs {r['macs']['dense']:,} -> {r['macs']['pruned']:,} "
         f"(x{r['macs']['ratio']:.3f})",

@@ -7,10 +7,14 @@ from torch import nn
 from .adapter import ViTAdapter
 from .aggregate import path_importance
 from .errors import UserError
+from .importance import ImportanceSums
 from .options import CRITERIA, check_choice
 from .stats import ActivationStats
 
-NEEDS_STATS = ("jas", "activation", "taylor", "variance", "wanda")
+NEEDS_STATS = ("jas-freq", "activation", "taylor", "variance", "wanda")
+NEEDS_RECORDS = ("jas-freq",)
+NEEDS_IMPORTANCE = ("jas",)
+PATH_CRITERIA = ("jas", "jas-freq")  # defined by discovery; the ones --keep-topk sets can be built by
 
 
 def unit_scores(
@@ -19,11 +23,15 @@ def unit_scores(
     *,
     stats: ActivationStats | None = None,
     records: list[dict] | None = None,
+    importance: ImportanceSums | None = None,
+    aggregation: str = "mean",
     seed: int = 0,
 ) -> list[torch.Tensor]:
     """Scores per block (fp64, length = hidden width).
 
-    jas        path frequency (ties: summed path score); units on no path rank after all path
+    jas        dense path importance: the greedy step's score of every unit, class-balanced mean of
+               S (aggregation 'mean'), |S| ('abs') or S normalised per image ('norm')
+    jas-freq   path frequency (ties: summed path score); units on no path rank after all path
                units, by mean |activation|
     random     uniform, seeded
     magnitude  L2 norm of the unit's weights: fc1 row + fc1 bias + fc2 column (torch-pruning's group norm)
@@ -57,8 +65,12 @@ def unit_scores(
         return [t.clone() for t in stats.var]
     if criterion == "wanda":
         return [stats.sq_norm[b].sqrt() * adapter.fc2(b).weight.detach().double().norm(dim=0).cpu() for b in range(adapter.depth)]
+    if criterion == "jas":
+        if importance is None:
+            raise ValueError("criterion jas needs the dense path importance of a discovery run")
+        return [t.clone() for t in importance.class_balanced(aggregation)]
     if not records:
-        raise UserError("criterion jas needs path records: run discovery first or pass --paths")
+        raise UserError("criterion jas-freq needs path records: run discovery first or pass --paths")
     importance = path_importance(records, widths)
     out = []
     for imp, act in zip(importance, stats.mean_abs):

@@ -269,6 +269,24 @@ def select_per_class(ds, per_class: int | None = None, classes: Sequence[int] | 
     return ds.select(indices)
 
 
+def select_holdout_per_class(ds, per_class: int, classes: Sequence[int] | None = None, *, num_classes: int, skip: int | None):
+    """The last ``per_class`` images of each class of a pool, never one of its first ``skip`` (the
+    calibration images): a held-out set from the calibration pool, for choosing settings without
+    touching the evaluation pool."""
+    if per_class <= 0:
+        raise UserError(f"--selection-per-class must be >= 1 (got {per_class})")
+    labels = pool_labels(ds)
+    wanted = sorted(set(classes)) if classes is not None else list(range(num_classes))
+    indices: list[int] = []
+    for c in wanted:
+        idx = np.flatnonzero(labels == c)
+        if skip is None or len(idx) < skip + per_class:
+            raise UserError(f"class {c} has {len(idx)} calibration-pool images, too few for {skip or 'all'} calibration plus "
+                            f"{per_class} held-out selection images; lower --selection-per-class or --per-class")
+        indices += idx[-per_class:].tolist()
+    return ds.select(indices)
+
+
 # ------------------------------------------------------------------------------ preprocessing
 def model_transform(model: torch.nn.Module) -> Callable:
     """The model's eval preprocessing from its timm data config (PIL image -> tensor)."""

@@ -11,13 +11,14 @@ from . import __version__
 from .attribution import DiscoveryConfig, PathFinder
 from .data import DataPools, iterate_batches, load_data, model_transform, select_per_class
 from .errors import UserError
+from .importance import IMPORTANCE, ImportanceLog, ImportanceSums
 from .options import CalibrationOptions
 from .models import load_model
 from .distributed import Dist, get_dist
 from .records import CONFIG, PARTIAL, PATHS, JsonlAppender, atomic_write_json, atomic_write_text, check_output_dir
 from .progress import progress_bar
 
-RUN_FILES = (CONFIG, PATHS, PARTIAL)
+RUN_FILES = (CONFIG, PATHS, PARTIAL, IMPORTANCE)
 # options that do not change what is computed; a resumed run may change them
 NON_IDENTITY_KEYS = ("device", "out")  # max_rows and precision stay: they change floating-point results
 
@@ -30,6 +31,7 @@ class DiscoverOptions(CalibrationOptions):
     method: str = "jas"
     token_scope: str = "auto"
     label: str = "truth"
+    objective: str = "prob"
 
 
 def check_pairing(pools: DataPools, num_classes: int) -> None:
@@ -60,6 +62,8 @@ def start_run_dir(out: Path, config: dict, *, force: bool) -> None:
             shutil.rmtree(out / extra, ignore_errors=True)
         for shard in out.glob("paths.partial*.jsonl") if out.is_dir() else []:
             shard.unlink()
+        for partial in out.glob("importance.partial*") if out.is_dir() else []:
+            shutil.rmtree(partial)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / CONFIG, config)
 
@@ -83,6 +87,11 @@ def shard_file(rank: int, world: int) -> str:
     return PARTIAL if world == 1 else f"paths.partial.rank{rank}-of-{world}.jsonl"
 
 
+def importance_dir(rank: int, world: int) -> str:
+    """Where a process keeps the dense importance of its shard while the run is in progress."""
+    return "importance.partial" if world == 1 else f"importance.partial.rank{rank}-of-{world}"
+
+
 def run_discover(opts: DiscoverOptions, out: Path, *, resume: bool = False, force: bool = False, quiet: bool = False,
                  dist: Dist | None = None) -> Path:
     """Discover paths for the selected images; returns the path of the finished ``paths.jsonl``.
@@ -96,7 +105,8 @@ def run_discover(opts: DiscoverOptions, out: Path, *, resume: bool = False, forc
         raise UserError(f"--pool must be calibration or evaluation (got '{opts.pool}')")
     dist = dist or get_dist(opts.device)
     model = load_model(opts.model, arch=opts.arch).to(dist.device)
-    cfg = DiscoveryConfig(opts.topk, opts.steps, opts.method, opts.token_scope, opts.label, opts.max_rows, opts.precision)
+    cfg = DiscoveryConfig(topk=opts.topk, steps=opts.steps, method=opts.method, token_scope=opts.token_scope, label=opts.label,
+                          max_rows=opts.max_rows, precision=opts.precision, objective=opts.objective)
     finder = PathFinder(model, cfg)
     pools = load_data(opts.data)
     check_pairing(pools, finder.adapter.num_classes)
@@ -133,7 +143,14 @@ def run_discover(opts: DiscoverOptions, out: Path, *, resume: bool = False, forc
     n_batches = (len(ids) + batch - 1) // batch
     mine = dist.mine(n_batches)
     my_ids = [ids[k * batch : (k + 1) * batch] for k in mine]
+    widths = finder.adapter.hidden_widths
+    dense_log = ImportanceLog(out / importance_dir(dist.rank, dist.world), widths) if cfg.method == "jas" else None
     with JsonlAppender(out / shard_file(dist.rank, dist.world), batch=batch) as sink:
+        if dense_log is not None:
+            if dense_log.records > len(sink.records):
+                raise UserError(f"{out} is damaged (the dense importance covers more images than the records); "
+                                "pass --force to start over")
+            sink.truncate(dense_log.records)  # records whose importance was not committed are redone
         done = len(sink.records)
         expected = [i for chunk in my_ids for i in chunk]
         if [r["id"] for r in sink.records] != expected[:done]:
@@ -141,20 +158,31 @@ def run_discover(opts: DiscoverOptions, out: Path, *, resume: bool = False, forc
         transform = model_transform(model)
         finished = set(expected[:done])  # whole batches only (the appender keeps batch-aligned prefixes)
         todo = [k for k, chunk in zip(mine, my_ids) if chunk[-1] not in finished]
-        extra = {"method": cfg.method, "steps": cfg.steps, "token_scope": finder.scope, "topk": cfg.topk}
+        extra = {"method": cfg.method, "steps": cfg.steps, "token_scope": finder.scope, "topk": cfg.topk,
+                 "objective": cfg.objective}
         total = sum(len(c) for c in my_ids)
         with progress_bar(total=total, initial=done, desc="discover", unit="img", disable=quiet or not dist.is_main) as bar:
             for k in todo:
                 chunk = selected.select(range(k * batch, min((k + 1) * batch, len(ids))))
                 for batch_ids, images, labels in iterate_batches(chunk, transform, batch):
-                    records = finder.find(images, labels)
-                    sink.append({"id": i, **extra, **r} for i, r in zip(batch_ids, records))
+                    found = finder.find_batch(images, labels)
+                    sink.append({"id": i, **extra, **r} for i, r in zip(batch_ids, found.records))
+                    done += len(found.records)
+                    if dense_log is not None:
+                        touched = dense_log.sums.add([r["target"] for r in found.records], found.step_scores, found.step_own)
+                        dense_log.commit(touched, done)
                     if finder.memory is not None and k == todo[0]:
                         bar.set_postfix_str(finder.memory.describe(cfg.steps * len(batch_ids)), refresh=False)
                     bar.update(len(batch_ids))
     dist.barrier()
     if dist.is_main:
+        logs = [ImportanceLog(out / importance_dir(r, dist.world), widths) for r in range(dist.world)] if dense_log else []
+        if logs:  # before paths.jsonl marks the run finished
+            ImportanceSums.merged([log.sums for log in logs]).save(out / IMPORTANCE, {
+                k: config[k] for k in ("method", "steps", "token_scope", "topk", "objective", "label", "num_images")})
         _merge_shards(out, dist.world, ids)
+        for log in logs:
+            log.remove()
     dist.barrier()
     return out / PATHS
 

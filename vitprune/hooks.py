@@ -46,6 +46,29 @@ def capture_ffn(
         yield store
 
 
+class _Stop(Exception):
+    """Raised by ``block_input``'s hook to end a forward once the wanted tensor is in hand."""
+
+
+@torch.no_grad()
+def block_input(adapter: ViTAdapter, images: torch.Tensor, block: int = 0) -> torch.Tensor:
+    """The residual stream entering ``blocks[block]`` (B, N, D); the rest of the forward is skipped."""
+    store: list[torch.Tensor] = []
+
+    def pre_hook(_module, args):
+        store.append(args[0].detach())
+        raise _Stop
+
+    handle = adapter.blocks[block].register_forward_pre_hook(pre_hook)
+    try:
+        adapter.model(images)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return store[0]
+
+
 def replace_tokens(hidden: torch.Tensor, tokens: slice, value: torch.Tensor) -> torch.Tensor:
     """``hidden`` with ``hidden[:, tokens]`` replaced by ``value``; gradients flow to ``value`` only there."""
     out = hidden.clone()

@@ -2,6 +2,7 @@
 
 Specs:
   ``demo``                     the bundled Fashion-MNIST ViT (never downloaded)
+  ``zoo:NAME``                 a bundled zoo model (Fashion-MNIST ViTs of other shapes; ``zoo_models()``)
   ``random:NAME``              timm architecture NAME, random init (no network)
   ``NAME``                     timm model with its pretrained hub weights (needs network or HF cache)
   ``DIR``                      a vitprune checkpoint folder (model.safetensors + vitprune.json),
@@ -24,6 +25,7 @@ from torch import nn
 from .errors import UserError
 
 DEMO_DIR = Path(__file__).resolve().parent / "assets" / "demo"
+ZOO_DIR = Path(__file__).resolve().parent / "assets" / "zoo"
 CHECKPOINT_WEIGHTS = "model.safetensors"
 CHECKPOINT_CONFIG = "vitprune.json"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -42,6 +44,11 @@ def load_model(spec: str, *, arch: str | None = None, img_size: int | None = Non
     spec = str(spec)
     if spec == "demo":
         return _load_vitprune_dir(DEMO_DIR, spec)
+    if spec.startswith("zoo:"):
+        name = spec.split(":", 1)[1]
+        if name not in zoo_models():
+            raise UserError(f"unknown zoo model '{name}'; the zoo has {', '.join(zoo_models()) or 'no models'}")
+        return _load_vitprune_dir(ZOO_DIR / name, spec)
     if spec.startswith("random:"):
         name = spec.split(":", 1)[1]
         _check_timm_name(name)
@@ -57,6 +64,11 @@ def load_model(spec: str, *, arch: str | None = None, img_size: int | None = Non
         return _load_checkpoint_file(path, arch, img_size)
     _check_timm_name(spec)
     return _load_hub(spec, img_size)
+
+
+def zoo_models() -> list[str]:
+    """Names of the bundled zoo models (``--model zoo:NAME``)."""
+    return sorted(d.name for d in ZOO_DIR.iterdir() if (d / CHECKPOINT_WEIGHTS).is_file()) if ZOO_DIR.is_dir() else []
 
 
 # ------------------------------------------------------------------------------------- hub
@@ -286,4 +298,4 @@ def _finish(model: nn.Module, source: dict[str, Any], meta: dict[str, Any] | Non
     return model
 
 
-__all__ = ["load_model", "save_checkpoint", "infer_arch", "DEMO_DIR"]
+__all__ = ["load_model", "save_checkpoint", "infer_arch", "zoo_models", "DEMO_DIR", "ZOO_DIR"]

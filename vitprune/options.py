@@ -13,11 +13,15 @@ from .errors import UserError
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 METHODS = ("jas", "influence-pattern")
+OBJECTIVES = ("prob", "logprob", "kl")
 LABEL_SOURCES = ("truth", "pred")
 TOKEN_SCOPES = ("auto", "cls", "patches", "all")
 MASK_SCOPES = ("per-block", "global")
-CRITERIA = ("jas", "random", "magnitude", "activation", "taylor", "variance", "wanda")
-SWEEP_CRITERIA = ("jas", "jas-all", "activation", "magnitude", "taylor", "variance", "wanda", "random", "keep-topk")
+CRITERIA = ("jas", "jas-freq", "random", "magnitude", "activation", "taylor", "variance", "wanda")
+COMPENSATIONS = ("none", "mean", "lsq")
+JAS_AGGREGATIONS = ("mean", "abs", "norm", "ig")
+LSQ_TARGETS = ("local", "output")
+TOKEN_WEIGHTINGS = ("uniform", "readout")
 
 T = TypeVar("T")
 

@@ -87,6 +87,7 @@ class JsonlAppender:
     def __init__(self, path: Path, batch: int = 1) -> None:
         self.path = Path(path)
         self.records: list[dict] = []
+        self._offsets: list[int] = []
         keep_bytes = 0
         if self.path.exists():
             offsets = []
@@ -103,10 +104,21 @@ class JsonlAppender:
                     offsets.append(pos)
             n = (len(self.records) // batch) * batch
             self.records = self.records[:n]
+            self._offsets = offsets[:n]
             keep_bytes = offsets[n - 1] if n else 0
         self._file = open(self.path, "ab")
         self._file.truncate(keep_bytes)
         self._file.seek(keep_bytes)
+
+    def truncate(self, n: int) -> None:
+        """Keep only the first ``n`` of the records found on open (before any append): work that a
+        companion file has not committed is then redone."""
+        if n < len(self.records):
+            self.records = self.records[:n]
+            self._offsets = self._offsets[:n]
+            keep = self._offsets[-1] if n else 0
+            self._file.truncate(keep)
+            self._file.seek(keep)
 
     def done_ids(self) -> set[str]:
         return {r["id"] for r in self.records}

@@ -45,8 +45,12 @@ def compensation_shift(model: nn.Module, mask: NeuronMask, means: list[torch.Ten
 
 
 @torch.no_grad()
-def slice_mlps(model: nn.Module, mask: NeuronMask, *, bias_shift: list[torch.Tensor] | None = None) -> nn.Module:
-    """A copy of ``model`` whose block-b MLP keeps only ``mask.kept[b]`` (plus optional bias shift)."""
+def slice_mlps(model: nn.Module, mask: NeuronMask, *, bias_shift: list[torch.Tensor] | None = None,
+               fc2_bias: bool = False) -> nn.Module:
+    """A copy of ``model`` whose block-b MLP keeps only ``mask.kept[b]`` (plus optional bias shift).
+
+    ``fc2_bias`` gives every sliced fc2 a bias (zero where the original had none), as compensation needs.
+    """
     adapter = ViTAdapter(model)
     if tuple(adapter.hidden_widths) != mask.widths:
         raise UserError(f"mask widths {list(mask.widths)} do not match the model's MLP widths {adapter.hidden_widths}")
@@ -63,7 +67,7 @@ def slice_mlps(model: nn.Module, mask: NeuronMask, *, bias_shift: list[torch.Ten
         if fc1.bias is not None:
             new1.bias.copy_(fc1.bias[idx])
         new2 = _new_linear(fc2, len(kept), fc2.out_features)
-        if bias_shift is not None and new2.bias is None:
+        if (bias_shift is not None or fc2_bias) and new2.bias is None:
             new2 = nn.Linear(len(kept), fc2.out_features, bias=True, device=fc2.weight.device, dtype=fc2.weight.dtype)
             new2.bias.zero_()
         new2.weight.copy_(fc2.weight[:, idx])

@@ -9,9 +9,16 @@ is clamped to a_l except its path units, which are scaled by alpha_k (whole-row 
                      * [(a_t[tau,j] + sum_{l<t} sum_{u in P_l} a_l[tau,u]) / m]
 
 with P_t = the K best j. For |T| = 1 (CLS) this is the reference formula; for patch tokens it
-is the reference MAE formula (product per token, summed over tokens). The path score is
+is the reference MAE formula (product per token, summed over tokens). The greedy step scores
+every unit of block t; ``PathFinder.find_batch`` returns these dense scores S_t (B, H_t) beside
+the records, at no extra pass, for the dense path importance (``vitprune.importance``). The path score is
 
     JAS(P) = (1/|T|) sum_tau [sum_k sum_l sum_{u in P_l} g_{l,u}^k[tau]] * [sum_l sum_{u in P_l} a_l[tau,u]] / m
+
+F is the reference's softmax probability of the target by default; ``objective`` may instead
+take its log-probability, or ``kl``: sum_c p_c log p_c(x) with p the clean model's softmax, i.e.
+minus the KL divergence from the dense output up to a constant (label-free; the attribution of
+how far removing the units moves the whole output).
 
 Differences from the reference code, on purpose: top-K counts all K units of every earlier
 layer (the reference counts only the last-listed one, a bug), any batch size works, and each
@@ -29,7 +36,7 @@ from torch import nn
 from ..adapter import ViTAdapter
 from ..errors import UserError
 from ..hooks import ffn_hooks, override_ffn, replace_tokens
-from ..options import LABEL_SOURCES, METHODS, PRECISIONS, check_choice
+from ..options import LABEL_SOURCES, METHODS, OBJECTIVES, PRECISIONS, check_choice
 from ..memory import DEFAULT_FRACTION, PassMemory, PassMeter, fit_linear, free_bytes
 
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -46,6 +53,16 @@ class DiscoveryConfig:
     label: str = "truth"
     max_rows: int | None = None  # rows (scaled copies) per forward/backward; None = as many as fit in memory
     precision: str = "fp32"  # model forwards in fp32, TF32 matmuls, or bf16/fp16 autocast; sums stay fp64
+    objective: str = "prob"  # F: target probability (reference), its log, or kl (minus the divergence from the clean output)
+
+
+@dataclass
+class PathBatch:
+    """One batch's records and, for method jas, the dense greedy scores S_t (B, H_t) of every block t."""
+
+    records: list[dict]
+    step_scores: list[torch.Tensor] | None
+    step_own: list[torch.Tensor] | None = None  # the units' own term of S_t: sum_tau G_t[tau, j] a_t[tau, j] / m
 
 
 @dataclass
@@ -117,10 +134,15 @@ class PathFinder:
         if cfg.max_rows is not None and cfg.max_rows < 1:
             raise UserError(f"--max-rows must be >= 1 (got {cfg.max_rows})")
         check_choice("--precision", cfg.precision, PRECISIONS)
+        check_choice("--objective", cfg.objective, OBJECTIVES)
 
     # ------------------------------------------------------------------------------- public
     def find(self, images: torch.Tensor, labels: torch.Tensor) -> list[dict]:
         """One record per image: path [L][K], score, base_path, base_score, label, target, pred, prob."""
+        return self.find_batch(images, labels).records
+
+    def find_batch(self, images: torch.Tensor, labels: torch.Tensor) -> PathBatch:
+        """The records of ``find`` plus the dense greedy scores of every unit (method jas)."""
         device = next(self.model.parameters()).device
         images, labels = images.to(device), labels.to(device)
         if self.config.max_rows is None and self.memory is None:
@@ -135,7 +157,7 @@ class PathFinder:
                 p.requires_grad_(r)
 
     # ----------------------------------------------------------------------------- internals
-    def _find(self, images: torch.Tensor, labels: torch.Tensor) -> list[dict]:
+    def _find(self, images: torch.Tensor, labels: torch.Tensor) -> PathBatch:
         cfg = self.config
         acts, logits = self._clean_forward(images)
         probs = _at_least_fp32(logits).softmax(-1)
@@ -143,13 +165,15 @@ class PathFinder:
         target = labels if cfg.label == "truth" else pred
         if int(target.max()) >= probs.shape[-1] or int(target.min()) < 0:
             raise UserError(f"label {int(target.max())} is outside the model's {probs.shape[-1]} classes; use data that matches the model")
+        goal = _Goal(target, probs.detach())
         base_path = [stable_topk(a.sum(dim=1), cfg.topk) for a in acts]
+        step_scores = step_own = None
         if cfg.method == "jas":
-            path = self._greedy_path(images, target, acts)
+            path, step_scores, step_own = self._greedy_path(images, goal, acts)
         else:
-            path = self._influence_pattern_path(images, target)
-        score = self._path_score(images, target, acts, path)
-        base_score = self._path_score(images, target, acts, base_path)
+            path = self._influence_pattern_path(images, goal)
+        score = self._path_score(images, goal, acts, path)
+        base_score = self._path_score(images, goal, acts, base_path)
         self.stats.images += len(images)
         records = []
         for i in range(len(images)):
@@ -163,7 +187,7 @@ class PathFinder:
                 "base_path": [p[i].tolist() for p in base_path],
                 "base_score": float(base_score[i]),
             })
-        return records
+        return PathBatch(records, step_scores, step_own)
 
     def measure_memory(self, image: torch.Tensor, label: torch.Tensor, rows: tuple[int, int] = (2, 6)) -> PassMemory:
         """Bytes of a pass as fixed + per-row, from two probe passes of the costliest kind
@@ -173,14 +197,15 @@ class PathFinder:
         meter = PassMeter(device, exclude=[*self.model.parameters(), *self.model.buffers()])
         measured = []
         try:
-            acts, _ = self._clean_forward(image)
+            acts, logits = self._clean_forward(image)
+            goal = _Goal(label, _at_least_fp32(logits).softmax(-1))
             units = [stable_topk(a.sum(dim=1), self.config.topk) for a in acts]
             for r in rows:
                 img = torch.zeros(r, dtype=torch.long, device=device)
                 alpha = torch.linspace(0, 1, r, dtype=torch.float64, device=device)
                 clamps = {l: self._path_clamp(acts[l], units[l], img, alpha) for l in range(depth)}
                 with meter.measure(clamps.values()), torch.enable_grad(), override_ffn(self.adapter, clamps, self.tokens):
-                    out = self._target_prob_sum(image[img], label[img])
+                    out = self._objective_sum(image[img], goal.rows(img))
                     if device.type == "cuda":
                         torch.autograd.grad(out, list(clamps.values()))
                 measured.append(meter.bytes)
@@ -216,9 +241,15 @@ class PathFinder:
         size = self.config.max_rows or (self.memory.rows(len(rows)) if self.memory else len(rows))
         return [(img[s : s + size], alpha[s : s + size]) for s in range(0, len(rows), size)]
 
-    def _target_prob_sum(self, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits = self._forward(images)
-        return _at_least_fp32(logits).softmax(-1).gather(1, target[:, None]).sum()
+    def _objective_sum(self, images: torch.Tensor, goal: "_Goal") -> torch.Tensor:
+        """Sum over rows of F: the target's probability, its log, or sum_c p_c log p_c(x) (kl)."""
+        logits = _at_least_fp32(self._forward(images))
+        if self.config.objective == "prob":
+            return logits.softmax(-1).gather(1, goal.target[:, None]).sum()
+        logp = logits.log_softmax(-1)
+        if self.config.objective == "logprob":
+            return logp.gather(1, goal.target[:, None]).sum()
+        return (goal.clean.to(logp) * logp).sum()
 
     def _grad(self, output: torch.Tensor, inputs: Sequence[torch.Tensor], rows: int) -> tuple[torch.Tensor, ...]:
         grads = torch.autograd.grad(output, list(inputs))
@@ -238,9 +269,12 @@ class PathFinder:
         """Sum over the K path units of x (R, T, H) -> (R, T); units (R, K)."""
         return x.gather(2, units[:, None, :].expand(-1, x.shape[1], -1)).sum(-1)
 
-    def _greedy_path(self, images: torch.Tensor, target: torch.Tensor, acts: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _greedy_path(self, images: torch.Tensor, goal: "_Goal", acts: list[torch.Tensor]
+                     ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
         cfg, batch, device = self.config, len(images), images.device
         path: list[torch.Tensor] = []
+        step_scores: list[torch.Tensor] = []
+        step_own: list[torch.Tensor] = []
         # running sums over the chosen layers: activations at path units, per image and token
         a_path = torch.zeros(batch, acts[0].shape[1], dtype=torch.float64, device=device)
         for t in range(self.adapter.depth):
@@ -251,7 +285,7 @@ class PathFinder:
                 clamps = {l: self._path_clamp(acts[l], path[l], img, alpha) for l in range(t)}
                 clamps[t] = (acts[t][img] * alpha[:, None, None].to(acts[t])).requires_grad_(True)
                 with torch.enable_grad(), override_ffn(self.adapter, clamps, self.tokens):
-                    out = self._target_prob_sum(images[img], target[img])
+                    out = self._objective_sum(images[img], goal.rows(img))
                     grads = self._grad(out, [clamps[l] for l in range(t + 1)], len(img))
                 g_t.index_add_(0, img, grads[t].double())
                 for l in range(t):
@@ -259,11 +293,13 @@ class PathFinder:
             a_t = acts[t].double()
             scores = ((g_t + g_path[..., None]) * (a_t + a_path[..., None])).sum(dim=1) / cfg.steps
             path.append(stable_topk(scores, cfg.topk))
+            step_scores.append(scores)
+            step_own.append((g_t * a_t).sum(dim=1) / cfg.steps)
             a_path += self._gather_units(a_t, path[t])
-        return path
+        return path, step_scores, step_own
 
     def _path_score(
-        self, images: torch.Tensor, target: torch.Tensor, acts: list[torch.Tensor], path: list[torch.Tensor]
+        self, images: torch.Tensor, goal: "_Goal", acts: list[torch.Tensor], path: list[torch.Tensor]
     ) -> torch.Tensor:
         batch, device, depth = len(images), images.device, self.adapter.depth
         g_sum = torch.zeros(batch, acts[0].shape[1], dtype=torch.float64, device=device)
@@ -271,14 +307,14 @@ class PathFinder:
             img, alpha = img.to(device), alpha.to(device)
             clamps = {l: self._path_clamp(acts[l], path[l], img, alpha) for l in range(depth)}
             with torch.enable_grad(), override_ffn(self.adapter, clamps, self.tokens):
-                out = self._target_prob_sum(images[img], target[img])
+                out = self._objective_sum(images[img], goal.rows(img))
                 grads = self._grad(out, [clamps[l] for l in range(depth)], len(img))
             for l in range(depth):
                 g_sum.index_add_(0, img, self._gather_units(grads[l].double(), path[l][img]))
         a_sum = sum(self._gather_units(acts[l].double(), path[l]) for l in range(depth))
         return (g_sum * a_sum).sum(dim=1) / self.config.steps / g_sum.shape[1]
 
-    def _influence_pattern_path(self, images: torch.Tensor, target: torch.Tensor) -> list[torch.Tensor]:
+    def _influence_pattern_path(self, images: torch.Tensor, goal: "_Goal") -> list[torch.Tensor]:
         """Influence Pattern (spec §4.1): per layer, the units with the largest mean gradient of F
         over the m input-scaled copies alpha_k * x (and over the scope tokens). The reference's
         clamps are value-preserving, so one forward and one backward give every layer at once."""
@@ -294,13 +330,24 @@ class PathFinder:
                 return replace_tokens(hidden, self.tokens, taps[b])
 
             with torch.enable_grad(), ffn_hooks(self.adapter, tap):
-                out = self._target_prob_sum(x, target[img])
+                out = self._objective_sum(x, goal.rows(img))
                 grads = self._grad(out, [taps[l] for l in range(depth)], len(img))
             if grad_sum is None:
                 grad_sum = [torch.zeros(batch, g.shape[-1], dtype=torch.float64, device=device) for g in grads]
             for l in range(depth):
                 grad_sum[l].index_add_(0, img, grads[l].double().sum(dim=1))
         return [stable_topk(g, self.config.topk) for g in grad_sum]
+
+
+@dataclass(frozen=True)
+class _Goal:
+    """What F is taken for, per image: the target class and the clean softmax (for kl)."""
+
+    target: torch.Tensor  # (B,)
+    clean: torch.Tensor  # (B, classes)
+
+    def rows(self, img: torch.Tensor) -> "_Goal":
+        return _Goal(self.target[img], self.clean[img])
 
 
 def find_paths(
@@ -315,6 +362,7 @@ def find_paths(
     label: str = "truth",
     max_rows: int | None = None,
     precision: str = "fp32",
+    objective: str = "prob",
 ) -> list[dict]:
     """Top-K neuron paths of preprocessed ``images`` (B, C, H, W): one record per image.
 
@@ -324,5 +372,5 @@ def find_paths(
     and ``prob`` (clean softmax probability of the target).
     """
     config = DiscoveryConfig(topk=topk, steps=steps, method=method, token_scope=token_scope, label=label, max_rows=max_rows,
-                             precision=precision)
+                             precision=precision, objective=objective)
     return PathFinder(model, config).find(images, labels)

@@ -1,0 +1,20 @@
+"""The compression defaults, and the evidence they come from.
+
+Every default here is the winner of the zoo evaluation (``eval/zoo.py``, results in
+``eval/results/zoo/``): the best mean one-shot top-1 over the zoo models at 75% and 90% FFN
+sparsity (per block) for ``compress --sparsity``, and over the zoo's ``--keep-topk`` sets for
+``compress --keep-topk``. ``tests/test_defaults.py`` checks that they still equal the winners
+recorded in ``eval/results/zoo/summary.json``.
+"""
+from __future__ import annotations
+
+# discovery settings of the path criteria (jas, jas-freq) when compress / evaluate do not name them
+JAS_DEFAULT = {"token_scope": "auto", "objective": "prob", "aggregation": "mean"}
+# compress --sparsity S
+SPARSITY_DEFAULT = {"criterion": "taylor", "compensate": "lsq"}
+# compress --keep-topk K
+KEEP_DEFAULT = {"criterion": "jas-freq", "compensate": "lsq"}
+# compress / evaluate --compensate lsq: what the fit reproduces and how tokens weigh
+LSQ_DEFAULT = {"target": "output", "weighting": "readout"}
+# calibration images per class for compress
+PER_CLASS_DEFAULT = 16
