@@ -116,8 +116,10 @@ def test_pass_counts_per_batch(monkeypatch, method, passes):
     # the first batch also measures memory: a clean forward and probe forwards of 2 and 6 rows (no backward on CPU)
     assert (counter.forwards, counter.rows) == (1 + passes(L) + 3, B + passes(L) * m * B + 1 + 2 + 6)
     counter.forwards = counter.rows = counter.backwards = 0
-    finder.find(tiny_images(B), torch.arange(B) % 5)
+    found = finder.find_batch(tiny_images(B), torch.arange(B) % 5)
     counter.handle.remove()
+    if method == "jas":  # the dense scores of every unit come with the same passes
+        assert [s.shape for s in found.step_scores] == [s.shape for s in found.step_own] == [(B, 64)] * L
     assert counter.forwards == 1 + passes(L)  # one clean forward, then one per greedy layer / score
     assert counter.backwards == passes(L)  # ONE backward per scaled forward, not one per clamped layer
     assert counter.rows == B + passes(L) * m * B

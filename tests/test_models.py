@@ -1,6 +1,8 @@
 """load_model: every checkpoint kind round-trips exactly; bad checkpoints are one-line user errors."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import timm
@@ -123,3 +125,29 @@ def test_adapter_refusals(kwargs, fragment):
 def test_adapter_refuses_non_vit():
     with pytest.raises(UserError, match="unsupported architecture"):
         ViTAdapter(torch.nn.Linear(2, 2))
+
+
+def test_zoo_models_load_with_their_recipes():
+    """Every bundled zoo model loads by name and is built as its committed recipe says (weights + training log)."""
+    import json
+
+    import yaml
+
+    from vitprune.adapter import ViTAdapter
+    from vitprune.models import ZOO_DIR, load_model, zoo_models
+
+    names = zoo_models()
+    assert len(names) >= 2
+    recipes = {yaml.safe_load(p.read_text())["out"]: yaml.safe_load(p.read_text())
+               for p in (Path(__file__).resolve().parents[1] / "recipes").glob("zoo_*.yaml")}
+    for name in names:
+        recipe = recipes[f"vitprune/assets/zoo/{name}"]
+        model = load_model(f"zoo:{name}")
+        kw = recipe["model_kwargs"]
+        adapter = ViTAdapter(model)
+        assert adapter.depth == kw["depth"] and adapter.hidden_widths == [int(kw["embed_dim"] * kw["mlp_ratio"])] * kw["depth"]
+        assert adapter.layout.pool == kw["global_pool"]
+        log = json.loads((ZOO_DIR / name / "train_log.json").read_text())
+        assert log["epochs"] == recipe["train"]["epochs"] and 0.5 < log["test_top1"] <= 1
+    with pytest.raises(UserError, match="unknown zoo model"):
+        load_model("zoo:nope")
