@@ -246,19 +246,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from contextlib import nullcontext
+
+    from .locks import output_lock
+
+    ckpt = Path(args.checkpoint)
+    out = Path(args.out) if args.out else ckpt / "model.onnx"
+    if out.exists() and not args.force:
+        raise UserError(f"{out} exists; pass --force to replace it")
+    if out.is_dir():
+        raise UserError(f"{out} is a folder; pass --out FILE.onnx")
+    # the checkpoint folder is read (and by default written): no compress may be writing it meanwhile
+    with output_lock(ckpt, "export"), (output_lock(out, "export") if out.parent.absolute() != ckpt.absolute() else nullcontext()):
+        _export(ckpt, out, args.data)
+    return 0
+
+
+def _export(ckpt: Path, out: Path, data: str | None) -> None:
     from .data import iterate_batches, load_data, model_transform, select_per_class
     from .export import export_onnx
     from .models import load_model
 
-    ckpt = Path(args.checkpoint)
     model = load_model(str(ckpt))
     meta = model.vitprune_meta
-    data = args.data or meta.get("data")
+    data = data or meta.get("data")
     if not data:
         raise UserError("pass --data with held-out images for the onnxruntime parity check")
-    out = Path(args.out) if args.out else ckpt / "model.onnx"
-    if out.exists() and not args.force:
-        raise UserError(f"{out} exists; pass --force to replace it")
     pools = load_data(data)
     held_out = select_per_class(pools.evaluation, 2, None, num_classes=pools.num_classes)
     images = next(iterate_batches(held_out, model_transform(model), 16))[1]
@@ -267,7 +280,6 @@ def cmd_export(args: argparse.Namespace) -> int:
         "kept_units": meta.get("mlp_hidden"), "sparsity": meta.get("sparsity"), "vitprune_version": __version__,
         "input_size": list(images.shape[1:]), "class_names": list(pools.class_names)})
     print(f"wrote {out} ({info['bytes']:,} bytes); onnxruntime parity max |diff| {info['parity_max_abs']:.2e}")
-    return 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ from .errors import UserError
 from .evaluate import evaluate_models
 from .export import export_onnx, ort_latency
 from .importance import require_importance
+from .locks import output_lock
 from .masks import from_keep_sets, from_scores
 from .models import load_model, save_checkpoint
 from .options import COMPENSATIONS, CRITERIA, JAS_AGGREGATIONS, OBJECTIVES, TOKEN_SCOPES, CalibrationOptions, check_choice, shared_fields
@@ -144,145 +145,146 @@ def run_compress(opts: CompressOptions, out: Path | None = None, *, force: bool 
     transform = model_transform(dense)
     calib = select_per_class(pools.calibration, opts.per_class, opts.classes, num_classes=pools.num_classes)
     settings = {**asdict(opts), "classes": list(opts.classes) if opts.classes else None, "vitprune_version": __version__}
-    check_output_dir(out, SETTINGS, settings, what="compress result", force=force)
-    dist.barrier()
-    if dist.is_main:
-        _start_out(out, settings, force)
-    dist.barrier()
-    timings: dict[str, float] = {}
+    with output_lock(out, "compress", dist):
+        check_output_dir(out, SETTINGS, settings, what="compress result", force=force)
+        dist.barrier()
+        if dist.is_main:
+            _start_out(out, settings, force)
+        dist.barrier()
+        timings: dict[str, float] = {}
 
-    # 1. critical neurons: discovery (resumable, inside the output folder) or reuse
-    records, importance = None, None
-    if opts.criterion in PATH_CRITERIA:
-        t0 = time.time()
-        run = Path(opts.paths) if opts.paths else out / "paths"
-        if not opts.paths:
-            dopts = shared_fields(opts, DiscoverOptions, topk=opts.discovery_topk, method="jas")
-            run_discover(dopts, run, resume=True, quiet=quiet, dist=dist)
-        records = load_run_records(run)
-        if opts.criterion == "jas":
-            importance = require_importance(run, "--criterion jas")[0]
-        timings["discovery_s"] = time.time() - t0
+        # 1. critical neurons: discovery (resumable, inside the output folder) or reuse
+        records, importance = None, None
+        if opts.criterion in PATH_CRITERIA:
+            t0 = time.time()
+            run = Path(opts.paths) if opts.paths else out / "paths"
+            if not opts.paths:
+                dopts = shared_fields(opts, DiscoverOptions, topk=opts.discovery_topk, method="jas")
+                run_discover(dopts, run, resume=True, quiet=quiet, dist=dist)
+            records = load_run_records(run)
+            if opts.criterion == "jas":
+                importance = require_importance(run, "--criterion jas")[0]
+            timings["discovery_s"] = time.time() - t0
 
-    # 2. statistics (activation/taylor/variance/wanda, the jas-freq fallback, mean-shift) and calibration images (lsq)
-    stats, calibration = None, None
-    if opts.compensate == "mean" or (opts.sparsity is not None and opts.criterion in NEEDS_STATS):
-        t0 = time.time()
-        stats = collect_stats(dense, iterate_batches(calib, transform, opts.batch_size, shard=dist), total=len(calib) // dist.world,
-                              quiet=quiet, dist=dist)
-        timings["statistics_s"] = time.time() - t0
-    if opts.compensate == "lsq":
-        calibration = calibration_set(calib, transform, shard=dist)
+        # 2. statistics (activation/taylor/variance/wanda, the jas-freq fallback, mean-shift) and calibration images (lsq)
+        stats, calibration = None, None
+        if opts.compensate == "mean" or (opts.sparsity is not None and opts.criterion in NEEDS_STATS):
+            t0 = time.time()
+            stats = collect_stats(dense, iterate_batches(calib, transform, opts.batch_size, shard=dist), total=len(calib) // dist.world,
+                                  quiet=quiet, dist=dist)
+            timings["statistics_s"] = time.time() - t0
+        if opts.compensate == "lsq":
+            calibration = calibration_set(calib, transform, shard=dist)
 
-    # 3. mask
-    widths = adapter.hidden_widths
-    critical = None
-    if opts.keep_topk is not None:
-        if opts.criterion == "jas":
-            critical = importance.class_topk(opts.keep_topk, opts.jas_aggregation)
+        # 3. mask
+        widths = adapter.hidden_widths
+        critical = None
+        if opts.keep_topk is not None:
+            if opts.criterion == "jas":
+                critical = importance.class_topk(opts.keep_topk, opts.jas_aggregation)
+            else:
+                critical = class_critical_units(records, adapter.depth, opts.keep_topk)
+            mask = from_keep_sets(widths, union_keep_sets(critical, adapter.depth),
+                                  criterion=f"{opts.criterion}-keep-top{opts.keep_topk}")
+            if mask.sparsity == 0.0:
+                raise UserError(f"--keep-topk {opts.keep_topk} keeps every unit of every block: nothing to remove; lower K")
         else:
-            critical = class_critical_units(records, adapter.depth, opts.keep_topk)
-        mask = from_keep_sets(widths, union_keep_sets(critical, adapter.depth),
-                              criterion=f"{opts.criterion}-keep-top{opts.keep_topk}")
-        if mask.sparsity == 0.0:
-            raise UserError(f"--keep-topk {opts.keep_topk} keeps every unit of every block: nothing to remove; lower K")
-    else:
-        scores = unit_scores(opts.criterion, dense, stats=stats, records=records, importance=importance,
-                             aggregation=opts.jas_aggregation, seed=opts.seed)
-        mask = from_scores(scores, opts.sparsity, scope=opts.scope, min_keep=opts.min_keep, round_to=opts.round_to,
-                           criterion=opts.criterion)
-    if dist.is_main:
-        atomic_write_json(out / "mask.json", mask.to_json())
+            scores = unit_scores(opts.criterion, dense, stats=stats, records=records, importance=importance,
+                                 aggregation=opts.jas_aggregation, seed=opts.seed)
+            mask = from_scores(scores, opts.sparsity, scope=opts.scope, min_keep=opts.min_keep, round_to=opts.round_to,
+                               criterion=opts.criterion)
+        if dist.is_main:
+            atomic_write_json(out / "mask.json", mask.to_json())
 
-    # 4. slice + compensation (least squares: block by block on the calibration images)
-    t0 = time.time()
-    pruned, recon = prune(dense, mask, opts.compensate, means=stats.mean if stats else None, calibration=calibration,
-                          lsq_target=opts.lsq_target, lsq_weighting=opts.lsq_weighting, dist=dist)
-    timings["compensation_s"] = time.time() - t0
-    if recon is not None and recon.underdetermined and not quiet:
-        print(f"vitprune: note: blocks {recon.underdetermined} have fewer calibration tokens than kept units; the least-squares "
-              "fit is underdetermined there and the ridge keeps it close to the plain slice (raise --per-class for a "
-              "better fit)", file=sys.stderr)
-
-    # 5. evaluation pool (never the calibration images), dense vs pruned
-    evaluation = select_per_class(pools.evaluation, opts.eval_per_class, opts.classes, num_classes=pools.num_classes)
-    t0 = time.time()
-    results = evaluate_models({"dense": dense, "pruned": pruned}, iterate_batches(evaluation, transform, 256, shard=dist),
-                              class_names=pools.class_names, total=len(evaluation) // dist.world, quiet=quiet, dist=dist,
-                              precision=opts.precision)
-    timings["evaluation_s"] = time.time() - t0
-
-    # 6. optional recovery
-    finetune = None
-    if opts.finetune_epochs:
-        from .finetune import distill
-
+        # 4. slice + compensation (least squares: block by block on the calibration images)
         t0 = time.time()
-        train = select_per_class(pools.calibration, opts.finetune_per_class, opts.classes, num_classes=pools.num_classes)
-        history = distill(pruned, dense, torch_loader(train, transform, 128, shuffle=True, seed=opts.seed),
-                          epochs=opts.finetune_epochs, lr=opts.finetune_lr, seed=opts.seed, quiet=quiet)
-        pruned = pruned.to(device).eval()
-        after = evaluate_models({"recovered": pruned}, iterate_batches(evaluation, transform, 256, shard=dist),
-                                class_names=pools.class_names, total=len(evaluation) // dist.world, quiet=quiet,
-                                dist=dist, precision=opts.precision)["recovered"]
-        finetune = {"epochs": opts.finetune_epochs, "images": len(train), "history": history, "after": after.to_json(),
-                    "before": results["pruned"].to_json()}
-        results["pruned"] = after
-        timings["finetune_s"] = time.time() - t0
+        pruned, recon = prune(dense, mask, opts.compensate, means=stats.mean if stats else None, calibration=calibration,
+                              lsq_target=opts.lsq_target, lsq_weighting=opts.lsq_weighting, dist=dist)
+        timings["compensation_s"] = time.time() - t0
+        if recon is not None and recon.underdetermined and not quiet:
+            print(f"vitprune: note: blocks {recon.underdetermined} have fewer calibration tokens than kept units; the least-squares "
+                  "fit is underdetermined there and the ridge keeps it close to the plain slice (raise --per-class for a "
+                  "better fit)", file=sys.stderr)
 
-    if not dist.is_main:
-        return None
-
-    # 7. checkpoint (main process only from here on)
-    source = dense.vitprune_source
-    meta = {"arch": source["arch"], "model_kwargs": source.get("model_kwargs", {}),
-            "data_config": _data_config(dense), "source_model": source, "mlp_hidden": mask.kept_counts,
-            "kept": [list(k) for k in mask.kept], "criterion": mask.criterion, "sparsity": mask.sparsity,
-            "compensate": opts.compensate, "finetune_epochs": opts.finetune_epochs, "data": opts.data,
-            "vitprune_version": __version__}
-    save_checkpoint(pruned.cpu(), out, meta)
-    pruned.to(device)
-    macs_dense, params_dense = count_macs_params(dense)
-    macs_pruned, params_pruned = count_macs_params(pruned)
-
-    # 8. ONNX + latency
-    onnx_info, latency = None, None
-    if opts.export:
+        # 5. evaluation pool (never the calibration images), dense vs pruned
+        evaluation = select_per_class(pools.evaluation, opts.eval_per_class, opts.classes, num_classes=pools.num_classes)
         t0 = time.time()
-        parity = next(iterate_batches(evaluation.select(range(min(16, len(evaluation)))), transform, 16))[1]
-        onnx_meta = {"source_model": source["spec"], "criterion": mask.criterion, "kept_units": mask.kept_counts,
-                     "sparsity": round(mask.sparsity, 6), "vitprune_version": __version__,
-                     "input_size": list(parity.shape[1:]), "class_names": list(pools.class_names)}
-        onnx_info = export_onnx(pruned, out / "model.onnx", metadata=onnx_meta, parity_images=parity)
-        with tempfile.TemporaryDirectory() as tmp:
-            export_onnx(dense, Path(tmp) / "dense.onnx", metadata={"source_model": source["spec"]}, parity_images=parity)
-            latency = ort_latency({"dense": Path(tmp) / "dense.onnx", "pruned": out / "model.onnx"},
-                                  tuple(parity.shape[1:]), rounds=opts.latency_rounds)
-        timings["export_s"] = time.time() - t0
+        results = evaluate_models({"dense": dense, "pruned": pruned}, iterate_batches(evaluation, transform, 256, shard=dist),
+                                  class_names=pools.class_names, total=len(evaluation) // dist.world, quiet=quiet, dist=dist,
+                                  precision=opts.precision)
+        timings["evaluation_s"] = time.time() - t0
 
-    timings["total_s"] = time.time() - t_start
-    report = {
-        "vitprune_version": __version__,
-        "options": settings,
-        "output": str(out),
-        "model": source,
-        "data": {"spec": opts.data, "classes": list(pools.class_names), "calibration_images": len(calib),
-                 "evaluation_images": len(evaluation), "overlap": 0},
-        "mask": {"criterion": mask.criterion, "kept_counts": mask.kept_counts, "widths": list(mask.widths),
-                 "sparsity": mask.sparsity, "block_sparsity": mask.block_sparsity},
-        "critical_units": {str(c): units for c, units in critical.items()} if critical else None,
-        "compensation": {"mode": opts.compensate, "reconstruction": recon.to_json() if recon else None},
-        "params": {"dense": params_dense, "pruned": params_pruned, "ratio": params_pruned / params_dense},
-        "macs": {"dense": macs_dense, "pruned": macs_pruned, "ratio": macs_pruned / macs_dense},
-        "accuracy": {k: v.to_json() for k, v in results.items()},
-        "finetune": finetune,
-        "onnx": onnx_info,
-        "latency": latency,
-        "timings": timings,
-    }
-    atomic_write_json(out / "report.json", report)
-    atomic_write_text(out / "report.md", render_report(report))
-    return report
+        # 6. optional recovery
+        finetune = None
+        if opts.finetune_epochs:
+            from .finetune import distill
+
+            t0 = time.time()
+            train = select_per_class(pools.calibration, opts.finetune_per_class, opts.classes, num_classes=pools.num_classes)
+            history = distill(pruned, dense, torch_loader(train, transform, 128, shuffle=True, seed=opts.seed),
+                              epochs=opts.finetune_epochs, lr=opts.finetune_lr, seed=opts.seed, quiet=quiet)
+            pruned = pruned.to(device).eval()
+            after = evaluate_models({"recovered": pruned}, iterate_batches(evaluation, transform, 256, shard=dist),
+                                    class_names=pools.class_names, total=len(evaluation) // dist.world, quiet=quiet,
+                                    dist=dist, precision=opts.precision)["recovered"]
+            finetune = {"epochs": opts.finetune_epochs, "images": len(train), "history": history, "after": after.to_json(),
+                        "before": results["pruned"].to_json()}
+            results["pruned"] = after
+            timings["finetune_s"] = time.time() - t0
+
+        if not dist.is_main:
+            return None
+
+        # 7. checkpoint (main process only from here on)
+        source = dense.vitprune_source
+        meta = {"arch": source["arch"], "model_kwargs": source.get("model_kwargs", {}),
+                "data_config": _data_config(dense), "source_model": source, "mlp_hidden": mask.kept_counts,
+                "kept": [list(k) for k in mask.kept], "criterion": mask.criterion, "sparsity": mask.sparsity,
+                "compensate": opts.compensate, "finetune_epochs": opts.finetune_epochs, "data": opts.data,
+                "vitprune_version": __version__}
+        save_checkpoint(pruned.cpu(), out, meta)
+        pruned.to(device)
+        macs_dense, params_dense = count_macs_params(dense)
+        macs_pruned, params_pruned = count_macs_params(pruned)
+
+        # 8. ONNX + latency
+        onnx_info, latency = None, None
+        if opts.export:
+            t0 = time.time()
+            parity = next(iterate_batches(evaluation.select(range(min(16, len(evaluation)))), transform, 16))[1]
+            onnx_meta = {"source_model": source["spec"], "criterion": mask.criterion, "kept_units": mask.kept_counts,
+                         "sparsity": round(mask.sparsity, 6), "vitprune_version": __version__,
+                         "input_size": list(parity.shape[1:]), "class_names": list(pools.class_names)}
+            onnx_info = export_onnx(pruned, out / "model.onnx", metadata=onnx_meta, parity_images=parity)
+            with tempfile.TemporaryDirectory() as tmp:
+                export_onnx(dense, Path(tmp) / "dense.onnx", metadata={"source_model": source["spec"]}, parity_images=parity)
+                latency = ort_latency({"dense": Path(tmp) / "dense.onnx", "pruned": out / "model.onnx"},
+                                      tuple(parity.shape[1:]), rounds=opts.latency_rounds)
+            timings["export_s"] = time.time() - t0
+
+        timings["total_s"] = time.time() - t_start
+        report = {
+            "vitprune_version": __version__,
+            "options": settings,
+            "output": str(out),
+            "model": source,
+            "data": {"spec": opts.data, "classes": list(pools.class_names), "calibration_images": len(calib),
+                     "evaluation_images": len(evaluation), "overlap": 0},
+            "mask": {"criterion": mask.criterion, "kept_counts": mask.kept_counts, "widths": list(mask.widths),
+                     "sparsity": mask.sparsity, "block_sparsity": mask.block_sparsity},
+            "critical_units": {str(c): units for c, units in critical.items()} if critical else None,
+            "compensation": {"mode": opts.compensate, "reconstruction": recon.to_json() if recon else None},
+            "params": {"dense": params_dense, "pruned": params_pruned, "ratio": params_pruned / params_dense},
+            "macs": {"dense": macs_dense, "pruned": macs_pruned, "ratio": macs_pruned / macs_dense},
+            "accuracy": {k: v.to_json() for k, v in results.items()},
+            "finetune": finetune,
+            "onnx": onnx_info,
+            "latency": latency,
+            "timings": timings,
+        }
+        atomic_write_json(out / "report.json", report)
+        atomic_write_text(out / "report.md", render_report(report))
+        return report
 
 
 def _data_config(model) -> dict:

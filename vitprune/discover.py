@@ -12,6 +12,7 @@ from .attribution import DiscoveryConfig, PathFinder
 from .data import DataPools, iterate_batches, load_data, model_transform, select_per_class
 from .errors import UserError
 from .importance import IMPORTANCE, ImportanceLog, ImportanceSums
+from .locks import output_lock
 from .options import CalibrationOptions
 from .models import load_model
 from .distributed import Dist, get_dist
@@ -127,64 +128,65 @@ def run_discover(opts: DiscoverOptions, out: Path, *, resume: bool = False, forc
         "command": "discover",
     }
     out = Path(out)
-    state = check_run_dir(out, config, resume=resume, force=force)
-    if state == "complete":
-        if not quiet and dist.is_main:
-            print(f"{out / PATHS} is already complete ({len(ids)} images)")
-        return out / PATHS
-    if not force:
-        _check_shards(out, dist.world)
-    dist.barrier()
-    if dist.is_main and state == "fresh":
-        start_run_dir(out, config, force=force)
-    dist.barrier()
+    with output_lock(out, "discover", dist):
+        state = check_run_dir(out, config, resume=resume, force=force)
+        if state == "complete":
+            if not quiet and dist.is_main:
+                print(f"{out / PATHS} is already complete ({len(ids)} images)")
+            return out / PATHS
+        if not force:
+            _check_shards(out, dist.world)
+        dist.barrier()
+        if dist.is_main and state == "fresh":
+            start_run_dir(out, config, force=force)
+        dist.barrier()
 
-    batch = opts.batch_size
-    n_batches = (len(ids) + batch - 1) // batch
-    mine = dist.mine(n_batches)
-    my_ids = [ids[k * batch : (k + 1) * batch] for k in mine]
-    widths = finder.adapter.hidden_widths
-    dense_log = ImportanceLog(out / importance_dir(dist.rank, dist.world), widths) if cfg.method == "jas" else None
-    with JsonlAppender(out / shard_file(dist.rank, dist.world), batch=batch) as sink:
-        if dense_log is not None:
-            if dense_log.records > len(sink.records):
-                raise UserError(f"{out} is damaged (the dense importance covers more images than the records); "
-                                "pass --force to start over")
-            sink.truncate(dense_log.records)  # records whose importance was not committed are redone
-        done = len(sink.records)
-        expected = [i for chunk in my_ids for i in chunk]
-        if [r["id"] for r in sink.records] != expected[:done]:
-            raise UserError(f"{sink.path} does not match the selected images; pass --force to start over")
-        transform = model_transform(model)
-        finished = set(expected[:done])  # whole batches only (the appender keeps batch-aligned prefixes)
-        todo = [k for k, chunk in zip(mine, my_ids) if chunk[-1] not in finished]
-        extra = {"method": cfg.method, "steps": cfg.steps, "token_scope": finder.scope, "topk": cfg.topk,
-                 "objective": cfg.objective}
-        total = sum(len(c) for c in my_ids)
-        with progress_bar(total=total, initial=done, desc="discover", unit="img", disable=quiet or not dist.is_main) as bar:
-            for k in todo:
-                chunk = selected.select(range(k * batch, min((k + 1) * batch, len(ids))))
-                for batch_ids, images, labels in iterate_batches(chunk, transform, batch):
-                    found = finder.find_batch(images, labels)
-                    sink.append({"id": i, **extra, **r} for i, r in zip(batch_ids, found.records))
-                    done += len(found.records)
-                    if dense_log is not None:
-                        touched = dense_log.sums.add([r["target"] for r in found.records], found.step_scores, found.step_own)
-                        dense_log.commit(touched, done)
-                    if finder.memory is not None and k == todo[0]:
-                        bar.set_postfix_str(finder.memory.describe(cfg.steps * len(batch_ids)), refresh=False)
-                    bar.update(len(batch_ids))
-    dist.barrier()
-    if dist.is_main:
-        logs = [ImportanceLog(out / importance_dir(r, dist.world), widths) for r in range(dist.world)] if dense_log else []
-        if logs:  # before paths.jsonl marks the run finished
-            ImportanceSums.merged([log.sums for log in logs]).save(out / IMPORTANCE, {
-                k: config[k] for k in ("method", "steps", "token_scope", "topk", "objective", "label", "num_images")})
-        _merge_shards(out, dist.world, ids)
-        for log in logs:
-            log.remove()
-    dist.barrier()
-    return out / PATHS
+        batch = opts.batch_size
+        n_batches = (len(ids) + batch - 1) // batch
+        mine = dist.mine(n_batches)
+        my_ids = [ids[k * batch : (k + 1) * batch] for k in mine]
+        widths = finder.adapter.hidden_widths
+        dense_log = ImportanceLog(out / importance_dir(dist.rank, dist.world), widths) if cfg.method == "jas" else None
+        with JsonlAppender(out / shard_file(dist.rank, dist.world), batch=batch) as sink:
+            if dense_log is not None:
+                if dense_log.records > len(sink.records):
+                    raise UserError(f"{out} is damaged (the dense importance covers more images than the records); "
+                                    "pass --force to start over")
+                sink.truncate(dense_log.records)  # records whose importance was not committed are redone
+            done = len(sink.records)
+            expected = [i for chunk in my_ids for i in chunk]
+            if [r["id"] for r in sink.records] != expected[:done]:
+                raise UserError(f"{sink.path} does not match the selected images; pass --force to start over")
+            transform = model_transform(model)
+            finished = set(expected[:done])  # whole batches only (the appender keeps batch-aligned prefixes)
+            todo = [k for k, chunk in zip(mine, my_ids) if chunk[-1] not in finished]
+            extra = {"method": cfg.method, "steps": cfg.steps, "token_scope": finder.scope, "topk": cfg.topk,
+                     "objective": cfg.objective}
+            total = sum(len(c) for c in my_ids)
+            with progress_bar(total=total, initial=done, desc="discover", unit="img", disable=quiet or not dist.is_main) as bar:
+                for k in todo:
+                    chunk = selected.select(range(k * batch, min((k + 1) * batch, len(ids))))
+                    for batch_ids, images, labels in iterate_batches(chunk, transform, batch):
+                        found = finder.find_batch(images, labels)
+                        sink.append({"id": i, **extra, **r} for i, r in zip(batch_ids, found.records))
+                        done += len(found.records)
+                        if dense_log is not None:
+                            touched = dense_log.sums.add([r["target"] for r in found.records], found.step_scores, found.step_own)
+                            dense_log.commit(touched, done)
+                        if finder.memory is not None and k == todo[0]:
+                            bar.set_postfix_str(finder.memory.describe(cfg.steps * len(batch_ids)), refresh=False)
+                        bar.update(len(batch_ids))
+        dist.barrier()
+        if dist.is_main:
+            logs = [ImportanceLog(out / importance_dir(r, dist.world), widths) for r in range(dist.world)] if dense_log else []
+            if logs:  # before paths.jsonl marks the run finished
+                ImportanceSums.merged([log.sums for log in logs]).save(out / IMPORTANCE, {
+                    k: config[k] for k in ("method", "steps", "token_scope", "topk", "objective", "label", "num_images")})
+            _merge_shards(out, dist.world, ids)
+            for log in logs:
+                log.remove()
+        dist.barrier()
+        return out / PATHS
 
 
 def _check_shards(out: Path, world: int) -> None:

@@ -52,6 +52,8 @@ def check_output_dir(out: Path, settings_file: str, settings: dict, *, what: str
     one line naming the differing settings, unless ``force`` (then the caller replaces it).
     """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder; pass another --out")
     if force:
         return False
     if (out / settings_file).is_file():

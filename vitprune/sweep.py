@@ -31,6 +31,7 @@ from .distributed import get_dist
 from .errors import UserError
 from .evaluate import evaluate_models
 from .importance import require_importance
+from .locks import output_lock
 from .masks import from_keep_sets, from_scores
 from .options import COMPENSATIONS, CRITERIA, JAS_AGGREGATIONS, OBJECTIVES, TOKEN_SCOPES, CalibrationOptions, check_choice, shared_fields
 from .models import load_model
@@ -134,38 +135,39 @@ def run_sweep(opts: SweepOptions, out: Path, *, force: bool = False, quiet: bool
     transform = model_transform(dense)
     settings = {**asdict(opts), "vitprune_version": __version__}
     settings = json.loads(json.dumps(settings))  # tuples -> lists, as read back from disk
-    check_output_dir(out, SETTINGS, settings, what="sweep", force=force)
-    dist.barrier()
-    if dist.is_main:
-        if force and out.exists():
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / SETTINGS, settings)
-
     calib = select_per_class(pools.calibration, opts.per_class, opts.classes, num_classes=pools.num_classes)
     evaluation = select_per_class(pools.evaluation, opts.eval_per_class, opts.classes, num_classes=pools.num_classes)
     selection = None
     if opts.selection_per_class:
         selection = select_holdout_per_class(pools.calibration, opts.selection_per_class, opts.classes,
                                              num_classes=pools.num_classes, skip=opts.per_class)
-    sink = JsonlAppender(out / POINTS) if dist.is_main else None  # drops a torn last line before the others read
-    dist.barrier()
-    try:
-        rows = list(sink.records) if sink else (read_jsonl(out / POINTS) if (out / POINTS).exists() else [])
-        done = {point_key(r) for r in rows}
-        todo = [p for p in points_of(opts) if point_key(p) not in done]
-        if todo:
-            rows = rows + _run_points(opts, todo, sink, out, dense, adapter, pools, transform, calib, evaluation, selection, quiet,
-                                      dist)
-    finally:
-        if sink:
-            sink.close()
-    dist.barrier()
-    order = {point_key(p): i for i, p in enumerate(points_of(opts))}
-    rows.sort(key=lambda r: order[point_key(r)])
-    if dist.is_main:
-        write_outputs(rows, out, opts, pools)
-    return rows
+    with output_lock(out, "evaluate", dist):
+        check_output_dir(out, SETTINGS, settings, what="sweep", force=force)
+        dist.barrier()
+        if dist.is_main:
+            if force and out.exists():
+                shutil.rmtree(out)
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(out / SETTINGS, settings)
+
+        sink = JsonlAppender(out / POINTS) if dist.is_main else None  # drops a torn last line before the others read
+        dist.barrier()
+        try:
+            rows = list(sink.records) if sink else (read_jsonl(out / POINTS) if (out / POINTS).exists() else [])
+            done = {point_key(r) for r in rows}
+            todo = [p for p in points_of(opts) if point_key(p) not in done]
+            if todo:
+                rows = rows + _run_points(opts, todo, sink, out, dense, adapter, pools, transform, calib, evaluation, selection, quiet,
+                                          dist)
+        finally:
+            if sink:
+                sink.close()
+        dist.barrier()
+        order = {point_key(p): i for i, p in enumerate(points_of(opts))}
+        rows.sort(key=lambda r: order[point_key(r)])
+        if dist.is_main:
+            write_outputs(rows, out, opts, pools)
+        return rows
 
 
 def run_folder(token_scope: str, objective: str, topk: int) -> str:
