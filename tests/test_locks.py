@@ -95,3 +95,30 @@ def test_out_that_cannot_be_a_folder_is_one_line(model_dir, tmp_path, capsys, fa
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and ("writable folder" in err or "is a file" in err)
     assert blocker.read_text() == "not a folder"
+
+
+class _FakeDist:
+    """Rank ``rank`` of a 2-process launch whose main process saw ``main_verdict``."""
+
+    def __init__(self, rank, main_verdict=None):
+        self.rank, self.world, self.main_verdict = rank, 2, main_verdict
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    def gather(self, obj):
+        return [obj if self.is_main else self.main_verdict, None]
+
+
+def test_every_rank_of_a_launch_gets_the_main_process_verdict(tmp_path):
+    out = tmp_path / "run"
+    with output_lock(out, "discover"):  # another launch holds the folder
+        with pytest.raises(UserError, match="being written"):
+            with output_lock(out, "discover", _FakeDist(0)):
+                pass
+        with pytest.raises(UserError, match="being written"):  # a non-main rank never touches the lock file itself
+            with output_lock(out, "discover", _FakeDist(1, main_verdict=f"{out} is being written by another vitprune run")):
+                pass
+    with output_lock(out, "discover", _FakeDist(1)):  # the main process got it: the other ranks go on
+        pass

@@ -9,6 +9,19 @@ import torch
 from .errors import UserError
 
 
+def check_records_fit(records: Iterable[dict], widths: list[int], source: str) -> None:
+    """Path records of another model (other depth, or units beyond this model's widths) are one UserError."""
+    for rec in records:
+        path = rec.get("path")
+        if not isinstance(path, list) or len(path) != len(widths):
+            raise UserError(f"the path records in {source} have {len(path) if isinstance(path, list) else 'no'} layers but the model "
+                            f"has {len(widths)} blocks; pass paths discovered on this model")
+        for layer, units in enumerate(path):
+            if not all(isinstance(u, int) and 0 <= u < widths[layer] for u in units):
+                raise UserError(f"the path records in {source} name units beyond this model's {widths[layer]} MLP units in block "
+                                f"{layer}; pass paths discovered on this model")
+
+
 def unit_counts(records: Iterable[dict], depth: int) -> dict[int, list[Counter]]:
     """{class: [Counter(unit -> number of that class's paths using it) per layer]} (by target label)."""
     counts: dict[int, list[Counter]] = defaultdict(lambda: [Counter() for _ in range(depth)])

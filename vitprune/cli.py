@@ -22,6 +22,8 @@ def parse_classes(text: str | None) -> tuple[int, ...] | None:
     try:
         for part in text.split(","):
             lo, _, hi = part.strip().partition("-")
+            if hi and int(hi) < int(lo):
+                raise ValueError(part)
             out += range(int(lo), int(hi) + 1) if hi else [int(lo)]
     except ValueError as exc:
         raise UserError(f"--classes takes ids like 0,3,5-7 (got '{text}')") from exc
@@ -323,7 +325,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vitprune: export failed: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("vitprune: interrupted; rerun the same command with --resume to continue", file=sys.stderr)
+        again = {"discover": "rerun the same command with --resume to continue",
+                 "compress": "rerun the same command to continue (finished steps are reused)",
+                 "evaluate": "rerun the same command to continue (finished points are kept)"}
+        print(f"vitprune: interrupted; {again.get(args.command, 'nothing was written; rerun the same command')}", file=sys.stderr)
         return 130
 
 

@@ -9,6 +9,7 @@ Everything lands in one output folder (``exported/<name>/`` by default):
 """
 from __future__ import annotations
 
+import math
 import shutil
 import sys
 import tempfile
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from . import __version__
 from .adapter import ViTAdapter
-from .aggregate import class_critical_units, union_keep_sets
+from .aggregate import check_records_fit, class_critical_units, union_keep_sets
 from .criteria import NEEDS_STATS, PATH_CRITERIA, unit_scores
 from .defaults import JAS_DEFAULT, KEEP_DEFAULT, LSQ_DEFAULT, PER_CLASS_DEFAULT, SPARSITY_DEFAULT
 from .data import iterate_batches, load_data, model_transform, select_per_class, torch_loader
@@ -31,7 +32,7 @@ from .importance import require_importance
 from .locks import output_lock
 from .masks import from_keep_sets, from_scores
 from .models import load_model, save_checkpoint
-from .options import COMPENSATIONS, CRITERIA, JAS_AGGREGATIONS, OBJECTIVES, TOKEN_SCOPES, CalibrationOptions, check_choice, shared_fields
+from .options import COMPENSATIONS, CRITERIA, JAS_AGGREGATIONS, MASK_SCOPES, OBJECTIVES, TOKEN_SCOPES, CalibrationOptions, check_choice, shared_fields
 from .reconstruct import calibration_set, prune
 from .records import atomic_write_json, atomic_write_text, check_output_dir, load_run_records
 from .slicing import count_macs_params
@@ -115,6 +116,14 @@ def validate(opts: CompressOptions) -> None:
         raise UserError(f"--finetune-epochs must be >= 0 (got {opts.finetune_epochs})")
     if opts.eval_per_class is not None and opts.eval_per_class < 1:
         raise UserError(f"--eval-per-class must be >= 1 (got {opts.eval_per_class})")
+    if opts.finetune_per_class is not None and opts.finetune_per_class < 1:
+        raise UserError(f"--finetune-per-class must be >= 1 (got {opts.finetune_per_class})")
+    if not (math.isfinite(opts.finetune_lr) and opts.finetune_lr > 0):
+        raise UserError(f"--finetune-lr must be a positive number (got {opts.finetune_lr})")
+    for flag, value in (("--batch-size", opts.batch_size), ("--min-keep", opts.min_keep), ("--round-to", opts.round_to)):
+        if value < 1:
+            raise UserError(f"{flag} must be >= 1 (got {value})")
+    check_choice("--scope", opts.scope, MASK_SCOPES)
 
 
 def _start_out(out: Path, settings: dict, force: bool) -> None:
@@ -162,8 +171,12 @@ def run_compress(opts: CompressOptions, out: Path | None = None, *, force: bool 
                 dopts = shared_fields(opts, DiscoverOptions, topk=opts.discovery_topk, method="jas")
                 run_discover(dopts, run, resume=True, quiet=quiet, dist=dist)
             records = load_run_records(run)
+            check_records_fit(records, adapter.hidden_widths, str(run))
             if opts.criterion == "jas":
                 importance = require_importance(run, "--criterion jas")[0]
+                if list(importance.widths) != adapter.hidden_widths:
+                    raise UserError(f"the dense importance in {run} is for MLP widths {list(importance.widths)}, not this model's "
+                                    f"{adapter.hidden_widths}; pass paths discovered on this model")
             timings["discovery_s"] = time.time() - t0
 
         # 2. statistics (activation/taylor/variance/wanda, the jas-freq fallback, mean-shift) and calibration images (lsq)

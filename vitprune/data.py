@@ -155,7 +155,9 @@ def scan_image_folder(root: Path) -> tuple[list[str], list[Path], list[int]]:
     paths: list[Path] = []
     labels: list[int] = []
     for label, name in enumerate(classes):
-        files = sorted(p for p in (root / name).rglob("*") if p.is_file() and not p.name.startswith("."))
+        folder = root / name
+        files = sorted(p for p in folder.rglob("*")  # hidden files and folders (.DS_Store, .ipynb_checkpoints/) are skipped
+                       if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
         for path in files:
             if path.suffix.lower() not in IMAGE_EXTENSIONS:
                 raise UserError(f"{path} is not an image file ({', '.join(IMAGE_EXTENSIONS)}); remove it from the class folder")
@@ -302,9 +304,40 @@ def model_transform(model: torch.nn.Module) -> Callable:
     mode = "L" if cfg["input_size"][0] == 1 else "RGB"
 
     def apply(image) -> torch.Tensor:
-        return transform(image.convert(mode))
+        return transform(to_8bit(image).convert(mode))
 
     return apply
+
+
+def to_8bit(image):
+    """16-bit (and 32-bit integer) images scaled to 8 bits: PIL's own conversion would clip them to white."""
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        values = np.asarray(image, dtype=np.float64)
+        return Image.fromarray(np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8), mode="L")
+    return image
+
+
+def open_image(ident: str, source, *, verify_only: bool = False):
+    """A fully decoded PIL image from a path or bytes; an unreadable, truncated, non-image or oversized
+    (decompression bomb) file is one UserError naming the image. ``verify_only``: the cheap header and
+    structure check of PIL's ``verify`` instead of decoding."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        pil = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        if verify_only:
+            pil.verify()
+        else:
+            pil.load()
+        return pil
+    except Image.DecompressionBombError as exc:
+        raise UserError(f"image '{ident}' is too large to decode safely ({exc}); resize it or remove it") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise UserError(f"unreadable image '{ident}' ({type(exc).__name__}); remove or replace the file") from exc
 
 
 def iterate_batches(ds, transform: Callable, batch_size: int, *, shard=None) -> Iterator[tuple[list[str], torch.Tensor, torch.Tensor]]:
@@ -315,24 +348,12 @@ def iterate_batches(ds, transform: Callable, batch_size: int, *, shard=None) -> 
     import datasets
 
     raw = ds.cast_column("image", datasets.Image(decode=False))
-    from PIL import Image, UnidentifiedImageError
-    import io
-
     for k, start in enumerate(range(0, len(raw), batch_size)):
         if shard is not None and k % shard.world != shard.rank:
             continue
         rows = raw[start : start + batch_size]
-        tensors = []
-        for ident, img in zip(rows["id"], rows["image"]):
-            try:
-                if img.get("bytes") is not None:
-                    pil = Image.open(io.BytesIO(img["bytes"]))
-                else:
-                    pil = Image.open(img["path"])
-                pil.load()
-            except (UnidentifiedImageError, OSError, ValueError) as exc:
-                raise UserError(f"unreadable image '{ident}' ({type(exc).__name__}); remove or replace the file") from exc
-            tensors.append(transform(pil))
+        tensors = [transform(open_image(ident, img["bytes"] if img.get("bytes") is not None else img["path"]))
+                   for ident, img in zip(rows["id"], rows["image"])]
         yield list(rows["id"]), torch.stack(tensors), torch.as_tensor(rows["label"], dtype=torch.long)
 
 

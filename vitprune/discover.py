@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import __version__
 from .attribution import DiscoveryConfig, PathFinder
-from .data import DataPools, iterate_batches, load_data, model_transform, select_per_class
+from .data import DataPools, iterate_batches, load_data, model_transform, open_image, select_per_class
 from .errors import UserError
 from .importance import IMPORTANCE, ImportanceLog, ImportanceSums
 from .locks import output_lock
@@ -72,16 +72,11 @@ def start_run_dir(out: Path, config: dict, *, force: bool) -> None:
 def verify_image_files(ds) -> None:
     """Fail before any output exists if a selected image file cannot be opened."""
     import datasets
-    from PIL import Image, UnidentifiedImageError
 
     raw = ds.cast_column("image", datasets.Image(decode=False))
     for ident, img in zip(raw["id"], raw["image"]):
         if img.get("bytes") is None and img.get("path"):
-            try:
-                with Image.open(img["path"]) as pil:
-                    pil.verify()
-            except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-                raise UserError(f"unreadable image '{ident}' ({type(exc).__name__}); remove or replace the file") from exc
+            open_image(ident, img["path"], verify_only=True).close()
 
 
 def shard_file(rank: int, world: int) -> str:

@@ -69,13 +69,21 @@ def check_output_dir(out: Path, settings_file: str, settings: dict, *, what: str
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """All complete lines of a JSONL file (a torn last line, from a kill, is ignored)."""
+    """All complete lines of a JSONL file (a torn last line, from a kill, is ignored); a complete
+    line that is not a JSON object means the file is damaged: one UserError naming it."""
     records = []
-    with open(path) as f:
-        for line in f:
-            if not line.endswith("\n"):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if not raw.endswith(b"\n"):
                 break
-            records.append(json.loads(line))
+            try:
+                rec = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                rec = None
+            if not isinstance(rec, dict):
+                raise UserError(f"{path} line {n} is not a record (the file is damaged or not a vitprune file); "
+                                "re-create it (discover --force) or restore it")
+            records.append(rec)
     return records
 
 

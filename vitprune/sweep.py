@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import shutil
 import statistics
 import tempfile
@@ -117,8 +118,15 @@ def validate(opts: SweepOptions) -> None:
         raise UserError("--keep-topk points need a path criterion (jas or jas-freq) in --criteria")
     if not opts.seeds:
         raise UserError("--seeds needs at least one seed")
-    if opts.per_class is not None and opts.per_class < 1:
-        raise UserError(f"--per-class must be >= 1 (got {opts.per_class})")
+    for flag, value in (("--per-class", opts.per_class), ("--eval-per-class", opts.eval_per_class),
+                        ("--selection-per-class", opts.selection_per_class), ("--finetune-per-class", opts.finetune_per_class),
+                        ("--batch-size", opts.batch_size), ("--topk", opts.topk), ("--min-keep", opts.min_keep)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be >= 1 (got {value})")
+    if opts.finetune_epochs < 0:
+        raise UserError(f"--finetune-epochs must be >= 0 (got {opts.finetune_epochs})")
+    if not (math.isfinite(opts.finetune_lr) and opts.finetune_lr > 0):
+        raise UserError(f"--finetune-lr must be a positive number (got {opts.finetune_lr})")
 
 
 def run_sweep(opts: SweepOptions, out: Path, *, force: bool = False, quiet: bool = False) -> list[dict]:

@@ -40,6 +40,7 @@ from ..options import LABEL_SOURCES, METHODS, OBJECTIVES, PRECISIONS, check_choi
 from ..memory import DEFAULT_FRACTION, PassMemory, PassMeter, fit_linear, free_bytes
 
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+MAX_STEPS = 1000  # interpolation steps; far beyond any use (the reference: 20), far below a hang
 
 
 @dataclass(frozen=True)
@@ -129,8 +130,8 @@ class PathFinder:
         check_choice("--label", cfg.label, LABEL_SOURCES)
         if not 1 <= cfg.topk <= min(widths):
             raise UserError(f"--topk must be between 1 and the narrowest MLP width {min(widths)} (got {cfg.topk})")
-        if cfg.steps < 1:
-            raise UserError(f"--steps must be >= 1 (got {cfg.steps})")
+        if not 1 <= cfg.steps <= MAX_STEPS:
+            raise UserError(f"--steps must be between 1 and {MAX_STEPS} (got {cfg.steps}; the reference uses 20)")
         if cfg.max_rows is not None and cfg.max_rows < 1:
             raise UserError(f"--max-rows must be >= 1 (got {cfg.max_rows})")
         check_choice("--precision", cfg.precision, PRECISIONS)
