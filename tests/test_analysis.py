@@ -252,3 +252,14 @@ def test_cli_user_errors(runs, tmp_path):
     with pytest.raises(UserError, match="classes"):
         _analyze(["analyze", "lens", "--paths", jas, "--data", "fashion-mnist", "--model",
                   str(save_tiny_fashion_model(tmp_path / "m5", num_classes=5)), "--out", str(tmp_path), "--quiet"])
+
+
+@pytest.mark.parametrize("what", ["manipulate", "scores", "similarity", "lens"])
+def test_every_analyze_command_takes_the_common_options(runs, tmp_path, what):
+    """One command line pattern for all: --model M --data D --device --batch-size --quiet --paths RUN."""
+    jas = str(runs / "jas")
+    model = json.loads((runs / "jas" / "config.json").read_text())["model"]
+    extra = ["--ops", "remove", "--mode", "per-image"] if what == "manipulate" else []
+    assert _analyze(["analyze", what, "--model", model, "--data", "demo", "--device", "cpu", "--batch-size", "8", "--quiet",
+                     "--paths", jas, *extra, "--out", str(tmp_path / what)]) == 0
+    assert any((tmp_path / what).glob("*.json"))

@@ -18,12 +18,16 @@ def _paths(p: argparse.ArgumentParser, several: bool) -> None:
     p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/analysis/<command>/)")
 
 
-def _model_data(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model and data")
+def _model_data(p: argparse.ArgumentParser, unused: str | None = None) -> None:
+    """The options every analyze command takes, so one command line pattern serves them all; ``unused``
+    says in --help why a command does not need them."""
+    note = f" (not used here: {unused})" if unused else ""
+    g = p.add_argument_group("model and data" + note)
     g.add_argument("--model", default=None, help="model spec (default: the run's config.json model)")
     g.add_argument("--data", default=None, help="data spec (default: the run's config.json data)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default: auto)")
     g.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--quiet", action="store_true")
 
 
 def cmd_manipulate(args: argparse.Namespace) -> int:
@@ -94,19 +98,18 @@ def add_analyze_parser(subparsers) -> None:
                    help="keep-only: fraction of the non-path units to zero, seeded (default: 1 = all)")
     m.add_argument("--eval-per-class", type=int, default=10, help="held-out images per class, class mode (default: 10)")
     m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--quiet", action="store_true")
     m.set_defaults(func=cmd_manipulate)
 
     s = sub.add_parser("scores", help="JAS of jas / activation / influence-pattern paths side by side")
     _paths(s, several=True)
+    _model_data(s, unused="the scores are read from the path records")
     s.set_defaults(func=cmd_scores)
 
     c = sub.add_parser("similarity", help="class similarity of path unit usage, clustering, per-class path figures")
     _paths(c, several=False)
     c.add_argument("--top", type=int, default=5, help="most/least similar classes listed per class (default: 5)")
     c.add_argument("--classes", default=None, help="classes to draw path figures for, e.g. 0,3,5-7 (default: all)")
-    c.add_argument("--model", default=None, help="model for the MLP widths when config.json lacks them")
-    c.add_argument("--quiet", action="store_true")
+    _model_data(c, unused="only --model, for the MLP widths when the run's config.json lacks them; no images are read")
     c.set_defaults(func=cmd_similarity)
 
     lens = sub.add_parser("lens", help="class-embedding lens: identifiability, attention vs MLP, unit labels")
@@ -114,5 +117,4 @@ def add_analyze_parser(subparsers) -> None:
     _model_data(lens)
     lens.add_argument("--per-class", type=int, default=None, help="images per class (default: the run's selection)")
     lens.add_argument("--label-topk", type=int, default=5, help="classes per unit label (default: 5)")
-    lens.add_argument("--quiet", action="store_true")
     lens.set_defaults(func=cmd_lens)
