@@ -122,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--finetune-lr", type=float, default=1e-4)
     g.add_argument("--finetune-per-class", type=int, default=None, help="training images per class for recovery (default: all)")
     g.add_argument("--no-export", action="store_true", help="skip ONNX export and latency")
+    _add_int8(g)
     p.add_argument("--out", default=None, help="output folder (default: exported/<name derived from the settings>)")
     p.add_argument("--force", action="store_true", help="replace a different result in the output folder")
     p.add_argument("--quiet", action="store_true")
@@ -171,6 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", default=None, help="held-out images for the parity check (default: the data it was pruned on)")
     e.add_argument("--out", default=None, help="ONNX file (default: <checkpoint>/model.onnx)")
     e.add_argument("--force", action="store_true")
+    g = e.add_argument_group("int8")
+    _add_int8(g)
+    g.add_argument("--per-class", type=int, default=PER_CLASS_DEFAULT,
+                   help=f"calibration images per class for static int8 (default: {PER_CLASS_DEFAULT})")
+    g.add_argument("--eval-per-class", type=int, default=None, help="evaluation images per class for the int8 gate (default: all)")
     e.set_defaults(func=cmd_export)
 
     from .analysis.cli import add_analyze_parser
@@ -199,6 +205,23 @@ def cmd_discover(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_int8(g) -> None:
+    g.add_argument("--quantize", default=None, choices=["int8"], help="also write model.int8.onnx (onnxruntime quantization), "
+                   "kept only if its top-1 on the evaluation images is within --max-int8-drop points of the fp32 model's")
+    g.add_argument("--int8-mode", default="static", choices=["static", "dynamic"],
+                   help="static: QDQ, calibrated on the calibration images; dynamic: activation scales at run time (default: static)")
+    g.add_argument("--max-int8-drop", type=float, default=1.0, help="top-1 points int8 may lose against fp32 (default: 1)")
+
+
+def _int8_verdict(report: dict | None) -> int:
+    """Exit code 1, with the reason on one line, when --quantize int8 wrote nothing (everything else stands)."""
+    int8 = (report or {}).get("int8")
+    if int8 and not int8["written"]:
+        print(f"vitprune: int8 gate: {int8['reason']}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_compress(args: argparse.Namespace) -> int:
     from .compress import CompressOptions, headline, run_compress
 
@@ -206,7 +229,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     report = run_compress(opts, Path(args.out) if args.out else None, force=args.force, quiet=args.quiet)
     if report is not None:  # the main process
         print(headline(report))
-    return 0
+    return _int8_verdict(report)
 
 
 def _floats(text: str, flag: str) -> tuple[float, ...]:
@@ -254,34 +277,51 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     ckpt = Path(args.checkpoint)
     out = Path(args.out) if args.out else ckpt / "model.onnx"
-    if out.exists() and not args.force:
-        raise UserError(f"{out} exists; pass --force to replace it")
+    int8 = out.with_name(f"{out.stem}.int8.onnx") if args.quantize else None
+    for target in filter(None, (out, int8)):
+        if target.exists() and not args.force:
+            raise UserError(f"{target} exists; pass --force to replace it")
     if out.is_dir():
         raise UserError(f"{out} is a folder; pass --out FILE.onnx")
+    if not (math.isfinite(args.max_int8_drop) and args.max_int8_drop >= 0):
+        raise UserError(f"--max-int8-drop must be a number of points >= 0 (got {args.max_int8_drop})")
     # the checkpoint folder is read (and by default written): no compress may be writing it meanwhile
     with output_lock(ckpt, "export"), (output_lock(out, "export") if out.parent.absolute() != ckpt.absolute() else nullcontext()):
-        _export(ckpt, out, args.data)
-    return 0
+        return _export(ckpt, out, int8, args)
 
 
-def _export(ckpt: Path, out: Path, data: str | None) -> None:
-    from .data import iterate_batches, load_data, model_transform, select_per_class
+def _export(ckpt: Path, out: Path, int8: Path | None, args: argparse.Namespace) -> int:
+    from .data import iterate_batches, load_data, materialize, model_transform, select_per_class
     from .export import export_onnx
     from .models import load_model
 
     model = load_model(str(ckpt))
     meta = model.vitprune_meta
-    data = data or meta.get("data")
+    data = args.data or meta.get("data")
     if not data:
         raise UserError("pass --data with held-out images for the onnxruntime parity check")
     pools = load_data(data)
+    transform = model_transform(model)
     held_out = select_per_class(pools.evaluation, 2, None, num_classes=pools.num_classes)
-    images = next(iterate_batches(held_out, model_transform(model), 16))[1]
-    info = export_onnx(model, out, parity_images=images, metadata={
-        "source_model": (meta.get("source_model") or {}).get("spec", str(ckpt)), "criterion": meta.get("criterion", ""),
-        "kept_units": meta.get("mlp_hidden"), "sparsity": meta.get("sparsity"), "vitprune_version": __version__,
-        "input_size": list(images.shape[1:]), "class_names": list(pools.class_names)})
+    images = next(iterate_batches(held_out, transform, 16))[1]
+    metadata = {"source_model": (meta.get("source_model") or {}).get("spec", str(ckpt)), "criterion": meta.get("criterion", ""),
+                "kept_units": meta.get("mlp_hidden"), "sparsity": meta.get("sparsity"), "vitprune_version": __version__,
+                "input_size": list(images.shape[1:]), "class_names": list(pools.class_names)}
+    info = export_onnx(model, out, parity_images=images, metadata=metadata)
     print(f"wrote {out} ({info['bytes']:,} bytes); onnxruntime parity max |diff| {info['parity_max_abs']:.2e}")
+    if int8 is None:
+        return 0
+    from .quantize import quantize_gated
+
+    evaluation = select_per_class(pools.evaluation, args.eval_per_class, None, num_classes=pools.num_classes)
+    calib = select_per_class(pools.calibration, args.per_class, None, num_classes=pools.num_classes) if args.int8_mode == "static" else None
+    ev_images, ev_labels = materialize(evaluation, transform)
+    result = quantize_gated(out, int8, mode=args.int8_mode, calibration=materialize(calib, transform)[0] if calib else None,
+                            images=ev_images, labels=ev_labels, metadata=metadata, max_drop=args.max_int8_drop)
+    if result.written:
+        print(f"wrote {int8} ({result.bytes:,} bytes); top-1 on {result.images} evaluation images: int8 "
+              f"{100 * result.top1_int8:.2f}%, fp32 {100 * result.top1_fp32:.2f}%")
+    return _int8_verdict({"int8": result.to_json()})
 
 
 def cmd_convert(args: argparse.Namespace) -> int:

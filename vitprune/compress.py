@@ -33,6 +33,7 @@ from .locks import output_lock
 from .masks import from_keep_sets, from_scores
 from .models import load_model, save_checkpoint
 from .options import COMPENSATIONS, CRITERIA, JAS_AGGREGATIONS, MASK_SCOPES, OBJECTIVES, TOKEN_SCOPES, CalibrationOptions, check_choice, shared_fields
+from .quantize import INT8_FILE, INT8_MODES, MAX_DROP_DEFAULT, Int8Result
 from .reconstruct import calibration_set, prune
 from .records import atomic_write_json, atomic_write_text, check_output_dir, load_run_records
 from .slicing import count_macs_params
@@ -65,6 +66,9 @@ class CompressOptions(CalibrationOptions):
     finetune_lr: float = 1e-4
     finetune_per_class: int | None = None
     export: bool = True
+    quantize: str | None = None  # int8: also write model.int8.onnx, gated by accuracy
+    int8_mode: str = "static"
+    max_int8_drop: float = MAX_DROP_DEFAULT  # points of top-1
     latency_rounds: int = 30
     seed: int = 0
 
@@ -124,6 +128,13 @@ def validate(opts: CompressOptions) -> None:
         if value < 1:
             raise UserError(f"{flag} must be >= 1 (got {value})")
     check_choice("--scope", opts.scope, MASK_SCOPES)
+    if opts.quantize is not None:
+        check_choice("--quantize", opts.quantize, ("int8",))
+        check_choice("--int8-mode", opts.int8_mode, INT8_MODES)
+        if not opts.export:
+            raise UserError("--quantize int8 quantizes the ONNX export: drop --no-export")
+    if not (math.isfinite(opts.max_int8_drop) and opts.max_int8_drop >= 0):
+        raise UserError(f"--max-int8-drop must be a number of points >= 0 (got {opts.max_int8_drop})")
 
 
 def _start_out(out: Path, settings: dict, force: bool) -> None:
@@ -260,8 +271,8 @@ def run_compress(opts: CompressOptions, out: Path | None = None, *, force: bool 
         macs_dense, params_dense = count_macs_params(dense)
         macs_pruned, params_pruned = count_macs_params(pruned)
 
-        # 8. ONNX + latency
-        onnx_info, latency = None, None
+        # 8. ONNX (+ int8) + latency
+        onnx_info, latency, int8 = None, None, None
         if opts.export:
             t0 = time.time()
             parity = next(iterate_batches(evaluation.select(range(min(16, len(evaluation)))), transform, 16))[1]
@@ -269,11 +280,16 @@ def run_compress(opts: CompressOptions, out: Path | None = None, *, force: bool 
                          "sparsity": round(mask.sparsity, 6), "vitprune_version": __version__,
                          "input_size": list(parity.shape[1:]), "class_names": list(pools.class_names)}
             onnx_info = export_onnx(pruned, out / "model.onnx", metadata=onnx_meta, parity_images=parity)
+            timings["export_s"] = time.time() - t0
+            if opts.quantize:
+                t0 = time.time()
+                int8 = _int8(opts, out, onnx_meta, calib, evaluation, transform, calibration)
+                timings["int8_s"] = time.time() - t0
+            timed = {"pruned": out / "model.onnx", **({"pruned_int8": out / INT8_FILE} if int8 and int8.written else {})}
             with tempfile.TemporaryDirectory() as tmp:
                 export_onnx(dense, Path(tmp) / "dense.onnx", metadata={"source_model": source["spec"]}, parity_images=parity)
-                latency = ort_latency({"dense": Path(tmp) / "dense.onnx", "pruned": out / "model.onnx"},
-                                      tuple(parity.shape[1:]), rounds=opts.latency_rounds)
-            timings["export_s"] = time.time() - t0
+                latency = ort_latency({"dense": Path(tmp) / "dense.onnx", **timed}, tuple(parity.shape[1:]),
+                                      rounds=opts.latency_rounds)
 
         timings["total_s"] = time.time() - t_start
         report = {
@@ -292,12 +308,28 @@ def run_compress(opts: CompressOptions, out: Path | None = None, *, force: bool 
             "accuracy": {k: v.to_json() for k, v in results.items()},
             "finetune": finetune,
             "onnx": onnx_info,
+            "int8": int8.to_json() if int8 else None,
             "latency": latency,
             "timings": timings,
         }
         atomic_write_json(out / "report.json", report)
         atomic_write_text(out / "report.md", render_report(report))
         return report
+
+
+def _int8(opts: CompressOptions, out: Path, meta: dict, calib, evaluation, transform, calibration) -> "Int8Result":
+    """model.int8.onnx from model.onnx, calibrated on the calibration images, kept only if its top-1 on the
+    evaluation images is within --max-int8-drop points of the fp32 export's."""
+    from .data import materialize
+    from .quantize import quantize_gated
+
+    images, labels = materialize(evaluation, transform)
+    cal = calibration.images if calibration is not None else (materialize(calib, transform)[0] if opts.int8_mode == "static" else None)
+    result = quantize_gated(out / "model.onnx", out / INT8_FILE, mode=opts.int8_mode, calibration=cal, images=images,
+                            labels=labels, metadata=meta, max_drop=opts.max_int8_drop)
+    if not result.written:
+        (out / INT8_FILE).unlink(missing_ok=True)  # never a stale int8 model beside a new fp32 one
+    return result
 
 
 def _data_config(model) -> dict:
@@ -348,12 +380,36 @@ def render_report(r: dict) -> str:
     if r.get("onnx"):
         lines += ["", f"ONNX: `model.onnx`, {r['onnx']['bytes']:,} bytes, opset {r['onnx']['opset']}, "
                   f"onnxruntime parity max |diff| {r['onnx']['parity_max_abs']:.2e} on {r['onnx']['parity_images']} held-out images."]
+    if r.get("int8"):
+        lines += ["", *_int8_lines(r)]
     return "\n".join(lines) + "\n"
+
+
+def _int8_lines(r: dict) -> list[str]:
+    q = r["int8"]
+    lines = [f"## int8 ({q['mode']} quantization, onnxruntime)", "",
+             f"top-1 on {q['images']} evaluation images in onnxruntime: fp32 {_pct(q['top1_fp32'])}, int8 {_pct(q['top1_int8'])} "
+             f"({q['drop_points']:+.2f} points lost)."]
+    if not q["written"]:
+        return [*lines, "", f"**Not written:** {q['reason']}."]
+    lines += ["", "| | pruned fp32 (`model.onnx`) | pruned int8 (`model.int8.onnx`) |", "|---|---|---|",
+              f"| size on disk | {r['onnx']['bytes']:,} bytes | {q['bytes']:,} bytes |",
+              f"| top-1 (onnxruntime) | {_pct(q['top1_fp32'])} | {_pct(q['top1_int8'])} |"]
+    lat = r.get("latency") or {}
+    for key in ("batch1", "batch8"):
+        if key in lat and "pruned_int8" in lat[key]:
+            d = lat[key]["dense"]["median_ms"]
+            lines.append(f"| ORT CPU latency, {key.replace('batch', 'batch ')} (median ms; x dense fp32) | "
+                         f"{lat[key]['pruned']['median_ms']:.3f} (x{d / lat[key]['pruned']['median_ms']:.2f}) | "
+                         f"{lat[key]['pruned_int8']['median_ms']:.3f} (x{d / lat[key]['pruned_int8']['median_ms']:.2f}) |")
+    return lines
 
 
 def headline(r: dict) -> str:
     acc, m = r["accuracy"], r["mask"]
-    files = ["model.safetensors", *(["model.onnx"] if r.get("onnx") else []), "mask.json", "report.json", "report.md"]
+    int8 = r.get("int8") or {}
+    files = ["model.safetensors", *(["model.onnx"] if r.get("onnx") else []), *([INT8_FILE] if int8.get("written") else []),
+             "mask.json", "report.json", "report.md"]
     parts = [
         f"wrote {r['output']}/ ({', '.join(files)})",
         f"FFN sparsity {_pct(m['sparsity'])}: kept {m['kept_counts']} of {m['widths']}",
@@ -365,6 +421,11 @@ def headline(r: dict) -> str:
         d, p = r["latency"]["batch1"]["dense"]["median_ms"], r["latency"]["batch1"]["pruned"]["median_ms"]
         d8, p8 = r["latency"]["batch8"]["dense"]["median_ms"], r["latency"]["batch8"]["pruned"]["median_ms"]
         parts.append(f"ORT CPU latency batch 1: {d:.3f} -> {p:.3f} ms; batch 8: {d8:.3f} -> {p8:.3f} ms")
+    if int8.get("written"):
+        lat = r["latency"]
+        parts.append(f"int8 ({int8['mode']}): top-1 {_pct(int8['top1_int8'])} (fp32 ONNX {_pct(int8['top1_fp32'])}), "
+                     f"{int8['bytes']:,} bytes; ORT CPU latency batch 1: {lat['batch1']['pruned_int8']['median_ms']:.3f} ms, "
+                     f"batch 8: {lat['batch8']['pruned_int8']['median_ms']:.3f} ms")
     return "\n".join(parts)
 
 
