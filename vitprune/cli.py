@@ -95,11 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--keep-topk", type=int, default=None,
                    help="keep each class's K top path units per layer (union over classes), ranked by --criterion")
     g.add_argument("--sparsity", type=float, default=None, help="remove this fraction of MLP hidden units, ranked by --criterion")
+    g.add_argument("--target-macs", type=float, default=None,
+                   help="prune to this fraction of the dense model's MACs (e.g. 0.5), ranked by --criterion, allocated by --scope")
     g = p.add_argument_group("budget")
     g.add_argument("--criterion", default=None, choices=CRITERIA,
                    help="jas = dense path importance, jas-freq = path frequency, or a baseline (default: the zoo's best, "
                         f"{SPARSITY_DEFAULT['criterion']} for --sparsity, {KEEP_DEFAULT['criterion']} for --keep-topk; see README)")
-    g.add_argument("--scope", default="per-block", choices=MASK_SCOPES)
+    g.add_argument("--scope", default="per-block", choices=MASK_SCOPES,
+                   help="per-block: the same fraction in every block; global: one ranking over all blocks of scores divided by "
+                        "their block mean (per MAC for --target-macs); global-raw: of the raw scores (default: per-block)")
     g.add_argument("--min-keep", type=int, default=1, help="units kept in every block at least (default: 1)")
     g.add_argument("--round-to", type=int, default=1, help="round kept counts to a multiple of this (default: 1)")
     g.add_argument("--compensate", default=None, choices=COMPENSATIONS,
@@ -131,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("evaluate", help="accuracy vs FFN sparsity for several criteria (CSV, JSON, Markdown, PNG)")
     _add_model_data(v)
     v.add_argument("--sparsities", default="0.25,0.5,0.75,0.9", help="FFN sparsities to sweep (default: 0.25,0.5,0.75,0.9)")
+    v.add_argument("--target-macs", default="", help="MAC budgets to sweep as fractions of the dense model's MACs, e.g. 0.5,0.7 "
+                   "(allocated by --scope; default: none)")
     v.add_argument("--criteria", default=",".join(CRITERIA), help=f"comma list from {', '.join(CRITERIA)} (default: all)")
     v.add_argument("--keep-topk", default="", help="K values of keep-topk points for the path criteria, e.g. 1,5,20 (default: none)")
     v.add_argument("--compensate", default=",".join(COMPENSATIONS),
@@ -156,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--steps", type=int, default=20)
     v.add_argument("--batch-size", type=int, default=16)
     v.add_argument("--max-rows", type=int, default=None)
-    v.add_argument("--scope", default="per-block", choices=MASK_SCOPES)
+    v.add_argument("--scope", default="per-block", choices=MASK_SCOPES, help="allocation of the budget over blocks (see compress)")
     v.add_argument("--min-keep", type=int, default=1)
     v.add_argument("--finetune-epochs", type=int, default=0, help="recovery epochs per point (default: 0 = one-shot)")
     v.add_argument("--finetune-per-class", type=int, default=None, help="training images per class for recovery")
@@ -256,6 +262,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     opts = shared_fields(
         args, SweepOptions,
         sparsities=_floats(args.sparsities, "--sparsities"),
+        target_macs=_floats(args.target_macs, "--target-macs"),
         criteria=_names(args.criteria),
         keep_topk=_ints(args.keep_topk, "--keep-topk"),
         compensate=_names(args.compensate),

@@ -30,7 +30,7 @@ from .evaluate import evaluate_models
 from .export import export_onnx, ort_latency
 from .importance import require_importance
 from .locks import output_lock
-from .masks import from_keep_sets, from_scores
+from .masks import from_keep_sets, from_scores, mask_for_macs
 from .models import load_model, save_checkpoint
 from .options import COMPENSATIONS, CRITERIA, JAS_AGGREGATIONS, MASK_SCOPES, OBJECTIVES, TOKEN_SCOPES, CalibrationOptions, check_choice, shared_fields
 from .quantize import INT8_FILE, INT8_MODES, MAX_DROP_DEFAULT, Int8Result
@@ -48,6 +48,7 @@ class CompressOptions(CalibrationOptions):
     per_class: int | None = PER_CLASS_DEFAULT
     keep_topk: int | None = None
     sparsity: float | None = None
+    target_macs: float | None = None  # fraction of the dense model's MACs
     criterion: str | None = None  # None: the zoo's best (defaults.SPARSITY_DEFAULT / KEEP_DEFAULT)
     scope: str = "per-block"
     min_keep: int = 1
@@ -94,7 +95,8 @@ def default_name(opts: CompressOptions) -> str:
     if opts.keep_topk is not None:
         name = f"{model}-keep-top{opts.keep_topk}" + (f"-{opts.criterion}" if opts.criterion != best["criterion"] else "")
     else:
-        name = f"{model}-{opts.criterion}-s{opts.sparsity:.2f}"
+        budget = f"s{opts.sparsity:.2f}" if opts.sparsity is not None else f"m{opts.target_macs:.2f}"
+        name = f"{model}-{opts.criterion}-{budget}"
     if opts.compensate != best["compensate"]:
         name += f"-{opts.compensate}"
     if opts.finetune_epochs:
@@ -103,8 +105,10 @@ def default_name(opts: CompressOptions) -> str:
 
 
 def validate(opts: CompressOptions) -> None:
-    if (opts.keep_topk is None) == (opts.sparsity is None):
-        raise UserError("pass exactly one of --keep-topk K (path-defined units) or --sparsity S (a budget)")
+    if sum(x is not None for x in (opts.keep_topk, opts.sparsity, opts.target_macs)) != 1:
+        raise UserError("pass exactly one of --keep-topk K (path-defined units), --sparsity S or --target-macs R (a budget)")
+    if opts.target_macs is not None and not (math.isfinite(opts.target_macs) and 0.0 < opts.target_macs < 1.0):
+        raise UserError(f"--target-macs is a fraction of the dense model's MACs in (0, 1) (got {opts.target_macs})")
     if opts.keep_topk is not None and opts.keep_topk < 1:
         raise UserError(f"--keep-topk must be >= 1 (got {opts.keep_topk})")
     if opts.sparsity is not None and not 0.0 <= opts.sparsity < 1.0:
@@ -192,7 +196,7 @@ def run_compress(opts: CompressOptions, out: Path | None = None, *, force: bool 
 
         # 2. statistics (activation/taylor/variance/wanda, the jas-freq fallback, mean-shift) and calibration images (lsq)
         stats, calibration = None, None
-        if opts.compensate == "mean" or (opts.sparsity is not None and opts.criterion in NEEDS_STATS):
+        if opts.compensate == "mean" or (opts.keep_topk is None and opts.criterion in NEEDS_STATS):
             t0 = time.time()
             stats = collect_stats(dense, iterate_batches(calib, transform, opts.batch_size, shard=dist), total=len(calib) // dist.world,
                                   quiet=quiet, dist=dist)
@@ -215,8 +219,12 @@ def run_compress(opts: CompressOptions, out: Path | None = None, *, force: bool 
         else:
             scores = unit_scores(opts.criterion, dense, stats=stats, records=records, importance=importance,
                                  aggregation=opts.jas_aggregation, seed=opts.seed)
-            mask = from_scores(scores, opts.sparsity, scope=opts.scope, min_keep=opts.min_keep, round_to=opts.round_to,
-                               criterion=opts.criterion)
+            if opts.sparsity is not None:
+                mask = from_scores(scores, opts.sparsity, scope=opts.scope, min_keep=opts.min_keep, round_to=opts.round_to,
+                                   criterion=opts.criterion)
+            else:
+                mask = mask_for_macs(dense, scores, opts.target_macs, scope=opts.scope, min_keep=opts.min_keep,
+                                     round_to=opts.round_to, criterion=opts.criterion)
         if dist.is_main:
             atomic_write_json(out / "mask.json", mask.to_json())
 
@@ -304,7 +312,7 @@ def run_compress(opts: CompressOptions, out: Path | None = None, *, force: bool 
             "critical_units": {str(c): units for c, units in critical.items()} if critical else None,
             "compensation": {"mode": opts.compensate, "reconstruction": recon.to_json() if recon else None},
             "params": {"dense": params_dense, "pruned": params_pruned, "ratio": params_pruned / params_dense},
-            "macs": {"dense": macs_dense, "pruned": macs_pruned, "ratio": macs_pruned / macs_dense},
+            "macs": {"dense": macs_dense, "pruned": macs_pruned, "ratio": macs_pruned / macs_dense, "target": opts.target_macs},
             "accuracy": {k: v.to_json() for k, v in results.items()},
             "finetune": finetune,
             "onnx": onnx_info,
@@ -351,7 +359,8 @@ def render_report(r: dict) -> str:
         f"- criterion: {m['criterion']}; compensation: {r['compensation']['mode']}; "
         f"calibration images: {r['data']['calibration_images']}; "
         f"evaluation images: {r['data']['evaluation_images']} (disjoint from calibration)",
-        f"- FFN sparsity: {_pct(m['sparsity'])} ({sum(m['kept_counts'])} of {sum(m['widths'])} hidden units kept)",
+        f"- FFN sparsity: {_pct(m['sparsity'])} ({sum(m['kept_counts'])} of {sum(m['widths'])} hidden units kept)"
+        + (f"; MAC target {r['macs']['target']:.3f} of dense, achieved {r['macs']['ratio']:.4f}" if r["macs"].get("target") else ""),
         "",
         "| | dense | pruned | ratio |",
         "|---|---|---|---|",

@@ -77,6 +77,7 @@ def from_scores(
     per-block: every block removes the same fraction (kept count rounded to ``round_to``).
     global:    one ranking over all blocks after dividing each block's scores by its mean
                (so blocks with larger raw scores do not win by scale), at least ``min_keep`` per block.
+    global-raw: one ranking over all blocks of the raw scores.
     Ties keep the lower index.
     """
     if not 0.0 <= sparsity < 1.0:
@@ -95,20 +96,71 @@ def from_scores(
     if scope == "per-block":
         counts = [_rounded(w * (1.0 - sparsity), w, min_keep, round_to) for w in widths]
         return NeuronMask(tuple(widths), tuple(tuple(top(s, n)) for s, n in zip(scores, counts)), criterion)
-
-    total_keep = int(round(sum(widths) * (1.0 - sparsity)))
-    normed = [s.double() / (s.double().abs().mean() + 1e-12) for s in scores]
-    counts = [min(min_keep, w) for w in widths]
-    flat = torch.cat([torch.sort(s, descending=True, stable=True).values[c:] for s, c in zip(normed, counts)])
-    owner = torch.cat([torch.full((w - c,), b) for b, (w, c) in enumerate(zip(widths, counts))])
-    extra = max(0, total_keep - sum(counts))
-    if extra:
-        chosen = owner[torch.sort(flat, descending=True, stable=True).indices[:extra]]
-        for b in range(len(widths)):
-            counts[b] += int((chosen == b).sum())
-    if round_to > 1:
-        counts = [_rounded(c, w, min_keep, round_to) for c, w in zip(counts, widths)]
+    cost = [1.0] * len(widths)
+    counts = _global_counts(scores, cost, round(sum(widths) * (1.0 - sparsity)), scope, min_keep, round_to)
     return NeuronMask(tuple(widths), tuple(tuple(top(s, n)) for s, n in zip(scores, counts)), criterion)
 
 
-__all__ = ["NeuronMask", "from_keep_sets", "from_scores", "SCOPES"]
+def _global_counts(scores: list[torch.Tensor], cost: list[float], budget: float, scope: str, min_keep: int, round_to: int
+                   ) -> list[int]:
+    """Kept units per block of one ranking over all blocks: units are taken by score per unit of cost until
+    ``budget`` (in cost units) is spent, after ``min_keep`` per block. ``global`` divides each block's scores
+    by their mean magnitude first (comparable across blocks whatever the scale); ``global-raw`` trusts the
+    raw scores (criteria that estimate the same quantity in every block)."""
+    widths = [int(s.numel()) for s in scores]
+    if scope == "global":
+        scores = [s.double() / (s.double().abs().mean() + 1e-12) for s in scores]
+    counts = [min(min_keep, w) for w in widths]
+    spent = sum(c * k for c, k in zip(cost, counts))
+    flat = torch.cat([torch.sort(s.double(), descending=True, stable=True).values[c:] / k for s, c, k in zip(scores, counts, cost)])
+    owner = torch.cat([torch.full((w - c,), b) for b, (w, c) in enumerate(zip(widths, counts))])
+    for b in owner[torch.sort(flat, descending=True, stable=True).indices].tolist():
+        if spent + cost[b] > budget + 1e-9:
+            break
+        counts[b] += 1
+        spent += cost[b]
+    if round_to > 1:
+        counts = [_rounded(c, w, min_keep, round_to) for c, w in zip(counts, widths)]
+    return counts
+
+
+def from_macs(
+    scores: list[torch.Tensor],
+    unit_macs: list[float],
+    budget: float,
+    *,
+    scope: str = "per-block",
+    min_keep: int = 1,
+    round_to: int = 1,
+    criterion: str = "",
+) -> NeuronMask:
+    """Keep the highest-scoring units within ``budget`` MLP MACs, block b's units costing ``unit_macs[b]`` each.
+
+    per-block: the same kept fraction in every block; global / global-raw: one ranking by score per MAC.
+    """
+    if min_keep < 1:
+        raise UserError(f"--min-keep must be >= 1 (got {min_keep})")
+    check_choice("--scope", scope, SCOPES)
+    widths = [int(s.numel()) for s in scores]
+    floor = sum(c * min(min_keep, w) for c, w in zip(unit_macs, widths))
+    if budget < floor:
+        raise UserError("the MAC target leaves less than --min-keep units per block; raise --target-macs or lower --min-keep")
+    if scope == "per-block":
+        frac = min(1.0, budget / sum(c * w for c, w in zip(unit_macs, widths)))
+        counts = [_rounded(w * frac, w, min_keep, round_to) for w in widths]
+    else:
+        counts = _global_counts(scores, list(unit_macs), budget, scope, min_keep, round_to)
+    top = [sorted(torch.sort(s.double(), descending=True, stable=True).indices[:n].tolist()) for s, n in zip(scores, counts)]
+    return NeuronMask(tuple(widths), tuple(tuple(t) for t in top), criterion)
+
+
+def mask_for_macs(model, scores: list[torch.Tensor], target: float, **kw) -> NeuronMask:
+    """``from_macs`` for a model at ``target`` x its dense MACs (unit costs from torch-pruning's counter)."""
+    from .slicing import mlp_unit_macs
+
+    cost, total = mlp_unit_macs(model)
+    mlp = sum(c * int(s.numel()) for c, s in zip(cost, scores))
+    return from_macs(scores, cost, mlp - (1.0 - target) * total, **kw)
+
+
+__all__ = ["NeuronMask", "from_keep_sets", "from_scores", "from_macs", "mask_for_macs", "SCOPES"]

@@ -58,7 +58,9 @@ def check_output_dir(out: Path, settings_file: str, settings: dict, *, what: str
         return False
     if (out / settings_file).is_file():
         old = read_json(out / settings_file)
-        changed = sorted(k for k in set(old) | set(settings) if k not in ignore and old.get(k) != settings.get(k))
+        # an option newer than the folder, left empty (None, [], False), is the same run as before it existed
+        changed = sorted(k for k in set(old) | set(settings) if k not in ignore and old.get(k) != settings.get(k)
+                         and not (k not in old and settings.get(k) in (None, [], False)))
         if changed:
             raise UserError(f"{out} holds a {what} with different settings ({', '.join(changed)}); "
                             "pass --force to replace it or another --out")

@@ -103,3 +103,24 @@ def count_macs_params(model: nn.Module) -> tuple[int, int]:
     example = torch.zeros(1, chans, *model.patch_embed.img_size, device=p.device, dtype=p.dtype)
     macs, params = tp.utils.count_ops_and_params(model, example)
     return int(macs), int(params)
+
+
+def mlp_unit_macs(model: nn.Module) -> tuple[list[float], int]:
+    """(MACs per image of one MLP hidden unit of each block, MACs of the whole model), by torch-pruning's
+    counter: the model's MACs are affine in the hidden widths, so a copy whose block b is 2 units wide
+    against one where it is 1 unit wide gives the cost of a unit there (once per block shape)."""
+    adapter = ViTAdapter(model)
+    total, _ = count_macs_params(model)
+    probe = copy.deepcopy(model)
+    shape = [(adapter.fc1(b).in_features, adapter.fc2(b).out_features) for b in range(adapter.depth)]
+    cost: dict[tuple[int, int], float] = {}
+    for b, key in enumerate(shape):
+        if key not in cost:
+            widths = [1] * adapter.depth
+            counts = []
+            for w in (1, 2):
+                widths[b] = w
+                resize_mlps(probe, widths)
+                counts.append(count_macs_params(probe)[0])
+            cost[key] = float(counts[1] - counts[0])
+    return [cost[k] for k in shape], total

@@ -33,7 +33,7 @@ from .errors import UserError
 from .evaluate import evaluate_models
 from .importance import require_importance
 from .locks import output_lock
-from .masks import from_keep_sets, from_scores
+from .masks import from_keep_sets, from_scores, mask_for_macs
 from .options import COMPENSATIONS, CRITERIA, JAS_AGGREGATIONS, OBJECTIVES, TOKEN_SCOPES, CalibrationOptions, check_choice, shared_fields
 from .models import load_model
 from .reconstruct import calibration_set, prune
@@ -43,12 +43,13 @@ from .stats import collect_stats
 
 SETTINGS = "sweep.json"
 POINTS = "points.jsonl"
-KEY_FIELDS = ("criterion", "compensate", "seed", "target", "keep_topk", "token_scope", "objective", "aggregation")
+KEY_FIELDS = ("criterion", "compensate", "seed", "target", "keep_topk", "target_macs", "token_scope", "objective", "aggregation")
 
 
 @dataclass(frozen=True)
 class SweepOptions(CalibrationOptions):
     sparsities: tuple[float, ...] = (0.25, 0.5, 0.75, 0.9)
+    target_macs: tuple[float, ...] = ()  # budgets as fractions of the dense model's MACs
     criteria: tuple[str, ...] = CRITERIA
     keep_topk: tuple[int, ...] = ()  # keep-topk points of the path criteria (jas, jas-freq)
     compensate: tuple[str, ...] = COMPENSATIONS
@@ -80,16 +81,17 @@ def _variants(criterion: str, opts: SweepOptions) -> list[dict]:
 def points_of(opts: SweepOptions) -> list[dict]:
     """Every (criterion, variant, compensation, budget, seed) point of the sweep, in a fixed order."""
     none = {"token_scope": None, "objective": None, "aggregation": None}
-    pts = [{"criterion": "dense", "compensate": "none", "seed": 0, "target": 0.0, "keep_topk": None, **none}]
+    pts = [{"criterion": "dense", "compensate": "none", "seed": 0, "target": 0.0, "keep_topk": None, "target_macs": None, **none}]
     for crit in opts.criteria:
-        budgets = [(s, None) for s in opts.sparsities]
+        budgets = [(s, None, None) for s in opts.sparsities] + [(None, None, r) for r in opts.target_macs]
         if crit in PATH_CRITERIA:
-            budgets += [(None, k) for k in opts.keep_topk]
+            budgets += [(None, k, None) for k in opts.keep_topk]
         for comp in opts.compensate:
             for var in _variants(crit, opts):
-                for target, k in budgets:
+                for target, k, macs in budgets:
                     for seed in opts.seeds if crit == "random" else (0,):
-                        pts.append({"criterion": crit, "compensate": comp, "seed": seed, "target": target, "keep_topk": k, **var})
+                        pts.append({"criterion": crit, "compensate": comp, "seed": seed, "target": target, "keep_topk": k,
+                                    "target_macs": macs, **var})
     return pts
 
 
@@ -112,6 +114,9 @@ def validate(opts: SweepOptions) -> None:
     for s in opts.sparsities:
         if not 0.0 <= s < 1.0:
             raise UserError(f"--sparsities must be in [0, 1) (got {s})")
+    for r in opts.target_macs:
+        if not 0.0 < r < 1.0:
+            raise UserError(f"--target-macs values are fractions of the dense model's MACs in (0, 1) (got {r})")
     if any(k < 1 for k in opts.keep_topk):
         raise UserError("--keep-topk values must be >= 1")
     if opts.keep_topk and not set(opts.criteria) & set(PATH_CRITERIA):
@@ -223,7 +228,11 @@ def _run_points(opts, todo, sink, out, dense, adapter, pools, transform, calib, 
                 else:
                     scores = unit_scores(p["criterion"], dense, stats=stats, records=records.get(key),
                                          importance=importance.get(key), aggregation=p["aggregation"] or "mean", seed=p["seed"])
-                    mask = from_scores(scores, p["target"], scope=opts.scope, min_keep=opts.min_keep, criterion=p["criterion"])
+                    if p.get("target_macs") is not None:
+                        mask = mask_for_macs(dense, scores, p["target_macs"], scope=opts.scope, min_keep=opts.min_keep,
+                                             criterion=p["criterion"])
+                    else:
+                        mask = from_scores(scores, p["target"], scope=opts.scope, min_keep=opts.min_keep, criterion=p["criterion"])
                 model, recon = prune(dense, mask, p["compensate"], means=stats.mean if stats else None, calibration=calibration,
                                      lsq_target=opts.lsq_target, lsq_weighting=opts.lsq_weighting, dist=dist)
             row["compensation_s"] = round(time.time() - t0, 3)
@@ -263,7 +272,7 @@ def _run_points(opts, todo, sink, out, dense, adapter, pools, transform, calib, 
                 sink.append([row])
             new_rows.append(row)
             if not quiet:
-                budget = f"K={p['keep_topk']}" if p["keep_topk"] else f"{p['target']:.2f}"
+                budget = _budget(p)
                 print(f"  {label(p):<32} seed={p['seed']} budget={budget} sparsity={row['sparsity']:.3f} "
                       f"top-1={row['top1']:.4f}", flush=True)
     finally:
@@ -272,7 +281,8 @@ def _run_points(opts, todo, sink, out, dense, adapter, pools, transform, calib, 
 
 
 # ----------------------------------------------------------------------------------- outputs
-CSV_COLUMNS = ("criterion", "token_scope", "objective", "aggregation", "compensate", "seed", "target", "keep_topk", "sparsity",
+CSV_COLUMNS = ("criterion", "token_scope", "objective", "aggregation", "compensate", "seed", "target", "keep_topk", "target_macs",
+               "sparsity",
                "kept", "params", "params_ratio",
                "macs", "macs_ratio", "top1", "mean_true_prob", "top1_oneshot", "mean_true_prob_oneshot", "finetune_epochs",
                "ort_b1_ms", "ort_b1_dense_ms", "compensation_s", "top1_selection")
@@ -300,17 +310,24 @@ def summarize(rows: list[dict]) -> list[dict]:
     """Average random seeds: one line per (method, compensation, budget) with mean and spread."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((method(r), r["compensate"], r["target"], r["keep_topk"]), []).append(r)
+        groups.setdefault((method(r), r["compensate"], r["target"], r["keep_topk"], r.get("target_macs")), []).append(r)
     out = []
-    for (name, comp, target, k), rs in groups.items():
+    for (name, comp, target, k, macs), rs in groups.items():
         top1 = [r["top1"] for r in rs]
         out.append({"criterion": rs[0]["criterion"], "method": name, "compensate": comp, "target": target, "keep_topk": k,
+                    "target_macs": macs,
                     "sparsity": statistics.mean(r["sparsity"] for r in rs), "macs_ratio": statistics.mean(r["macs_ratio"] for r in rs),
                     "top1": statistics.mean(top1), "top1_min": min(top1), "top1_max": max(top1), "n": len(rs),
                     "mean_true_prob": statistics.mean(r["mean_true_prob"] for r in rs),
                     "top1_oneshot": statistics.mean(r["top1_oneshot"] for r in rs) if "top1_oneshot" in rs[0] else None,
                     "top1_selection": statistics.mean(r["top1_selection"] for r in rs) if "top1_selection" in rs[0] else None})
     return out
+
+
+def _budget(p: dict) -> str:
+    if p.get("keep_topk"):
+        return f"K={p['keep_topk']}"
+    return f"{p['target_macs']:.2f} MACs" if p.get("target_macs") is not None else f"{p['target']:.2f}"
 
 
 def label(s: dict) -> str:
@@ -328,7 +345,7 @@ def render_table(rows: list[dict]) -> str:
         sep += "---|"
     lines = [head, sep]
     for s in summary:
-        budget = f"K={s['keep_topk']}" if s["keep_topk"] else f"{s['target']:.2f}"
+        budget = _budget(s)
         spread = f"{100 * s['top1_min']:.2f}..{100 * s['top1_max']:.2f}" if s["n"] > 1 else ""
         line = (f"| {s['method']} | {s['compensate']} | {budget} | {s['sparsity']:.3f} | "
                 f"{s['macs_ratio']:.3f} | {100 * s['top1']:.2f}% | {spread} | {s['mean_true_prob']:.4f} |")
