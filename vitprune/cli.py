@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from .config import apply_recipe, config_path, load_recipe, resolved_config
 from .errors import ExportError, UserError
 from .defaults import JAS_DEFAULT, KEEP_DEFAULT, LSQ_DEFAULT, PER_CLASS_DEFAULT, SPARSITY_DEFAULT
 from .options import (COMPENSATIONS, CRITERIA, JAS_AGGREGATIONS, LABEL_SOURCES, LSQ_TARGETS, MASK_SCOPES, METHODS, OBJECTIVES,
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     d.add_argument("--force", action="store_true", help="replace a different run in --out")
     d.add_argument("--quiet", action="store_true")
+    d.add_argument("--config", default=None, metavar="RECIPE.yaml", help="options from a recipe; flags given here override it")
     d.set_defaults(func=cmd_discover)
 
     p = sub.add_parser("compress", help="keep the critical neurons, slice the MLPs, evaluate, export ONNX")
@@ -130,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: exported/<name derived from the settings>)")
     p.add_argument("--force", action="store_true", help="replace a different result in the output folder")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--config", default=None, metavar="RECIPE.yaml", help="options from a recipe (recipes/); flags given here override it")
     p.set_defaults(func=cmd_compress)
 
     v = sub.add_parser("evaluate", help="accuracy vs FFN sparsity for several criteria (CSV, JSON, Markdown, PNG)")
@@ -171,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", required=True, help="sweep folder (resumable)")
     v.add_argument("--force", action="store_true")
     v.add_argument("--quiet", action="store_true")
+    v.add_argument("--config", default=None, metavar="RECIPE.yaml", help="options from a recipe; flags given here override it")
     v.set_defaults(func=cmd_evaluate)
 
     e = sub.add_parser("export", help="export a pruned (or any vitprune) checkpoint folder to ONNX")
@@ -195,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--prefix", default=None, help="reference file prefix (default: imgnet_all when writing)")
     c.add_argument("--force", action="store_true")
     c.set_defaults(func=cmd_convert)
+    parser.commands = {"discover": d, "compress": p, "evaluate": v}  # the commands that take --config
     return parser
 
 
@@ -234,8 +239,20 @@ def cmd_compress(args: argparse.Namespace) -> int:
     opts = shared_fields(args, CompressOptions, classes=parse_classes(args.classes), export=not args.no_export)
     report = run_compress(opts, Path(args.out) if args.out else None, force=args.force, quiet=args.quiet)
     if report is not None:  # the main process
+        write_resolved(Path(report["output"]), args)
         print(headline(report))
     return _int8_verdict(report)
+
+
+def write_resolved(folder: Path, args: argparse.Namespace) -> None:
+    """The run's every option as a recipe, beside its outputs: --config FOLDER/config.yaml repeats it."""
+    import yaml
+
+    from .records import atomic_write_text
+
+    resolved = {k: v for k, v in args.resolved.items() if k not in ("out", "force", "quiet", "resume")}
+    atomic_write_text(folder / "config.yaml", "# resolved options of this run: vitprune " + args.command
+                      + " --config config.yaml repeats it\n" + yaml.safe_dump(resolved, sort_keys=True))
 
 
 def _floats(text: str, flag: str) -> tuple[float, ...]:
@@ -273,6 +290,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         classes=parse_classes(args.classes),
     )
     rows = run_sweep(opts, Path(args.out), force=args.force, quiet=args.quiet)
+    if Path(args.out).is_dir():
+        write_resolved(Path(args.out), args)
     print(f"{len(rows)} points -> {args.out}/results.csv, results.json, results.md, accuracy_vs_sparsity.png")
     return 0
 
@@ -358,11 +377,24 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    try:
+        recipe = config_path(argv)
+        if recipe is not None:
+            command = next((a for a in argv if not a.startswith("-")), None)
+            if command not in parser.commands:
+                raise UserError(f"--config works with {', '.join(parser.commands)}")
+            apply_recipe(parser.commands[command], load_recipe(recipe), recipe)
+    except UserError as exc:
+        print(f"vitprune: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a one-line usage error (exit 2)
         return int(exc.code or 0)
+    if args.command in parser.commands:
+        args.resolved = resolved_config(args, parser.commands[args.command])
     try:
         return args.func(args)
     except UserError as exc:
