@@ -243,3 +243,18 @@ def test_kill_9_during_onnx_export_leaves_no_onnx_file(tmp_path, fashion_dir, mo
     assert main([*args, "--out", str(out)]) == 0  # the same command finishes the job
     report = json.loads((out / "report.json").read_text())
     assert report["onnx"]["parity_max_abs"] <= 1e-4 and (out / "model.onnx").is_file()
+
+
+def test_sigint_during_onnx_export_leaves_no_file(tmp_path, fashion_dir, model_dir):
+    ckpt = tmp_path / "c"
+    assert main(["compress", "--model", model_dir, "--data", "demo", "--per-class", "2", "--sparsity", "0.5", "--criterion",
+                 "magnitude", "--compensate", "none", "--eval-per-class", "2", "--no-export", "--quiet", "--out", str(ckpt)]) == 0
+    target = tmp_path / "m.onnx"
+    proc = subprocess.Popen([sys.executable, "-m", "vitprune", "export", str(ckpt), "--out", str(target)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(tmp_path, ".m.onnx.tmp-*", proc)  # the exporter is writing beside the target
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err and err.count("\n") == 1
+    assert not target.exists() and not list(tmp_path.glob(".m.onnx.tmp-*"))
+    assert main(["export", str(ckpt), "--out", str(target)]) == 0 and target.is_file()

@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--finetune-lr", type=float, default=1e-4)
     g.add_argument("--finetune-per-class", type=int, default=None, help="training images per class for recovery (default: all)")
     g.add_argument("--no-export", action="store_true", help="skip ONNX export and latency")
+    g.add_argument("--latency-rounds", type=int, default=30, help="interleaved onnxruntime timing rounds (default: 30)")
     _add_int8(g)
     p.add_argument("--out", default=None, help="output folder (default: exported/<name derived from the settings>)")
     p.add_argument("--force", action="store_true", help="replace a different result in the output folder")

@@ -128,7 +128,8 @@ def validate(opts: CompressOptions) -> None:
         raise UserError(f"--finetune-per-class must be >= 1 (got {opts.finetune_per_class})")
     if not (math.isfinite(opts.finetune_lr) and opts.finetune_lr > 0):
         raise UserError(f"--finetune-lr must be a positive number (got {opts.finetune_lr})")
-    for flag, value in (("--batch-size", opts.batch_size), ("--min-keep", opts.min_keep), ("--round-to", opts.round_to)):
+    for flag, value in (("--batch-size", opts.batch_size), ("--min-keep", opts.min_keep), ("--round-to", opts.round_to),
+                        ("--latency-rounds", opts.latency_rounds)):
         if value < 1:
             raise UserError(f"{flag} must be >= 1 (got {value})")
     check_choice("--scope", opts.scope, MASK_SCOPES)
