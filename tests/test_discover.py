@@ -9,8 +9,10 @@ import sys
 import time
 
 import pytest
+import torch
 
 from vitprune.cli import main
+from vitprune.importance import load_run_importance
 from vitprune.records import CONFIG, PARTIAL, PATHS, read_jsonl
 
 from .helpers import save_tiny_fashion_model
@@ -76,6 +78,10 @@ def test_kill_9_then_resume_equals_full_run(full_run, model_dir, tmp_path):
     reference = tmp_path / "uninterrupted"
     assert main(["discover", "--model", model_dir, *full_args, "--out", str(reference)]) == 0
     assert (out / PATHS).read_text() == (reference / PATHS).read_text()
+    resumed, uninterrupted = load_run_importance(out)[0], load_run_importance(reference)[0]  # the dense importance too
+    assert resumed.count == uninterrupted.count
+    assert all(torch.equal(a, b) for c in resumed.per_class for s in resumed.per_class[c]
+               for a, b in zip(resumed.per_class[c][s], uninterrupted.per_class[c][s]))
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,43 @@
+"""The shipped defaults are the zoo evaluation's winners (eval/zoo.py -> eval/results/zoo/summary.json)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vitprune import defaults
+
+SUMMARY = Path(__file__).resolve().parents[1] / "eval" / "results" / "zoo" / "summary.json"
+
+
+@pytest.fixture(scope="module")
+def summary() -> dict:
+    return json.loads(SUMMARY.read_text())
+
+
+def test_sparsity_default_is_the_zoo_winner(summary):
+    best = summary["defaults"]["sparsity"]
+    assert defaults.SPARSITY_DEFAULT == {"criterion": best["criterion"], "compensate": best["compensate"]}
+    if best["criterion"] in ("jas", "jas-freq"):  # the winner's discovery variant is the one compress runs
+        assert {k: defaults.JAS_DEFAULT[k] for k in best["variant"]} == best["variant"]
+
+
+def test_path_variant_default_is_the_best_jas_variant(summary):
+    assert defaults.JAS_DEFAULT == summary["defaults"]["jas"]
+
+
+def test_keep_topk_default_is_the_zoo_winner(summary):
+    assert defaults.KEEP_DEFAULT == summary["keep_default"]
+
+
+def test_lsq_and_calibration_defaults(summary):
+    assert defaults.LSQ_DEFAULT == summary["lsq_default"]
+    assert defaults.PER_CLASS_DEFAULT == summary["calibration_default"]["per_class"]
+
+
+def test_every_zoo_model_was_evaluated(summary):
+    from vitprune.models import zoo_models
+
+    assert sorted(summary["models"]) == sorted(["demo", *(f"zoo:{n}" for n in zoo_models())])
+    assert len(summary["models"]) >= 3
