@@ -53,10 +53,11 @@ def folder(model: str) -> str:
     return model.replace("zoo:", "")
 
 
-def studies(models: tuple[str, ...], stage: str, summary: dict) -> list[tuple[Path, list[str]]]:
-    """(output folder, evaluate arguments) of every sweep of one stage; later stages use earlier winners."""
+def studies(models: tuple[str, ...], stage: str, summary: dict, lsq: dict | None = None) -> list[tuple[Path, list[str]]]:
+    """(output folder, evaluate arguments) of every sweep of one stage; later stages use earlier winners
+    (``lsq`` pins the least-squares setting, for a run over part of the zoo)."""
     common = ["--data", "demo", "--selection-per-class", str(SELECTION), "--quiet"]
-    lsq = summary.get("lsq_default")
+    lsq = lsq or summary.get("lsq_default")
     lsq_args = ["--lsq-target", lsq["target"], "--lsq-weighting", lsq["weighting"]] if lsq else []
     jas = summary.get("defaults", {}).get("jas")
     jas_args = ["--token-scopes", jas["token_scope"], "--objectives", jas["objective"],
@@ -398,12 +399,16 @@ def main() -> None:
     parser.add_argument("--stages", default=",".join(STAGES), help=f"comma list from {', '.join(STAGES)}, run in that order")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--summary-only", action="store_true")
+    parser.add_argument("--lsq", default=None, metavar="TARGET-WEIGHTING",
+                        help="pin the lsq setting of the later stages (e.g. output-readout) when running part of the zoo; "
+                             "the summary over the whole zoo says whether it is the winner")
     args = parser.parse_args()
+    pinned = dict(zip(("target", "weighting"), args.lsq.split("-"))) if args.lsq else None
     models = tuple(args.models.split(","))
     RESULTS.mkdir(parents=True, exist_ok=True)
     if not args.summary_only:
         for stage in (s for s in STAGES if s in args.stages.split(",")):
-            jobs = studies(models, stage, summarise(models))
+            jobs = studies(models, stage, summarise(models), pinned)
             with ThreadPoolExecutor(args.workers) as pool:
                 for out, seconds, rc in pool.map(lambda j: run_job(*j), jobs):
                     print(f"{out.relative_to(ROOT)}: {'ok' if rc == 0 else f'exit {rc}, see evaluate.log'} in {seconds:.0f}s", flush=True)
