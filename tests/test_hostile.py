@@ -150,6 +150,27 @@ def test_zero_byte_and_truncated_checkpoints(tmp_path, capsys, fashion_dir, make
     _one_line(capsys, "corrupt")
 
 
+@pytest.mark.parametrize("suffix", [".npz", ".pth", ".safetensors"])
+@pytest.mark.parametrize("size", ["empty", "truncated"])
+def test_zero_byte_and_truncated_checkpoint_files(tmp_path, capsys, fashion_dir, suffix, size):
+    from .helpers import to_google_npz
+
+    path = tmp_path / f"w{suffix}"
+    model = tiny_vit(img_size=28, patch_size=7, in_chans=1, num_classes=10)
+    if suffix == ".npz":
+        to_google_npz(model, path)
+    elif suffix == ".pth":
+        torch.save(model.state_dict(), path)
+    else:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    data = path.read_bytes()
+    path.write_bytes(b"" if size == "empty" else data[: len(data) // 2])
+    assert main(["discover", "--model", str(path), "--data", "demo", "--out", str(tmp_path / "o")]) == 2
+    _one_line(capsys, "corrupt")
+
+
 # ------------------------------------------------------------------------------------- path records
 @pytest.fixture(scope="module")
 def run(model_dir, tmp_path_factory, fashion_dir):
