@@ -15,7 +15,7 @@ from vitprune.records import CONFIG, PATHS
 from .helpers import save_tiny_fashion_model
 
 ARGS = ["--data", "demo", "--per-class", "3", "--topk", "2", "--steps", "3", "--batch-size", "4", "--quiet", "--device", "cpu"]
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
 def _run(cmd, threads="1"):
