@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 
@@ -72,3 +74,22 @@ def test_output_dir_check(tmp_path):
     (foreign / "a.jpg").write_bytes(b"")
     with pytest.raises(UserError, match="is not a vitprune sweep; pass --force"):
         check_output_dir(foreign, "sweep.json", settings, what="sweep", force=False)
+
+
+def test_safetensors_files_get_the_permissions_of_a_new_file(tmp_path):
+    """safetensors creates its files 0600; checkpoints and importance files are shared like any output."""
+    import timm
+
+    from vitprune.importance import ImportanceSums
+    from vitprune.models import save_checkpoint
+
+    mask = os.umask(0o022)
+    try:
+        model = timm.create_model("test_vit", pretrained=False, num_classes=2)
+        weights = save_checkpoint(model, tmp_path / "ckpt", {"arch": "test_vit", "model_kwargs": {"num_classes": 2}})
+        sums = ImportanceSums((4, 4))
+        sums.save(tmp_path / "importance.safetensors", {})
+    finally:
+        os.umask(mask)
+    for path in (weights, tmp_path / "importance.safetensors"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
-from .records import atomic_write_json, read_json
+from .records import atomic_write_json, read_json, replace_atomically
 
 STATS = ("sum", "abs", "norm", "ig")  # S, |S|, S / sum_j |S_j|, |I|
 AGGREGATIONS = {"mean": "sum", "abs": "abs", "norm": "norm", "ig": "ig"}  # criterion option -> statistic
@@ -117,7 +117,7 @@ class ImportanceSums:
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         save_file(tensors, str(tmp), metadata={"vitprune": json.dumps({**meta, "widths": list(self.widths)}, sort_keys=True)})
-        os.replace(tmp, path)
+        replace_atomically(tmp, path)
 
     @classmethod
     def load(cls, path: Path) -> tuple["ImportanceSums", dict]:

@@ -279,14 +279,14 @@ def save_checkpoint(model: nn.Module, folder: Path, meta: dict[str, Any]) -> Pat
     """
     from safetensors.torch import save_file
 
-    from .records import atomic_write_json
+    from .records import atomic_write_json, replace_atomically
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tmp = folder / f".{CHECKPOINT_WEIGHTS}.tmp"
     save_file(state, str(tmp), metadata={"vitprune": json.dumps(meta, sort_keys=True)})
-    tmp.replace(folder / CHECKPOINT_WEIGHTS)
+    replace_atomically(tmp, folder / CHECKPOINT_WEIGHTS)
     atomic_write_json(folder / CHECKPOINT_CONFIG, meta)
     return folder / CHECKPOINT_WEIGHTS
 
