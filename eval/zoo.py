@@ -8,11 +8,15 @@ side by side, one torch thread each):
 
 - ``criteria``: the path criteria in every discovery variant (token scope x objective x
   aggregation) x compensation none / lsq, and every baseline x compensation none / mean / lsq,
-  at 50 / 75 / 90% FFN sparsity per block.
+  at 50 / 75 / 90% FFN sparsity per block, on the two *screening* models (demo, avgpool-p7). The
+  other models run the shortlist the screening picks (best token scope, two best aggregations, every
+  objective; by held-out selection images) at 75 / 90%: the full grid costs ~1 h per model here.
 - ``lsq``: the least-squares design (target local / output x token weighting uniform / readout)
   on the baselines and the path criterion at 75 / 90%.
-- ``calibration``: 16 / 64 / 256 calibration images per class for the leading combinations.
-- ``keep``: the --keep-topk sets (K = 1, 5, 20) of both path criteria x compensation.
+- ``calibration``: 16 / 64 / 256 calibration images per class for the leading combinations (path
+  criteria at 16 / 64 only: their discovery costs ~1.5-2 s per image on one thread here, 256 per
+  class would take over an hour per model).
+- ``keep``: the --keep-topk sets (K = 5, 20) of both path criteria x compensation.
 
 Every point is scored on the test split (reported) and on 500 held-out *training* images per
 class (never calibration images): defaults are picked on the latter, so nothing is tuned to the
@@ -37,16 +41,20 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results" / "zoo"
 MODELS = ("demo", "zoo:avgpool-p7", "zoo:cls-wide", "zoo:gap-deep")
+SCREENING = ("demo", "zoo:avgpool-p7")  # run the full discovery-variant grid; the rest run its shortlist
 BASELINES = ("activation", "magnitude", "taylor", "variance", "wanda", "random")
 SELECTION = 500  # held-out training images per class that pick the defaults
 TARGETS = (0.75, 0.9)  # the sparsities the defaults are chosen at
-CALIBRATION = (16, 64, 256)
+PER_CLASS = 16  # calibration images per class of every study but the calibration one
+CALIBRATION = (PER_CLASS, 64, 256)
+CALIBRATION_PATH = (16, 64)  # path criteria: discovery at 256 per class costs over an hour per model here
 CALIBRATION_TOLERANCE = 0.003  # a larger calibration set must buy more than 0.3 points to become the default
-KEEP_K = (1, 5, 20)
+KEEP_K = (5, 20)
 SCOPES = ("auto", "all")
 OBJECTIVES = ("prob", "logprob", "kl")
 AGGREGATIONS = ("mean", "abs", "norm", "ig")
 STAGES = ("lsq", "criteria", "keep", "calibration")
+VARIANT_FLAGS = {"token_scope": "token-scope", "objective": "objective", "aggregation": "jas-aggregation"}
 
 
 def folder(model: str) -> str:
@@ -57,6 +65,7 @@ def studies(models: tuple[str, ...], stage: str, summary: dict, lsq: dict | None
     """(output folder, evaluate arguments) of every sweep of one stage; later stages use earlier winners
     (``lsq`` pins the least-squares setting, for a run over part of the zoo)."""
     common = ["--data", "demo", "--selection-per-class", str(SELECTION), "--quiet"]
+    base = ["--per-class", str(PER_CLASS)]  # pinned: the calibration study may move the tool's default
     lsq = lsq or summary.get("lsq_default")
     lsq_args = ["--lsq-target", lsq["target"], "--lsq-weighting", lsq["weighting"]] if lsq else []
     jas = summary.get("defaults", {}).get("jas")
@@ -64,28 +73,34 @@ def studies(models: tuple[str, ...], stage: str, summary: dict, lsq: dict | None
                 "--jas-aggregations", jas["aggregation"]] if jas else []
     jobs = []
     for m in models:
-        base = RESULTS / folder(m)
+        path = RESULTS / folder(m)
         if stage == "lsq":
             for target, weighting in itertools.product(("local", "output"), ("uniform", "readout")):
-                jobs.append((base / f"lsq-{target}-{weighting}", [
-                    "--model", m, *common, "--sparsities", "0.75,0.9", "--criteria", ",".join(BASELINES[:-1]),
+                jobs.append((path / f"lsq-{target}-{weighting}", [
+                    "--model", m, *common, *base, "--sparsities", "0.75,0.9", "--criteria", ",".join(BASELINES[:-1]),
                     "--compensate", "lsq", "--lsq-target", target, "--lsq-weighting", weighting]))
         elif stage == "criteria":
-            jobs.append((base / "criteria-paths", ["--model", m, *common, *lsq_args, "--sparsities", "0.5,0.75,0.9",
+            if m in SCREENING:
+                sparsities, scopes, aggs = "0.5,0.75,0.9", SCOPES, AGGREGATIONS
+            else:
+                short = summary["shortlist"]
+                sparsities, scopes, aggs = ",".join(map(str, TARGETS)), short["token_scopes"], short["aggregations"]
+            jobs.append((path / "criteria-paths", ["--model", m, *common, *base, *lsq_args, "--sparsities", sparsities,
                                                    "--criteria", "jas,jas-freq", "--compensate", "none,lsq",
-                                                   "--token-scopes", ",".join(SCOPES), "--objectives", ",".join(OBJECTIVES),
-                                                   "--jas-aggregations", ",".join(AGGREGATIONS)]))
-            jobs.append((base / "criteria-baselines", ["--model", m, *common, *lsq_args, "--sparsities", "0.5,0.75,0.9",
+                                                   "--token-scopes", ",".join(scopes), "--objectives", ",".join(OBJECTIVES),
+                                                   "--jas-aggregations", ",".join(aggs)]))
+            jobs.append((path / "criteria-baselines", ["--model", m, *common, *base, *lsq_args, "--sparsities", sparsities,
                                                        "--criteria", ",".join(BASELINES), "--compensate", "none,mean,lsq"]))
         elif stage == "keep":
-            jobs.append((base / "keep-topk", ["--model", m, *common, *lsq_args, *jas_args, "--sparsities", "",
+            jobs.append((path / "keep-topk", ["--model", m, *common, *base, *lsq_args, *jas_args, "--sparsities", "",
                                               "--criteria", "jas,jas-freq", "--keep-topk", ",".join(map(str, KEEP_K)),
                                               "--compensate", "none,mean,lsq"]))
         elif stage == "calibration":
-            for n in CALIBRATION:
-                jobs.append((base / f"calibration-{n}", [
+            for n in CALIBRATION[1:]:  # the first size is PER_CLASS: the criteria sweeps hold those points
+                leaders = [c for c in summary["leaders"] if n in CALIBRATION_PATH or c not in ("jas", "jas-freq")]
+                jobs.append((path / f"calibration-{n}", [
                     "--model", m, *common, *lsq_args, *jas_args, "--per-class", str(n), "--sparsities", "0.75,0.9",
-                    "--criteria", ",".join(summary["leaders"]), "--compensate", "lsq"]))
+                    "--criteria", ",".join(leaders), "--compensate", "lsq"]))
     return jobs
 
 
@@ -143,11 +158,12 @@ def summarise(models: tuple[str, ...]) -> dict:
     """Everything the finished stages show; winners by the held-out selection images, never the test split."""
     out: dict = {"models": list(models), "selection_images_per_class": SELECTION, "targets": list(TARGETS)}
     out.update(_lsq_summary(models))
+    out.update(_screening_summary())
     sweeps = {m: criteria_points(m) for m in models}
     if all(sweeps.values()):
         out.update(_criteria_summary(models, sweeps))
     out.update(_keep_summary(models))
-    out.update(_calibration_summary(models))
+    out.update(_calibration_summary(models, out))
     if "calibration" in out and "defaults" in out:
         out["calibration_default"] = _calibration_default(out)
     return out
@@ -161,26 +177,63 @@ def _calibration_default(summary: dict) -> dict:
     per_model = summary["calibration"].get(f"{name} + {d['compensate']}")
     if not per_model:
         return {}
+    sizes = [n for n in CALIBRATION if all(str(n) in per_model[m][str(t)] for m in per_model for t in TARGETS)]
     means = {n: statistics.mean(per_model[m][str(t)][str(n)]["selection"] for m in per_model for t in TARGETS)
-             for n in CALIBRATION}
-    chosen = min(n for n in CALIBRATION if means[n] >= max(means.values()) - CALIBRATION_TOLERANCE)
+             for n in sizes}
+    chosen = min(n for n in sizes if means[n] >= max(means.values()) - CALIBRATION_TOLERANCE)
     return {"method": name, "compensate": d["compensate"], "zoo_mean_selection": {str(n): v for n, v in means.items()},
             "per_class": chosen, "tolerance": CALIBRATION_TOLERANCE}
 
 
-def _criteria_summary(models, sweeps) -> dict:
+def _row(per_model: dict, sel: dict, c: tuple[str, str]) -> dict:
+    return {"method": c[0], "compensate": c[1], "zoo_mean_selection": sel[c], "zoo_mean_test": zoo_mean(per_model, c, 0),
+            **{f"zoo_mean_test_{t}": zoo_mean(per_model, c, 0, (t,)) for t in TARGETS},
+            "per_model": {folder(m): {str(t): per_model[m][c][t][0] for t in TARGETS} for m in per_model}}
+
+
+def _ranked(sweeps: dict[str, list[dict]]) -> tuple[dict, dict, list[tuple[str, str]]]:
+    """(per-model combinations, zoo mean selection top-1, combinations best first) over the models' common set."""
     per_model = {m: combos(pts) for m, pts in sweeps.items()}
     common = set.intersection(*(set(c) for c in per_model.values()))
     sel = {c: zoo_mean(per_model, c, 1) for c in common}
-    ranked = sorted(common, key=lambda c: (-sel[c], c))
+    return per_model, sel, sorted(common, key=lambda c: (-sel[c], c))
+
+
+def _screening_summary() -> dict:
+    """The discovery-variant shortlist the screening models pick for the others: the token scope and the two
+    aggregations with the best mean selection top-1 over their lsq combinations (lsq is every default's compensation)."""
+    sweeps = {m: criteria_points(m) for m in SCREENING}
+    if not all(sweeps.values()):
+        return {}
+    per_model, sel, ranked = _ranked(sweeps)
+
+    def means(position: int, criteria: tuple[str, ...]) -> dict[str, float]:
+        groups: dict[str, list[float]] = {}
+        for c in ranked:
+            variant = c[0].split("[", 1)[1].rstrip("]").split(",") if "[" in c[0] else []
+            if c[1] == "lsq" and c[0].split("[")[0] in criteria and position < len(variant):
+                groups.setdefault(variant[position], []).append(sel[c])
+        return {k: statistics.mean(v) for k, v in groups.items()}
+
+    scopes, aggregations = means(0, ("jas", "jas-freq")), means(2, ("jas",))
+    return {"screening": {"models": list(SCREENING), "ranking": [_row(per_model, sel, c) for c in ranked],
+                          "scope_mean_selection": scopes, "aggregation_mean_selection": aggregations},
+            "shortlist": {"token_scopes": [max(scopes, key=scopes.get)],
+                          "aggregations": sorted(aggregations, key=lambda a: -aggregations[a])[:2]}}
+
+
+def _criteria_summary(models, sweeps) -> dict:
+    per_model, sel, ranked = _ranked(sweeps)
+    common = set(ranked)
     best = ranked[0]
-    best_jas = next(c for c in ranked if c[0].startswith("jas["))
     best_path = next(c for c in ranked if c[0].split("[")[0] in ("jas", "jas-freq"))
+    # one discovery run serves both path criteria: its token scope and objective are the best path combination's,
+    # and jas's aggregation is the best with those
+    discovery = _variant(best_path[0])
+    best_jas = next(c for c in ranked if c[0].startswith(f"jas[{discovery['token_scope']},{discovery['objective']},"))
 
     def row(c) -> dict:
-        return {"method": c[0], "compensate": c[1], "zoo_mean_selection": sel[c], "zoo_mean_test": zoo_mean(per_model, c, 0),
-                **{f"zoo_mean_test_{t}": zoo_mean(per_model, c, 0, (t,)) for t in TARGETS},
-                "per_model": {folder(m): {str(t): per_model[m][c][t][0] for t in TARGETS} for m in models}}
+        return _row(per_model, sel, c)
 
     dense = {folder(m): next(p["top1"] for p in pts if p["criterion"] == "dense") for m, pts in sweeps.items()}
     best_per_model = {folder(m): max(v[0.9][0] for v in per_model[m].values()) for m in models}
@@ -251,21 +304,32 @@ def _lsq_summary(models) -> dict:
     return {"lsq": out, "lsq_default": {"target": target, "weighting": weighting}}
 
 
-def _calibration_summary(models) -> dict:
+def _calibration_summary(models, summary: dict) -> dict:
+    """Per leading combination, model and target: top-1 per calibration size (PER_CLASS from the criteria sweeps)."""
+    if "leaders" not in summary:
+        return {}
+    jas = summary["defaults"]["jas"]
+
+    def leading(p: dict) -> bool:
+        if p["criterion"] not in summary["leaders"] or p["compensate"] != "lsq" or p["target"] not in TARGETS:
+            return False
+        return p["criterion"] not in ("jas", "jas-freq") or (
+            p["token_scope"] == jas["token_scope"] and p["objective"] == jas["objective"]
+            and p["aggregation"] == (jas.get("aggregation") if p["criterion"] == "jas" else None))
+
     out: dict = {}
     for n in CALIBRATION:
         for m in models:
-            path = RESULTS / folder(m) / f"calibration-{n}"
-            for p in load_points(path):
-                if p["criterion"] != "dense":
-                    out.setdefault(f"{method(p)} + {p['compensate']}", {}).setdefault(folder(m), {}).setdefault(
-                        str(p["target"]), {})[str(n)] = {"test": p["top1"], "selection": p["top1_selection"]}
+            points = criteria_points(m) if n == PER_CLASS else load_points(RESULTS / folder(m) / f"calibration-{n}")
+            for p in filter(leading, points):
+                out.setdefault(f"{method(p)} + {p['compensate']}", {}).setdefault(folder(m), {}).setdefault(
+                    str(p["target"]), {})[str(n)] = {"test": p["top1"], "selection": p["top1_selection"]}
     if not out:
         return {}
     cost = {}
     for m in models:
         for n in CALIBRATION:
-            path = RESULTS / folder(m) / f"calibration-{n}" / "cost.json"
+            path = RESULTS / folder(m) / f"cost-{n}.json"
             if path.is_file():
                 cost.setdefault(folder(m), {})[str(n)] = json.loads(path.read_text())
     return {"calibration": out, "calibration_cost": cost}
@@ -295,6 +359,13 @@ def render(summary: dict) -> str:
                       f"{summary['lsq_default']['weighting']}`.", ""]
     if "ranking" in summary:
         d = summary["defaults"]["sparsity"]
+        if "shortlist" in summary:
+            sl, sc = summary["shortlist"], summary["screening"]
+            lines += ["## Screening of the discovery variants", "",
+                      f"{' and '.join(sc['models'])} ran every token scope x objective x aggregation "
+                      f"({len(sc['ranking'])} combinations, `criteria.md`). By mean selection top-1 of their lsq combinations "
+                      f"the other models run token scope **{', '.join(sl['token_scopes'])}** and aggregations "
+                      f"**{', '.join(sl['aggregations'])}** with every objective.", ""]
         lines += ["## Criterion x compensation at 75 / 90% FFN sparsity", "",
                   "Dense: " + ", ".join(f"{n} {pct(summary['dense'][n])}" for n in names) + ".", "",
                   f"| # | method | compensation | {' | '.join(f'{n} 75 / 90' for n in names)} | zoo mean test | zoo mean selection |",
@@ -313,7 +384,8 @@ def render(summary: dict) -> str:
                          f"{pct(r['zoo_mean_test'])} | {pct(r['zoo_mean_selection'])} |")
         lines += ["", f"All {len(summary['ranking'])} combinations: `criteria.md`. Default for `compress --sparsity`: "
                       f"**{d['criterion']}** with **{d['compensate']}**"
-                      + (f" ({d['variant']})" if "variant" in d else "") + ".", "",
+                      + (" (discovery: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in d["variant"].items()) + ")"
+                         if "variant" in d else "") + ".", "",
                   "| model | default at 90% | best at 90% | gap to best | loss from dense |", "|---|---|---|---|---|"]
         for n, v in summary["default_at_90"].items():
             lines.append(f"| {n} | {pct(v['top1'])} | {pct(v['best'])} | {pct(v['gap_to_best'])} | {pct(v['loss_from_dense'])} |")
@@ -343,8 +415,15 @@ def render(summary: dict) -> str:
                     got = [by_target.get(str(t), {}).get(str(c)) for t in TARGETS]
                     cells.append(" / ".join(pct(g["test"]) if g else "-" for g in got))
                 lines.append(f"| {key} | {n} | " + " | ".join(cells) + " |")
+        cd = summary.get("calibration_default")
+        if cd:
+            lines += ["", f"Default `--per-class`: **{cd['per_class']}**, the fewest images per class within "
+                          f"{100 * cd['tolerance']:.1f} points of the best zoo mean selection top-1 of {cd['method']} + "
+                          f"{cd['compensate']} (" + ", ".join(f"{n}/class {pct(v)}" for n, v in cd["zoo_mean_selection"].items())
+                      + ")."]
         if summary.get("calibration_cost"):
-            lines += ["", "Cost of `vitprune compress` with the defaults at 90% (seconds on this machine, 1 thread):", "",
+            lines += ["", "Cost of `vitprune compress` with the --sparsity default at 90% (seconds on this machine, 1 thread, "
+                          "while the other studies ran beside it):", "",
                       "| model | " + " | ".join(f"{n}/class" for n in CALIBRATION) + " |", "|---|" + "---|" * len(CALIBRATION)]
             for n, by_n in summary["calibration_cost"].items():
                 lines.append(f"| {n} | " + " | ".join(f"{by_n[str(c)]['total_s']:.0f}" if str(c) in by_n else "-" for c in CALIBRATION) + " |")
@@ -353,14 +432,30 @@ def render(summary: dict) -> str:
 
 
 def render_all(summary: dict) -> str:
-    names = [folder(m) for m in summary["models"]]
     lines = ["# Every criterion x compensation of the zoo (`eval/zoo.py`)", "",
-             f"| # | method | compensation | {' | '.join(f'{n} 75 / 90' for n in names)} | zoo mean test | zoo mean selection |",
+             "Top-1 (%) at 75 / 90% FFN sparsity per block, test split; ranked by the mean over the models of top-1 on "
+             "held-out training images (selection).", "", "## The whole zoo (shortlisted discovery variants)", ""]
+    lines += _ranking_table(summary["ranking"], [folder(m) for m in summary["models"]])
+    if "screening" in summary:
+        sc = summary["screening"]
+        lines += ["", f"## Screening: every discovery variant on {', '.join(sc['models'])}", "",
+                  "Mean selection top-1 of the lsq path combinations by token scope: "
+                  + ", ".join(f"{k} {pct(v)}" for k, v in sorted(sc["scope_mean_selection"].items(), key=lambda kv: -kv[1]))
+                  + "; by aggregation (jas): "
+                  + ", ".join(f"{k} {pct(v)}" for k, v in sorted(sc["aggregation_mean_selection"].items(), key=lambda kv: -kv[1]))
+                  + f". Shortlist for the other models: scope {', '.join(summary['shortlist']['token_scopes'])}, aggregations "
+                  f"{', '.join(summary['shortlist']['aggregations'])}, every objective.", ""]
+        lines += _ranking_table(sc["ranking"], [folder(m) for m in sc["models"]])
+    return "\n".join(lines) + "\n"
+
+
+def _ranking_table(ranking: list[dict], names: list[str]) -> list[str]:
+    lines = [f"| # | method | compensation | {' | '.join(f'{n} 75 / 90' for n in names)} | zoo mean test | zoo mean selection |",
              "|---|---|---|" + "---|" * (len(names) + 2)]
-    for i, r in enumerate(summary["ranking"], 1):
+    for i, r in enumerate(ranking, 1):
         cells = " | ".join(f"{pct(r['per_model'][n]['0.75'])} / {pct(r['per_model'][n]['0.9'])}" for n in names)
         lines.append(f"| {i} | {r['method']} | {r['compensate']} | {cells} | {pct(r['zoo_mean_test'])} | {pct(r['zoo_mean_selection'])} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def plot(summary: dict, models: tuple[str, ...], path: Path) -> None:
@@ -374,10 +469,12 @@ def plot(summary: dict, models: tuple[str, ...], path: Path) -> None:
     for r in summary["ranking"]:
         crit = r["method"].split("[")[0]
         best.setdefault(crit, (r["method"], r["compensate"]))
-    fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 4.4), sharey=False)
+    fig, axes = plt.subplots(1, len(models), figsize=(4.6 * len(models), 4.4), squeeze=False)
+    axes = axes[0]
     cmap = plt.get_cmap("tab10")
     for ax, m in zip(axes, models):
-        allc = combos(criteria_points(m), targets=(0.5, 0.75, 0.9))
+        pts = criteria_points(m)
+        allc = combos(pts, targets=tuple(sorted({p["target"] for p in pts if p["target"]})))  # 50% on the screening models only
         for i, (crit, combo) in enumerate(sorted(best.items())):
             if combo in allc:
                 xs = sorted(allc[combo])
@@ -385,6 +482,7 @@ def plot(summary: dict, models: tuple[str, ...], path: Path) -> None:
                         lw=2.5 if crit in ("jas", "jas-freq") else 1.2, label=f"{combo[0]} + {combo[1]}")
         ax.axhline(100 * summary["dense"][folder(m)], color="black", ls=":", lw=1, label="dense")
         ax.set_title(m)
+        ax.set_xlim(0.47, 0.93)
         ax.set_xlabel("FFN sparsity per block")
     axes[0].set_ylabel("one-shot top-1 (%), test split")
     axes[-1].legend(fontsize=6.5, loc="lower left")
@@ -424,16 +522,19 @@ def main() -> None:
 
 
 def calibration_cost(models: tuple[str, ...], summary: dict) -> None:
-    """Wall time of `vitprune compress` with the defaults at 90% per calibration size (1 thread, no export)."""
+    """Wall time of `vitprune compress` with the --sparsity default at 90% per calibration size on the demo
+    (1 thread, no export; path criteria at CALIBRATION_PATH sizes only)."""
     d = summary["defaults"]["sparsity"]
-    for m in models:
-        for n in CALIBRATION:
-            target = RESULTS / folder(m) / f"calibration-{n}" / "cost.json"
+    for m in models[:1]:
+        for n in CALIBRATION_PATH if d["criterion"] in ("jas", "jas-freq") else CALIBRATION:
+            target = RESULTS / folder(m) / f"cost-{n}.json"
             if target.is_file():
                 continue
             with tempfile.TemporaryDirectory() as tmp:
                 args = ["compress", "--model", m, "--data", "demo", "--sparsity", "0.9", "--per-class", str(n),
                         "--criterion", d["criterion"], "--compensate", d["compensate"], "--no-export", "--quiet",
+                        *(a for k, v in d.get("variant", {}).items() for a in (f"--{VARIANT_FLAGS[k]}", v)),
+                        "--lsq-target", summary["lsq_default"]["target"], "--lsq-weighting", summary["lsq_default"]["weighting"],
                         "--eval-per-class", "100", "--out", str(Path(tmp) / "c")]
                 _, rc = run_cli(args)
                 report = json.loads((Path(tmp) / "c" / "report.json").read_text()) if rc == 0 else None

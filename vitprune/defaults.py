@@ -8,10 +8,12 @@ recorded in ``eval/results/zoo/summary.json``.
 """
 from __future__ import annotations
 
-# discovery settings of the path criteria (jas, jas-freq) when compress / evaluate do not name them
-JAS_DEFAULT = {"token_scope": "auto", "objective": "prob", "aggregation": "mean"}
+# discovery settings of the path criteria when compress / evaluate do not name them: one discovery run
+# serves jas and jas-freq, so scope and objective are the best path combination's (jas-freq[all,prob] + lsq)
+# and the aggregation is jas's best with them
+JAS_DEFAULT = {"token_scope": "all", "objective": "prob", "aggregation": "ig"}
 # compress --sparsity S
-SPARSITY_DEFAULT = {"criterion": "taylor", "compensate": "lsq"}
+SPARSITY_DEFAULT = {"criterion": "jas-freq", "compensate": "lsq"}
 # compress --keep-topk K
 KEEP_DEFAULT = {"criterion": "jas-freq", "compensate": "lsq"}
 # compress / evaluate --compensate lsq: what the fit reproduces and how tokens weigh
