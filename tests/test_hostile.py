@@ -220,9 +220,15 @@ def test_importance_of_another_model(run, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------ SIGINT and kill -9
+def _interruptible() -> None:
+    """SIGINT back to its default in the child: a shell without job control starts background jobs (say
+    `make test &`) with SIGINT ignored, and Python keeps an inherited SIG_IGN (as vitprune should)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(args, out):
     return subprocess.Popen([sys.executable, "-m", "vitprune", *args, "--out", str(out)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_interruptible)
 
 
 def _wait_for(folder, pattern, proc, seconds=120):
@@ -272,7 +278,7 @@ def test_sigint_during_onnx_export_leaves_no_file(tmp_path, fashion_dir, model_d
                  "magnitude", "--compensate", "none", "--eval-per-class", "2", "--no-export", "--quiet", "--out", str(ckpt)]) == 0
     target = tmp_path / "m.onnx"
     proc = subprocess.Popen([sys.executable, "-m", "vitprune", "export", str(ckpt), "--out", str(target)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_interruptible)
     _wait_for(tmp_path, ".m.onnx.tmp-*", proc)  # the exporter is writing beside the target
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
