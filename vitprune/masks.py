@@ -82,23 +82,27 @@ def from_scores(
     """
     if not 0.0 <= sparsity < 1.0:
         raise UserError(f"--sparsity must be in [0, 1) (got {sparsity})")
+    _check_allocation(scope, min_keep, round_to)
+    widths = [int(s.numel()) for s in scores]
+    if scope == "per-block":
+        counts = [_rounded(w * (1.0 - sparsity), w, min_keep, round_to) for w in widths]
+    else:
+        counts = _global_counts(scores, [1.0] * len(widths), round(sum(widths) * (1.0 - sparsity)), scope, min_keep, round_to)
+    return _top_units(scores, counts, criterion)
+
+
+def _check_allocation(scope: str, min_keep: int, round_to: int) -> None:
     if min_keep < 1:
         raise UserError(f"--min-keep must be >= 1 (got {min_keep})")
     if round_to < 1:
         raise UserError(f"--round-to must be >= 1 (got {round_to})")
     check_choice("--scope", scope, SCOPES)
-    widths = [int(s.numel()) for s in scores]
 
-    def top(s: torch.Tensor, n: int) -> list[int]:
-        order = torch.sort(s.double(), descending=True, stable=True).indices[:n]
-        return sorted(order.tolist())
 
-    if scope == "per-block":
-        counts = [_rounded(w * (1.0 - sparsity), w, min_keep, round_to) for w in widths]
-        return NeuronMask(tuple(widths), tuple(tuple(top(s, n)) for s, n in zip(scores, counts)), criterion)
-    cost = [1.0] * len(widths)
-    counts = _global_counts(scores, cost, round(sum(widths) * (1.0 - sparsity)), scope, min_keep, round_to)
-    return NeuronMask(tuple(widths), tuple(tuple(top(s, n)) for s, n in zip(scores, counts)), criterion)
+def _top_units(scores: list[torch.Tensor], counts: list[int], criterion: str) -> NeuronMask:
+    """Each block's ``counts[b]`` highest-scoring units (ties keep the lower index), in index order."""
+    top = [sorted(torch.sort(s.double(), descending=True, stable=True).indices[:n].tolist()) for s, n in zip(scores, counts)]
+    return NeuronMask(tuple(int(s.numel()) for s in scores), tuple(tuple(t) for t in top), criterion)
 
 
 def _global_counts(scores: list[torch.Tensor], cost: list[float], budget: float, scope: str, min_keep: int, round_to: int
@@ -138,9 +142,7 @@ def from_macs(
 
     per-block: the same kept fraction in every block; global / global-raw: one ranking by score per MAC.
     """
-    if min_keep < 1:
-        raise UserError(f"--min-keep must be >= 1 (got {min_keep})")
-    check_choice("--scope", scope, SCOPES)
+    _check_allocation(scope, min_keep, round_to)
     widths = [int(s.numel()) for s in scores]
     floor = sum(c * min(min_keep, w) for c, w in zip(unit_macs, widths))
     if budget < floor:
@@ -150,8 +152,7 @@ def from_macs(
         counts = [_rounded(w * frac, w, min_keep, round_to) for w in widths]
     else:
         counts = _global_counts(scores, list(unit_macs), budget, scope, min_keep, round_to)
-    top = [sorted(torch.sort(s.double(), descending=True, stable=True).indices[:n].tolist()) for s, n in zip(scores, counts)]
-    return NeuronMask(tuple(widths), tuple(tuple(t) for t in top), criterion)
+    return _top_units(scores, counts, criterion)
 
 
 def mask_for_macs(model, scores: list[torch.Tensor], target: float, **kw) -> NeuronMask:
