@@ -285,3 +285,31 @@ def test_sigint_during_onnx_export_leaves_no_file(tmp_path, fashion_dir, model_d
     assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err and err.count("\n") == 1
     assert not target.exists() and not list(tmp_path.glob(".m.onnx.tmp-*"))
     assert main(["export", str(ckpt), "--out", str(target)]) == 0 and target.is_file()
+
+
+def test_a_library_error_caused_by_ctrl_c_is_an_interrupt(model_dir, tmp_path, capsys, monkeypatch):
+    """Ctrl-C inside a library import becomes that library's own error (onnxruntime: ImportError
+    "initialization failed" raised from the KeyboardInterrupt); it is still one line and exit 130."""
+    import vitprune.cli as cli
+
+    def interrupted_import(*_, **__):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            raise ImportError("initialization failed") from exc
+
+    monkeypatch.setattr(cli, "_export", interrupted_import)
+    assert main(["export", model_dir, "--out", str(tmp_path / "m.onnx")]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "interrupted" in err
+
+
+def test_a_library_error_not_caused_by_ctrl_c_still_raises(model_dir, tmp_path, monkeypatch):
+    import vitprune.cli as cli
+
+    def broken(*_, **__):
+        raise ImportError("initialization failed")
+
+    monkeypatch.setattr(cli, "_export", broken)
+    with pytest.raises(ImportError):
+        main(["export", model_dir, "--out", str(tmp_path / "m.onnx")])

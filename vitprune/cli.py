@@ -405,11 +405,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vitprune: export failed: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        again = {"discover": "rerun the same command with --resume to continue",
-                 "compress": "rerun the same command to continue (finished steps are reused)",
-                 "evaluate": "rerun the same command to continue (finished points are kept)"}
-        print(f"vitprune: interrupted; {again.get(args.command, 'nothing was written; rerun the same command')}", file=sys.stderr)
-        return 130
+        return _interrupted(args.command)
+    except Exception as exc:
+        if not _caused_by_interrupt(exc):
+            raise
+        return _interrupted(args.command)
+
+
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    """Whether a KeyboardInterrupt lies behind ``exc``: a library interrupted mid-way may turn Ctrl-C into its
+    own error (onnxruntime's import raises ImportError "initialization failed" from it)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _interrupted(command: str) -> int:
+    again = {"discover": "rerun the same command with --resume to continue",
+             "compress": "rerun the same command to continue (finished steps are reused)",
+             "evaluate": "rerun the same command to continue (finished points are kept)"}
+    print(f"vitprune: interrupted; {again.get(command, 'nothing was written; rerun the same command')}", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":
