@@ -1,35 +1,45 @@
-"""Discovery benchmark: images/s, peak memory, passes per image against the minimum m*(L+2).
+"""Discovery benchmark: vitprune against the reference's organisation of the work, images/s, peak memory.
 
     .venv/bin/python eval/bench_discovery.py            # writes eval/results/discovery_benchmark.{json,md}
-    .venv/bin/python eval/bench_discovery.py --configs demo demo-bf16   # re-runs these, keeps the others
+    .venv/bin/python eval/bench_discovery.py --configs ref-demo demo   # re-runs these, keeps the others
+
+Comparisons (one thread, the same images, timed in alternating rounds in one process):
+  ref-demo      the bundled demo ViT (6 blocks), 20 Fashion-MNIST calibration images
+  ref-vit_b32   random-init vit_base_patch32_224 (12 blocks, 50 tokens), one random image
+Each pits vitprune (CLS scope, K = 1: the reference's own setting) against eval/reference_jas.py,
+the reference code's passes (a clean read per greedy step, one autograd.grad per clamped layer).
 
 Configurations (each in its own process, so peak memory is per configuration):
   demo        the bundled demo ViT (6 blocks), real Fashion-MNIST calibration images
-  demo-ref    the same with reference-style backward: one autograd.grad per clamped layer
   vit_base    random-init vit_base_patch16_224 (12 blocks, 197 tokens), 224x224 inputs
   *-PREC      the same at another --precision
 
-The FLOP minimum per image is 2 * MACs * (1 + m(L+2)) for the clean and scaled forwards plus
-2 * MACs * m(L+2) for the backwards (input gradients only: no weight gradients are needed), with
-MACs of one forward counted by torch-pruning. It is set against the GEMM throughput measured in
-the same process at the same precision (a 2048^3 matmul), the most this machine can sustain.
+The FLOP count of the schedule per image is 2 * MACs/L per block-row forward (a block-row is one
+row through one block: the greedy steps start from the kept prefix, so they run fewer blocks) plus
+2 * MACs per scaled row backward (input gradients only: no weight gradients are needed), with MACs
+of one forward counted by torch-pruning. It is set against the GEMM throughput measured in the
+same process at the same precision (a 2048^3 matmul), the most this machine can sustain.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-DEMO = dict(model="demo", images=64, batch=16, steps=20, topk=5, reference_backward=False, precision="fp32")
-BASE = dict(model="random:vit_base_patch16_224", images=2, batch=2, steps=20, topk=5, reference_backward=False, precision="fp32")
+DEMO = dict(model="demo", images=64, batch=16, steps=20, topk=5, precision="fp32")
+BASE = dict(model="random:vit_base_patch16_224", images=2, batch=2, steps=20, topk=5, precision="fp32")
+COMPARISONS = {
+    "ref-demo": dict(model="demo", images=20, rounds=5, steps=20, topk=1, threads=1),
+    "ref-vit_b32": dict(model="random:vit_base_patch32_224", images=1, rounds=3, steps=20, topk=1, threads=1),
+}
 CONFIGS = {
     "demo": DEMO,
-    "demo-ref": {**DEMO, "reference_backward": True},
     "demo-bf16": {**DEMO, "precision": "bf16"},
     "demo-fp16": {**DEMO, "precision": "fp16", "images": 32},  # CPU fp16 is ~10x slower than fp32 here
     "vit_base": BASE,
@@ -38,7 +48,7 @@ CONFIGS = {
     # opt-in (not in the default run): CPU fp16 ViT-B/16 runs for hours here (no fp16 GEMM on this CPU)
     "vit_base-fp16": {**BASE, "precision": "fp16", "images": 1, "batch": 1, "steps": 2},
 }
-DEFAULT_CONFIGS = [name for name in CONFIGS if name != "vit_base-fp16"]
+DEFAULT_CONFIGS = [*COMPARISONS, *(name for name in CONFIGS if name != "vit_base-fp16")]
 COST_MODELS = ("vit_base_patch16_224", "vit_base_patch32_224", "vit_large_patch32_224", "vit_large_patch16_224")
 GEMM_DTYPES = {"fp32": "float32", "tf32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
@@ -66,19 +76,8 @@ def run_one(name: str) -> dict:
         batches = [(torch.randn(cfg["batch"], 3, *size), torch.arange(cfg["batch"]))
                    for _ in range(cfg["images"] // cfg["batch"])]
 
-    class ReferenceBackward(PathFinder):
-        """One autograd.grad call per clamped layer, as the reference code does."""
-
-        def _grad(self, output, inputs, rows):
-            grads = []
-            for i, z in enumerate(inputs):
-                grads.append(torch.autograd.grad(output, z, retain_graph=i < len(inputs) - 1)[0])
-                self.stats.add("backward", rows)
-            return tuple(grads)
-
-    finder_cls = ReferenceBackward if cfg["reference_backward"] else PathFinder
-    finder = finder_cls(model, DiscoveryConfig(topk=cfg["topk"], steps=cfg["steps"], precision=cfg["precision"]))
-    warm = finder_cls(model, DiscoveryConfig(topk=cfg["topk"], steps=1, precision=cfg["precision"]))
+    finder = PathFinder(model, DiscoveryConfig(topk=cfg["topk"], steps=cfg["steps"], precision=cfg["precision"]))
+    warm = PathFinder(model, DiscoveryConfig(topk=cfg["topk"], steps=1, precision=cfg["precision"]))
     warm.find(*[t[:1] for t in batches[0]])  # warm-up (allocator, kernels); not counted
     finder.memory = finder.measure_memory(*[t[:1] for t in batches[0]])  # the first batch's probe, not timed
     finder.stats = type(finder.stats)()
@@ -92,24 +91,35 @@ def run_one(name: str) -> dict:
     L, m, n = finder.adapter.depth, cfg["steps"], len(records)
     s = finder.stats
     macs, _ = count_macs_params(model)
-    min_flop = 2 * macs * (1 + m * (L + 2)) + 2 * macs * m * (L + 2)
+    min_flop = 2 * macs * (s.block_rows / L + s.backward_rows) / n
     gemm = gemm_flops(getattr(torch, GEMM_DTYPES[cfg["precision"]]), tf32=cfg["precision"] == "tf32")
     return {
         "macs_per_forward": macs, "min_flop_per_image": min_flop, "achieved_flops": min_flop * n / seconds,
         "gemm_flops": gemm, "min_seconds_per_image": min_flop / gemm,
         "config": name, **cfg, "depth": L, "tokens": int(model.patch_embed.num_patches + model.num_prefix_tokens),
         "seconds": seconds, "images_per_s": n / seconds, "seconds_per_image": seconds / n,
-        "forward_rows_per_image": s.forward_rows / n, "backward_calls_per_batch": s.backward_calls / len(batches),
+        "forward_rows_per_image": s.forward_rows / n, "block_rows_per_image": s.block_rows / n,
+        "backward_calls_per_batch": s.backward_calls / len(batches),
         "backward_rows_per_image": s.backward_rows / n,
-        "minimum_rows_per_image": m * (L + 2),
+        "schedule_block_rows_per_image": schedule(L, m)["block_rows"],
         "rss_before_mb": rss0, "peak_rss_mb": peak, "peak_minus_model_mb": peak - rss0,
         "paths": [r["path"] for r in records],
         "scores": [r["score"] for r in records],
     }
 
 
+def schedule(L: int, m: int) -> dict:
+    """Work per image of vitprune's schedule and of the reference's, in block-rows (one row through one
+    block) forward and in backward calls and block-rows (a backward from the output to block l runs L - l blocks)."""
+    ours_fwd = L + m * (L + sum(L - t + 1 for t in range(1, L)) + 1 + L)  # clean; step 0; steps from the kept prefix; path; baseline
+    ref_fwd = L * L + m * (L + 2) * L  # a clean read per greedy step; every scaled forward from the images
+    ref_bwd = m * (sum((L - l) for t in range(L) for l in range(t + 1)) + 2 * sum(L - l for l in range(L)))
+    return {"block_rows": ours_fwd, "backward_calls": L + 2, "backward_block_rows": m * (L + 2) * L,
+            "ref_block_rows": ref_fwd, "ref_backward_calls": L * (L + 1) // 2 + 2 * L, "ref_backward_block_rows": ref_bwd}
+
+
 def cost_model(name: str, steps: int = 20) -> dict:
-    """FLOP-count minimum per image of a timm ViT (random init, nothing timed)."""
+    """FLOP count per image of vitprune's schedule on a timm ViT (random init, nothing timed)."""
     import torch
 
     import vitprune
@@ -120,9 +130,70 @@ def cost_model(name: str, steps: int = 20) -> dict:
     macs, params = count_macs_params(model)
     L = len(model.blocks)
     tokens = int(model.patch_embed.num_patches + model.num_prefix_tokens)
-    min_flop = 2 * macs * (1 + steps * (L + 2)) + 2 * macs * steps * (L + 2)
+    work = schedule(L, steps)
+    min_flop = 2 * macs * (work["block_rows"] / L + steps * (L + 2))
     return {"model": name, "depth": L, "tokens": tokens, "params": params, "macs_per_forward": macs, "steps": steps,
-            "rows_per_image": 1 + steps * (L + 2), "min_flop_per_image": min_flop}
+            "block_rows_per_image": work["block_rows"], "backward_rows_per_image": steps * (L + 2), "min_flop_per_image": min_flop}
+
+
+def run_comparison(name: str) -> dict:
+    """vitprune against the reference's organisation of the work: same model, images, threads; rounds
+    alternate which goes first, so slow drifts of the machine hit both alike."""
+    import torch
+
+    import vitprune
+    from vitprune.adapter import ViTAdapter
+    from vitprune.attribution import DiscoveryConfig, PathFinder
+    from vitprune.data import iterate_batches, load_data, model_transform, select_per_class
+
+    from reference_jas import ReferenceJAS
+
+    cfg = COMPARISONS[name]
+    torch.set_num_threads(cfg["threads"])
+    torch.manual_seed(0)
+    model = vitprune.load_model(cfg["model"])
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if cfg["model"] == "demo":
+        ds = select_per_class(load_data("demo").calibration, cfg["images"] // 10, None, num_classes=10)
+        x, y = next((x, y) for _, x, y in iterate_batches(ds, model_transform(model), cfg["images"]))
+    else:
+        x = torch.randn(cfg["images"], 3, *model.patch_embed.img_size)
+        y = torch.arange(cfg["images"]) % model.num_classes
+    ours = PathFinder(model, DiscoveryConfig(topk=cfg["topk"], steps=cfg["steps"], token_scope="cls"))
+    reference = ReferenceJAS(model, cfg["topk"], cfg["steps"], ViTAdapter(model).token_slice("cls"))
+
+    def run_ours():
+        return ours.find(x, y)  # the whole set as one batch; rows per pass from the memory probe
+
+    def run_reference():
+        return [r for i in range(len(x)) for r in reference.find(x[i : i + 1], y[i : i + 1])]  # B = 1, as the top-K code
+
+    ours.find(x[:1], y[:1])  # warm-up and the memory probe, not timed
+    reference.find(x[:1], y[:1])
+    ours.stats = type(ours.stats)()
+    times: dict[str, list[float]] = {"ours": [], "reference": []}
+    for r in range(cfg["rounds"]):
+        order = [("ours", run_ours), ("reference", run_reference)]
+        for key, fn in order if r % 2 == 0 else order[::-1]:
+            t0 = time.perf_counter()
+            found = fn()
+            times[key].append((time.perf_counter() - t0) / len(x))
+            if key == "ours":
+                mine = found
+            else:
+                theirs = found
+    L, m = len(model.blocks), cfg["steps"]
+    rel = [abs(a[k] - b[k]) / max(abs(b[k]), 1e-30) for a, b in zip(mine, theirs) for k in ("score", "base_score")]
+    ratios = [b / a for a, b in zip(times["ours"], times["reference"])]
+    return {
+        "comparison": name, **cfg, "depth": L, "tokens": int(model.patch_embed.num_patches + model.num_prefix_tokens),
+        "threads": torch.get_num_threads(), "seconds_per_image": times, "ratios": ratios,
+        "ratio_median": statistics.median(ratios), "paths_identical": sum(a["path"] == b["path"] and a["base_path"] == b["base_path"]
+                                                                            for a, b in zip(mine, theirs)),
+        "max_relative_score_difference": max(rel), "block_rows_per_image": ours.stats.block_rows / (len(x) * cfg["rounds"]),
+        "backward_calls_per_batch": ours.stats.backward_calls / cfg["rounds"], **schedule(L, m),
+    }
 
 
 def gemm_flops(dtype, tf32: bool = False, n: int = 2048, seconds: float = 2.0) -> float:
@@ -138,34 +209,74 @@ def gemm_flops(dtype, tf32: bool = False, n: int = 2048, seconds: float = 2.0) -
     return 2 * n**3 * reps / (time.perf_counter() - t0)
 
 
-def render(results: list[dict], machine: dict, costs: list[dict] | None = None) -> str:
+def render(results: list[dict], machine: dict, costs: list[dict] | None = None, comparisons: list[dict] | None = None) -> str:
     lines = [
         "# Discovery benchmark",
         "",
         "Command: `.venv/bin/python eval/bench_discovery.py` (each configuration in its own process).",
         f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gb']} GB, no GPU; "
-        f"torch {machine['torch']} with {machine['torch_threads']} threads.",
+        f"torch {machine['torch']}.",
+    ]
+    if comparisons:
+        lines += [
+            "",
+            "## Against the reference's organisation of the work",
+            "",
+            "The reference's setting (CLS scope, K = 1, m = 20, softmax probability of the true label), the same "
+            "images and one thread for both, in one process; rounds alternate which runs first. `reference` is "
+            "`eval/reference_jas.py`: the passes of the reference code (a clean read per greedy step, every scaled "
+            "forward from the images, one `autograd.grad` per clamped layer), one image per call as its top-K code. "
+            "vitprune keeps the residual stream entering block t with its graph from greedy step t on (steps and the "
+            "path score run only the later blocks), has one backward per pass, and runs the last block's MLP on the "
+            "tokens the head reads only.",
+            "",
+            "| model | L | tokens | images | rounds | reference s/image | vitprune s/image | speed-up, median [min, max] "
+            "| paths identical | max relative score difference | block-rows forward / image, vitprune vs reference "
+            "| backward calls / image, vitprune vs reference |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for c in comparisons:
+            ref, ours = c["seconds_per_image"]["reference"], c["seconds_per_image"]["ours"]
+            lines.append(
+                f"| {c['model']} | {c['depth']} | {c['tokens']} | {c['images']} | {c['rounds']} | {statistics.median(ref):.3g} | "
+                f"{statistics.median(ours):.3g} | **{c['ratio_median']:.2f}×** [{min(c['ratios']):.2f}, {max(c['ratios']):.2f}] | "
+                f"{c['paths_identical']}/{c['images']} | {c['max_relative_score_difference']:.1e} | "
+                f"{c['block_rows_per_image']:.0f} vs {c['ref_block_rows']} | {c['backward_calls']} vs {c['ref_backward_calls'] * c['steps'] // c['steps']} |"
+            )
+        lines += ["", "Per round (s/image, reference / vitprune): " + "; ".join(
+            f"{c['model']}: " + ", ".join(f"{r:.3g}/{o:.3g}" for r, o in zip(c["seconds_per_image"]["reference"], c["seconds_per_image"]["ours"]))
+            for c in comparisons) + ".",
+            "",
+            "Backward work per image in block-rows (a backward from the output to block l runs L − l blocks): "
+            + "; ".join(f"{c['model']} {c['backward_block_rows']} (vitprune, each of its L + 2 backwards counted at full depth) vs "
+                        f"{c['ref_backward_block_rows']} (reference)" for c in comparisons) + "."]
+    if not results:
+        return "\n".join(lines) + "\n"
+    lines += [
         "",
-        "Per image, the minimum is one forward and one backward over m·(L+2) scaled rows "
-        "(L greedy layers + the path score + the activation-baseline score), plus one clean forward.",
+        "## Throughput, memory and the FLOP count of the schedule",
         "",
-        "| config | precision | L | tokens | m | batch | images | images/s | s/image | forward rows/image | backward calls/batch "
-        "| minimum m(L+2) | peak RSS (MB) | peak − after model load (MB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"torch threads: {machine['torch_threads']}. Per image vitprune runs one clean forward, then greedy step 0 "
+        "and the activation baseline's score through all L blocks and the other greedy steps and the path score from "
+        "the kept prefix (block-rows below), each pass with one backward.",
+        "",
+        "| config | precision | L | tokens | m | batch | images | images/s | s/image | block-rows / image | backward calls/batch "
+        "| peak RSS (MB) | peak − after model load (MB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
             f"| {r['config']} | {r['precision']} | {r['depth']} | {r['tokens']} | {r['steps']} | {r['batch']} | {r['images']} | "
-            f"{r['images_per_s']:.3g} | {r['seconds_per_image']:.3g} | {r['forward_rows_per_image']:.1f} | "
-            f"{r['backward_calls_per_batch']:.0f} | {r['minimum_rows_per_image']} | {r['peak_rss_mb']:.0f} | {r['peak_minus_model_mb']:.0f} |"
+            f"{r['images_per_s']:.3g} | {r['seconds_per_image']:.3g} | {r['block_rows_per_image']:.0f} | "
+            f"{r['backward_calls_per_batch']:.0f} | {r['peak_rss_mb']:.0f} | {r['peak_minus_model_mb']:.0f} |"
         )
     lines += [
         "",
-        "Cost per image against the FLOP-count minimum: 2·MACs·(1 + m(L+2)) forward + 2·MACs·m(L+2) backward "
-        "(input gradients only), MACs of one forward from torch-pruning; the floor is that count at the GEMM "
-        "throughput measured in the same process at the same precision (2048³ matmul).",
+        "Cost per image against the FLOP count of the schedule: 2·MACs/L per block-row forward + 2·MACs per scaled "
+        "row backward (input gradients only), MACs of one forward from torch-pruning; the floor is that count at the "
+        "GEMM throughput measured in the same process at the same precision (2048³ matmul).",
         "",
-        "| config | precision | GMAC/forward | minimum TFLOP/image | GEMM GFLOP/s | floor s/image | measured s/image "
+        "| config | precision | GMAC/forward | TFLOP/image | GEMM GFLOP/s | floor s/image | measured s/image "
         "| measured / floor | achieved GFLOP/s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -183,31 +294,17 @@ def render(results: list[dict], machine: dict, costs: list[dict] | None = None) 
     by = {r["config"]: r for r in results}
     if costs:
         base = by.get("vit_base")
-        lines += ["", "FLOP-count minimum per image for the models users run (m = 20, top-K does not change it), "
+        lines += ["", "FLOP count per image of the schedule for the models users run (m = 20, top-K does not change it), "
                   "MACs counted on random-init timm models. The last columns are arithmetic, not measurements: the time "
                   "at this CPU's measured ViT-B/16 fp32 rate, and at a sustained 100 TFLOP/s (a fraction of an H100's "
                   "dense bf16 peak; no GPU was lent to measure).", "",
-                  "| model | L | tokens | GMAC/forward | rows/image | minimum TFLOP/image | s/image at this CPU's ViT-B/16 rate "
-                  "| s/image at 100 TFLOP/s |", "|---|---|---|---|---|---|---|---|"]
+                  "| model | L | tokens | GMAC/forward | block-rows forward / image | rows backward / image | TFLOP/image "
+                  "| s/image at this CPU's ViT-B/16 rate | s/image at 100 TFLOP/s |", "|---|---|---|---|---|---|---|---|---|"]
         for c in costs:
             here = f"{c['min_flop_per_image'] / base['achieved_flops']:.0f}" if base else "n/a"
             lines.append(f"| {c['model']} | {c['depth']} | {c['tokens']} | {c['macs_per_forward'] / 1e9:.2f} | "
-                         f"{c['rows_per_image']} | {c['min_flop_per_image'] / 1e12:.1f} | {here} | "
-                         f"{c['min_flop_per_image'] / 100e12:.2f} |")
-    if "demo" in by and "demo-ref" in by:
-        a, b = by["demo"], by["demo-ref"]
-        L, m = a["depth"], a["steps"]
-        forwards = 1 + m * (L + 2)
-        predicted_ref = forwards + 2 * m * (L + 1) * (2 * L + 7) / 6
-        predicted_ours = forwards + 2 * m * (L + 2)
-        lines += [
-            "",
-            f"One backward per scaled forward (vitprune) vs one `autograd.grad` per clamped layer (reference style, "
-            f"`demo-ref`: same forwards, only the backward calls differ), demo model: **{b['seconds'] / a['seconds']:.2f}× "
-            f"faster measured**. The pass-count model (F = forward, backward ≈ 2F, a backward from the output to layer l "
-            f"costs (L − l)/L of a full one) predicts {predicted_ref / predicted_ours:.2f}× for L = {L}; the reference's "
-            f"L repeated clean forwards, not reproduced here, add a little more. Paths identical: {a['paths'] == b['paths']}.",
-        ]
+                         f"{c['block_rows_per_image']} | {c['backward_rows_per_image']} | {c['min_flop_per_image'] / 1e12:.1f} | "
+                         f"{here} | {c['min_flop_per_image'] / 100e12:.2f} |")
     agreement = [(name, path_agreement(by["demo"], by[name])) for name in ("demo-bf16", "demo-fp16") if name in by and "demo" in by]
     agreement += [(name, path_agreement(by["vit_base"], by[name])) for name in ("vit_base-tf32", "vit_base-bf16", "vit_base-fp16")
                   if name in by and "vit_base" in by and by[name]["steps"] == by["vit_base"]["steps"]]
@@ -253,33 +350,47 @@ def main() -> None:
     parser.add_argument("--render-only", action="store_true", help="re-render the Markdown from the saved JSON")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
-    if args.one:
-        print(json.dumps(cost_model(args.one[5:]) if args.one.startswith("cost:") else run_one(args.one)))
-        return
     sys.path.insert(0, str(HERE))
+    if args.one:
+        if args.one.startswith("cost:"):
+            print(json.dumps(cost_model(args.one[5:])))
+        else:
+            print(json.dumps(run_comparison(args.one) if args.one in COMPARISONS else run_one(args.one)))
+        return
     from machine import describe
 
-    if args.render_only:
-        saved = json.loads((Path(args.out) / "discovery_benchmark.json").read_text())
-        (Path(args.out) / "discovery_benchmark.md").write_text(render(saved["results"], saved["machine"], saved.get("costs")))
-        return
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     saved_file = out / "discovery_benchmark.json"
-    # configurations not asked for keep their saved results, so one configuration can be re-run alone
-    kept = {r["config"]: r for r in json.loads(saved_file.read_text())["results"]} if saved_file.is_file() else {}
+    if args.render_only:
+        saved = json.loads(saved_file.read_text())
+        (out / "discovery_benchmark.md").write_text(render(saved["results"], saved["machine"], saved.get("costs"), saved.get("comparisons")))
+        return
+    unknown = [name for name in args.configs if name not in CONFIGS and name not in COMPARISONS]
+    if unknown:
+        parser.error(f"unknown configuration {', '.join(unknown)}; choose from {', '.join([*COMPARISONS, *CONFIGS])}")
+    out.mkdir(parents=True, exist_ok=True)
+    saved = json.loads(saved_file.read_text()) if saved_file.is_file() else {}
+    # what is not asked for keeps its saved result, so one configuration can be re-run alone; results of an
+    # older schedule (no block-row count) are dropped rather than shown beside the new ones
+    kept = {r["config"]: r for r in saved.get("results", []) if "block_rows_per_image" in r}
+    kept.update({c["comparison"]: c for c in saved.get("comparisons", [])})
     costs = [_run_one(f"cost:{name}") for name in COST_MODELS]  # first: cheap, and fails before the long runs
     for name in args.configs:
         print(f"running {name} ...", flush=True)
         kept[name] = _run_one(name)
-        print(f"  {kept[name]['images_per_s']:.3f} images/s", flush=True)
+        summary = (f"{kept[name]['ratio_median']:.2f}x the reference" if name in COMPARISONS
+                   else f"{kept[name]['images_per_s']:.3f} images/s")
+        print(f"  {summary}", flush=True)
         results = [kept[c] for c in CONFIGS if c in kept]
+        comparisons = [kept[c] for c in COMPARISONS if c in kept]
         machine = describe()
         atomic = saved_file.with_suffix(".json.tmp")  # written after every configuration: a long run loses at most one
-        atomic.write_text(json.dumps({"machine": machine, "results": results, "costs": costs}, indent=2) + "\n")
+        atomic.write_text(json.dumps({"machine": machine, "results": results, "costs": costs, "comparisons": comparisons},
+                                     indent=2) + "\n")
         atomic.replace(saved_file)
-        (out / "discovery_benchmark.md").write_text(render(results, machine, costs))
+        (out / "discovery_benchmark.md").write_text(render(results, machine, costs, comparisons))
     print((out / "discovery_benchmark.md").read_text())
+
 
 if __name__ == "__main__":
     main()

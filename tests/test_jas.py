@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import timm
 import torch
 
 import vitprune
@@ -49,6 +50,65 @@ def test_fast_equals_literal_average_pooled_patches():
     _assert_records_equal(fast, slow)
 
 
+def _tiny_distilled(dtype=torch.float32):
+    torch.manual_seed(0)
+    return timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=32,
+                             depth=3, num_heads=2, mlp_ratio=2.0, num_classes=5).eval().to(dtype)
+
+
+def test_distilled_cls_scope_equals_literal():
+    """The distilled head reads CLS and DIST: both rows are the scope, the last MLP runs on both only."""
+    model = _tiny_distilled(torch.float64)
+    x, y = tiny_images(2, dtype=torch.float64), torch.tensor([1, 3])
+    fast = vitprune.find_paths(model, x, y, topk=2, steps=3, max_rows=3)
+    slow = literal_jas(model, x, y, topk=2, steps=3, tokens=slice(0, 2))
+    _assert_records_equal(fast, slow)
+
+
+CACHE_CASES = [
+    ("cls", 1, "prob", {}),
+    ("cls", 3, "logprob", {}),
+    ("all", 2, "prob", {}),
+    ("all", 1, "kl", {}),
+    ("auto", 2, "prob", dict(global_pool="avg")),
+    ("cls", 2, "kl", "distilled"),
+]
+
+
+@pytest.mark.parametrize("scope,topk,objective,model_kind", CACHE_CASES)
+@pytest.mark.parametrize("max_rows", [None, 10])
+def test_cached_prefix_records_equal_recomputed(scope, topk, objective, model_kind, max_rows):
+    """The kept-prefix schedule gives the records and dense scores of recomputing every pass (fp32)."""
+    model = _tiny_distilled() if model_kind == "distilled" else tiny_vit(depth=4, **model_kind)
+    x, y = tiny_images(4), torch.tensor([0, 3, 1, 4])
+    found = {}
+    for cached in (True, False):
+        finder = PathFinder(model, DiscoveryConfig(topk=topk, steps=5, token_scope=scope, objective=objective, max_rows=max_rows))
+        finder.prefix_cache = cached
+        found[cached] = finder.find_batch(x, y)
+    _assert_records_equal(found[True].records, found[False].records, rel=1e-6)
+    for a, b in zip(found[True].step_scores + found[True].step_own, found[False].step_scores + found[False].step_own):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-9)
+
+
+def test_head_tokens_only_and_forward_from_keep_the_logits():
+    from vitprune.adapter import ViTAdapter
+    from vitprune.hooks import block_input, head_tokens_only
+
+    for model in (tiny_vit(), _tiny_distilled()):
+        adapter, x = ViTAdapter(model), tiny_images(3)
+        with torch.no_grad():
+            want = model(x)
+            with head_tokens_only(adapter):
+                torch.testing.assert_close(model(x), want, rtol=1e-5, atol=1e-6)
+            for b in range(adapter.depth):
+                torch.testing.assert_close(adapter.forward_from(b, block_input(adapter, x, b)), want, rtol=1e-5, atol=1e-6)
+        assert _hook_count(model) == 0
+    with pytest.raises(ValueError, match="reads tokens"):
+        with head_tokens_only(ViTAdapter(tiny_vit(global_pool="avg"))):
+            pass
+
+
 def test_influence_pattern_equals_literal_and_is_scored_by_jas():
     model = tiny_vit(dtype=torch.float64)
     x, y = tiny_images(2, dtype=torch.float64), torch.tensor([0, 2])
@@ -90,9 +150,13 @@ def test_pred_label_targets_the_prediction():
 
 
 class _Counter:
+    """Counts full model forwards, rows through each block (a forward from a cached prefix runs
+    only the later blocks) and autograd.grad calls."""
+
     def __init__(self, model, monkeypatch):
-        self.forwards, self.rows, self.backwards = 0, 0, 0
-        self.handle = model.register_forward_pre_hook(self._on_forward)
+        self.forwards = self.rows = self.block_rows = self.backwards = 0
+        self.handles = [model.register_forward_pre_hook(self._on_forward)]
+        self.handles += [blk.register_forward_pre_hook(self._on_block) for blk in model.blocks]
         real_grad = torch.autograd.grad
 
         def counting_grad(*args, **kwargs):
@@ -105,25 +169,59 @@ class _Counter:
         self.forwards += 1
         self.rows += args[0].shape[0]
 
+    def _on_block(self, _module, args):
+        self.block_rows += args[0].shape[0]
 
-@pytest.mark.parametrize("method,passes", [("jas", lambda L: L + 2), ("influence-pattern", lambda L: 3)])
-def test_pass_counts_per_batch(monkeypatch, method, passes):
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+def _cached_block_passes(L: int) -> int:
+    """Blocks run per scaled row: greedy step 0 runs all L, step t >= 1 runs blocks t-1.. from the
+    kept prefix, the path score block L-1 only, the activation baseline's score all L."""
+    return L + sum(L - t + 1 for t in range(1, L)) + 1 + L
+
+
+@pytest.mark.parametrize("method", ["jas", "influence-pattern"])
+def test_pass_counts_per_batch(monkeypatch, method):
     model = tiny_vit()
     L, B, m = len(model.blocks), 5, 4
     counter = _Counter(model, monkeypatch)
     finder = PathFinder(model, DiscoveryConfig(topk=2, steps=m, method=method))
     finder.find(tiny_images(B), torch.arange(B) % 5)
-    # the first batch also measures memory: a clean forward and probe forwards of 2 and 6 rows (no backward on CPU)
-    assert (counter.forwards, counter.rows) == (1 + passes(L) + 3, B + passes(L) * m * B + 1 + 2 + 6)
-    counter.forwards = counter.rows = counter.backwards = 0
+    counter.forwards = counter.rows = counter.block_rows = counter.backwards = 0
     found = finder.find_batch(tiny_images(B), torch.arange(B) % 5)
-    counter.handle.remove()
+    counter.remove()
     if method == "jas":  # the dense scores of every unit come with the same passes
         assert [s.shape for s in found.step_scores] == [s.shape for s in found.step_own] == [(B, 64)] * L
-    assert counter.forwards == 1 + passes(L)  # one clean forward, then one per greedy layer / score
-    assert counter.backwards == passes(L)  # ONE backward per scaled forward, not one per clamped layer
-    assert counter.rows == B + passes(L) * m * B
-    assert (finder.stats.forward_calls, finder.stats.backward_calls) == (2 * counter.forwards, 2 * counter.backwards)
+        # one clean forward, greedy step 0 and the baseline's score from the images; the other
+        # greedy steps and the path score start from the kept residual stream
+        assert counter.forwards == 3
+        assert counter.block_rows == B * L + m * B * _cached_block_passes(L)
+        assert counter.backwards == L + 2  # ONE backward per scaled forward, not one per clamped layer
+    else:
+        assert counter.forwards == 1 + 3
+        assert counter.block_rows == B * L + 3 * m * B * L
+        assert counter.backwards == 3
+    assert finder.stats.block_rows == 2 * counter.block_rows
+    assert (finder.stats.forward_calls, finder.stats.backward_calls) == (2 * (L + 3 if method == "jas" else 4), 2 * counter.backwards)
+
+
+def test_cached_prefix_does_less_work_than_recomputing(monkeypatch):
+    """Same passes per step, fewer block-rows: m*(L + sum_t (L-t+1) + 1 + L) against m*L*(L+2)."""
+    model = tiny_vit(depth=6)
+    L, B, m = 6, 2, 3
+    work = {}
+    for cached in (True, False):
+        counter = _Counter(model, monkeypatch)
+        finder = PathFinder(model, DiscoveryConfig(topk=1, steps=m, max_rows=m * B))
+        finder.prefix_cache = cached
+        finder.find(tiny_images(B), torch.arange(B))
+        counter.remove()
+        work[cached] = (counter.block_rows - B * L, counter.backwards)
+    assert work[False] == (m * B * L * (L + 2), L + 2)
+    assert work[True] == (m * B * _cached_block_passes(L), L + 2)
 
 
 def test_max_rows_chunks_every_pass(monkeypatch):
@@ -131,9 +229,22 @@ def test_max_rows_chunks_every_pass(monkeypatch):
     L, B, m, max_rows = len(model.blocks), 3, 4, 5
     counter = _Counter(model, monkeypatch)
     vitprune.find_paths(model, tiny_images(B), torch.arange(B), steps=m, max_rows=max_rows)
-    counter.handle.remove()
+    counter.remove()
+    # a pass holds one image's m rows: the greedy steps and the path score run per image from the
+    # kept prefix; the baseline's score is chunked by rows
+    assert counter.backwards == (L + 1) * B + math.ceil(m * B / max_rows)
+    assert counter.block_rows == B * L + m * B * _cached_block_passes(L)
+
+
+def test_rows_below_one_image_recompute_every_pass(monkeypatch):
+    model = tiny_vit()
+    L, B, m, max_rows = len(model.blocks), 2, 4, 3
+    counter = _Counter(model, monkeypatch)
+    records = vitprune.find_paths(model, tiny_images(B), torch.arange(B), topk=2, steps=m, max_rows=max_rows)
+    counter.remove()
     assert counter.backwards == (L + 2) * math.ceil(m * B / max_rows)
-    assert counter.rows == B + (L + 2) * m * B
+    assert counter.block_rows == B * L + m * B * L * (L + 2)
+    _assert_records_equal(records, vitprune.find_paths(model, tiny_images(B), torch.arange(B), topk=2, steps=m), rel=1e-4)
 
 
 def _hook_count(model):
@@ -224,7 +335,8 @@ def test_auto_rows_chunk_to_the_free_memory(monkeypatch):
     counter = _Counter(model, monkeypatch)
     tight = PathFinder(model, DiscoveryConfig(topk=2, steps=5))
     records = tight.find(x, y)
-    counter.handle.remove()
+    counter.remove()
     assert tight.memory.rows(20) == 7  # ceil(20 / ceil(20 / 7)) = 7: chunks 7, 7, 6
-    assert counter.backwards == (len(model.blocks) + 2) * 3
+    # one image (5 rows) per cached group: L greedy passes + the path score each; the baseline in 3 chunks
+    assert counter.backwards == (len(model.blocks) + 1) * 4 + 3
     _assert_records_equal(records, expected)

@@ -96,6 +96,21 @@ class ViTAdapter:
         safe = gamma.abs() > 1e-12
         return torch.where(safe, delta / torch.where(safe, gamma, torch.ones_like(gamma)), torch.zeros_like(delta))
 
+    def forward_from(self, block: int, x: torch.Tensor) -> torch.Tensor:
+        """Logits from the residual stream entering ``blocks[block]``: the rest of timm's own forward
+        (``forward_features`` after the blocks is the final norm, then ``forward_head``), stock modules only."""
+        for blk in self.blocks[block:]:
+            x = blk(x)
+        return self.model.forward_head(self.model.norm(x))
+
+    @property
+    def head_tokens(self) -> slice | None:
+        """Token positions the head reads when it reads tokens (CLS, and DIST for distilled models);
+        None for average-pooled models, whose head reads every patch."""
+        if self.layout.pool != "token":
+            return None
+        return slice(0, 2 if self.layout.has_dist_token else 1)
+
     @property
     def hidden_widths(self) -> list[int]:
         return [self.fc2(b).in_features for b in range(self.depth)]
@@ -125,7 +140,7 @@ class ViTAdapter:
         """Token positions of a resolved scope. 'cls' covers CLS (+ DIST, which the distilled head also reads)."""
         scope = self.resolve_scope(scope)
         if scope == "cls":
-            return slice(0, 2 if self.layout.has_dist_token else 1)
+            return self.head_tokens
         if scope == "patches":
             return slice(self.layout.num_prefix, None)
         return slice(None)

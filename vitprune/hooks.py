@@ -69,8 +69,55 @@ def block_input(adapter: ViTAdapter, images: torch.Tensor, block: int = 0) -> to
     return store[0]
 
 
+@contextmanager
+def capture_block_input(adapter: ViTAdapter, block: int) -> Iterator[list[torch.Tensor]]:
+    """Keep the residual stream entering ``blocks[block]`` (as computed, graph and all) in the yielded list."""
+    store: list[torch.Tensor] = []
+    handle = adapter.blocks[block].register_forward_pre_hook(lambda _module, args: store.append(args[0]))
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def head_tokens_only(adapter: ViTAdapter) -> Iterator[None]:
+    """Run the last block's MLP on the tokens the head reads only (CLS, and DIST if distilled).
+
+    The other tokens' MLP output at the last block reaches nothing the head reads, so it is
+    skipped: the MLP gets the head tokens, its output is zero-padded back to every token (a single
+    CLS row is left to broadcast in the block's residual sum, which adds it to every token). Exact
+    for the head's logits; the last block's output at the other tokens is then not the model's."""
+    tokens = adapter.head_tokens
+    if tokens is None:
+        raise ValueError("head_tokens_only needs a model whose head reads tokens (global_pool='token')")
+    mlp = adapter.mlp(adapter.depth - 1)
+    sizes: list[int] = []
+
+    def pre_hook(_module, args):
+        sizes.append(args[0].shape[1])
+        return (args[0][:, tokens], *args[1:])
+
+    def hook(_module, _args, out):
+        if out.shape[1] == 1:  # broadcasts over the tokens in the block's residual sum: no padded copy
+            return out
+        return torch.nn.functional.pad(out, (0, 0, 0, sizes.pop() - out.shape[1]))
+
+    handles = [mlp.register_forward_pre_hook(pre_hook), mlp.register_forward_hook(hook)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def replace_tokens(hidden: torch.Tensor, tokens: slice, value: torch.Tensor) -> torch.Tensor:
-    """``hidden`` with ``hidden[:, tokens]`` replaced by ``value``; gradients flow to ``value`` only there."""
+    """``hidden`` with ``hidden[:, tokens]`` replaced by ``value``; gradients flow to ``value`` only there.
+
+    When ``tokens`` covers every position the result is ``value`` itself: nothing of ``hidden``
+    survives, so a backward pass need not run through the layers that made it."""
+    if tokens == slice(None) and value.shape == hidden.shape:
+        return value
     out = hidden.clone()
     out[:, tokens] = value
     return out
@@ -78,13 +125,32 @@ def replace_tokens(hidden: torch.Tensor, tokens: slice, value: torch.Tensor) -> 
 
 @contextmanager
 def override_ffn(adapter: ViTAdapter, values: Mapping[int, torch.Tensor], tokens: slice) -> Iterator[None]:
-    """Clamp the hidden rows at ``tokens`` of each block in ``values`` to the given (B, T, H) tensors."""
+    """Clamp the hidden rows at ``tokens`` of each block in ``values`` to the given (B, T, H) tensors.
 
-    def clamp(b: int, hidden: torch.Tensor) -> torch.Tensor:
-        return replace_tokens(hidden, tokens, values[b].to(hidden.dtype))
+    A clamp of every token is fc2's input itself. A clamp of some tokens replaces those rows of
+    fc2's output by fc2(clamp): the same function, but the copy and its backward are D-wide instead
+    of H-wide, and where nothing upstream needs a gradient, fc2's input gradient is not computed.
+    """
+    handles = []
+    try:
+        for b, value in values.items():
+            fc2 = adapter.fc2(b)
+            if tokens == slice(None):
+                def pre_hook(_module, args, _value=value):
+                    return (replace_tokens(args[0], tokens, _value.to(args[0].dtype)), *args[1:])
 
-    with ffn_hooks(adapter, clamp, values.keys()):
+                handles.append(fc2.register_forward_pre_hook(pre_hook))
+            else:
+                def hook(module, args, out, _value=value):
+                    clamped = out.clone()
+                    clamped[:, tokens] = module.forward(_value.to(args[0].dtype))  # forward(): no hooks again
+                    return clamped
+
+                handles.append(fc2.register_forward_hook(hook))
         yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @contextmanager

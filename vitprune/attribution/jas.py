@@ -23,19 +23,25 @@ how far removing the units moves the whole output).
 Differences from the reference code, on purpose: top-K counts all K units of every earlier
 layer (the reference counts only the last-listed one, a bug), any batch size works, and each
 forward over the m*B scaled rows has ONE backward for all clamped blocks (the reference calls
-autograd.grad once per block).
+autograd.grad once per block). Work the reference repeats is done once: greedy steps t and t+1
+clamp blocks < t alike, so the residual stream entering block t is kept (with its graph) from
+step t on and later steps and the path score run only the blocks after it; when the scope is the
+tokens the head reads (CLS), the last block's MLP runs on those tokens only. The records are the
+same as recomputing every pass (tests compare both, and the literal formulas).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
+import math
 
 import torch
 from torch import nn
 
 from ..adapter import ViTAdapter
 from ..errors import UserError
-from ..hooks import ffn_hooks, override_ffn, replace_tokens
+from ..hooks import capture_block_input, ffn_hooks, head_tokens_only, override_ffn, replace_tokens
 from ..options import LABEL_SOURCES, METHODS, OBJECTIVES, PRECISIONS, check_choice
 from ..memory import DEFAULT_FRACTION, PassMemory, PassMeter, fit_linear, free_bytes
 
@@ -72,15 +78,17 @@ class PassStats:
 
     forward_calls: int = 0
     forward_rows: int = 0
+    block_rows: int = 0  # rows times the blocks they went through: a forward from a cached prefix runs fewer
     backward_calls: int = 0
     backward_rows: int = 0
     images: int = 0
     per_call: list[tuple[str, int]] = field(default_factory=list, repr=False)
 
-    def add(self, kind: str, rows: int) -> None:
+    def add(self, kind: str, rows: int, blocks: int = 0) -> None:
         if kind == "forward":
             self.forward_calls += 1
             self.forward_rows += rows
+            self.block_rows += rows * blocks
         else:
             self.backward_calls += 1
             self.backward_rows += rows
@@ -120,8 +128,11 @@ class PathFinder:
         self.config = config
         self.scope = self.adapter.resolve_scope(config.token_scope)
         self.tokens = self.adapter.token_slice(self.scope)
+        # the head reads only the scope tokens: the last block's MLP need not run on the others
+        self.head_only = self.tokens == self.adapter.head_tokens
         self.stats = PassStats()
         self.memory: PassMemory | None = None  # measured on the first batch when max_rows is None
+        self.prefix_cache = True  # False: recompute every pass from the images (the slower, simpler schedule)
         self._validate()
 
     def _validate(self) -> None:
@@ -169,11 +180,17 @@ class PathFinder:
         goal = _Goal(target, probs.detach())
         base_path = [stable_topk(a.sum(dim=1), cfg.topk) for a in acts]
         step_scores = step_own = None
-        if cfg.method == "jas":
-            path, step_scores, step_own = self._greedy_path(images, goal, acts)
+        groups = self._image_groups(len(images))
+        if cfg.method == "jas" and groups is not None:
+            parts = [self._greedy_path_cached(images[g], goal.rows(g), [a[g] for a in acts]) for g in groups]
+            path, step_scores, step_own = ([torch.cat(layer) for layer in zip(*kind)] for kind in zip(*(p[:3] for p in parts)))
+            score = torch.cat([p[3] for p in parts])
         else:
-            path = self._influence_pattern_path(images, goal)
-        score = self._path_score(images, goal, acts, path)
+            if cfg.method == "jas":
+                path, step_scores, step_own = self._greedy_path(images, goal, acts)
+            else:
+                path = self._influence_pattern_path(images, goal)
+            score = self._path_score(images, goal, acts, path)
         base_score = self._path_score(images, goal, acts, base_path)
         self.stats.images += len(images)
         records = []
@@ -215,12 +232,17 @@ class PathFinder:
             self.stats = stats
         return fit_linear(rows, (measured[0], measured[1]), int(DEFAULT_FRACTION * free_bytes(device)))
 
-    def _forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Every model forward goes through here: precision, and the pass count."""
+    def _forward(self, x: torch.Tensor, start: int | None = None) -> torch.Tensor:
+        """Every model forward goes through here: precision, the pass count, and where it starts:
+        ``start=None`` from images, else from the residual stream ``x`` entering ``blocks[start]``."""
         dtype = _AUTOCAST.get(self.config.precision)
-        with torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None), _tf32(self.config.precision == "tf32"):
-            logits = self.model(images)
-        self.stats.add("forward", len(images))
+        with ExitStack() as stack:
+            stack.enter_context(torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None))
+            stack.enter_context(_tf32(self.config.precision == "tf32"))
+            if self.head_only:
+                stack.enter_context(head_tokens_only(self.adapter))
+            logits = self.model(x) if start is None else self.adapter.forward_from(start, x)
+        self.stats.add("forward", len(x), self.adapter.depth - (start or 0))
         return logits
 
     @torch.no_grad()
@@ -242,9 +264,9 @@ class PathFinder:
         size = self.config.max_rows or (self.memory.rows(len(rows)) if self.memory else len(rows))
         return [(img[s : s + size], alpha[s : s + size]) for s in range(0, len(rows), size)]
 
-    def _objective_sum(self, images: torch.Tensor, goal: "_Goal") -> torch.Tensor:
+    def _objective_sum(self, x: torch.Tensor, goal: "_Goal", start: int | None = None) -> torch.Tensor:
         """Sum over rows of F: the target's probability, its log, or sum_c p_c log p_c(x) (kl)."""
-        logits = _at_least_fp32(self._forward(images))
+        logits = _at_least_fp32(self._forward(x, start))
         if self.config.objective == "prob":
             return logits.softmax(-1).gather(1, goal.target[:, None]).sum()
         logp = logits.log_softmax(-1)
@@ -252,8 +274,9 @@ class PathFinder:
             return logp.gather(1, goal.target[:, None]).sum()
         return (goal.clean.to(logp) * logp).sum()
 
-    def _grad(self, output: torch.Tensor, inputs: Sequence[torch.Tensor], rows: int) -> tuple[torch.Tensor, ...]:
-        grads = torch.autograd.grad(output, list(inputs))
+    def _grad(self, output: torch.Tensor, inputs: Sequence[torch.Tensor], rows: int, retain: bool = False
+              ) -> tuple[torch.Tensor, ...]:
+        grads = torch.autograd.grad(output, list(inputs), retain_graph=retain)
         self.stats.add("backward", rows)
         return grads
 
@@ -298,6 +321,70 @@ class PathFinder:
             step_own.append((g_t * a_t).sum(dim=1) / cfg.steps)
             a_path += self._gather_units(a_t, path[t])
         return path, step_scores, step_own
+
+    def _image_groups(self, batch: int) -> list[torch.Tensor] | None:
+        """Images whose m rows each go in one pass together, in equal groups; None when a pass
+        cannot hold the m rows of even one image (then every pass is chunked by rows, uncached)."""
+        if not self.prefix_cache:
+            return None
+        m = self.config.steps
+        size = self.config.max_rows or (self.memory.rows(m * batch) if self.memory else m * batch)
+        per_group = size // m
+        if per_group < 1:
+            return None
+        return list(torch.arange(batch).tensor_split(math.ceil(batch / per_group)))
+
+    def _greedy_path_cached(self, images: torch.Tensor, goal: "_Goal", acts: list[torch.Tensor]
+                            ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """The greedy steps and the path score of images whose m*b rows fit one pass, reusing the prefix.
+
+        Steps t and t+1 clamp blocks < t alike, so the residual stream entering block t, computed at
+        step t, is the same at step t+1, at every later step and in the path score. It is kept with
+        its autograd graph (backward passes retain it): step t+1 runs blocks t.. only, the path score
+        block L-1 only, and each still has ONE backward to every clamped block. Forward block-rows
+        per image: m * (L + sum_{t=1}^{L-1} (L - t + 1) + 1) instead of m * L * (L + 1).
+        """
+        cfg, batch, device, depth = self.config, len(images), images.device, self.adapter.depth
+        m = cfg.steps
+        rows = torch.arange(m * batch, device=device)
+        img, alpha = rows % batch, (rows // batch).double() / m  # k-major, as _row_chunks
+        x, goal = images[img], goal.rows(img)
+        path: list[torch.Tensor] = []
+        step_scores: list[torch.Tensor] = []
+        step_own: list[torch.Tensor] = []
+        leaves: list[torch.Tensor] = []  # the path clamp of each chosen block, in the kept graph
+        a_path = torch.zeros(batch, acts[0].shape[1], dtype=torch.float64, device=device)
+        for t in range(depth + 1):  # t = depth: the path score
+            start = max(t - 1, 0)
+            clamps = {}
+            if t > 0:
+                leaves.append(self._path_clamp(acts[t - 1], path[t - 1], img, alpha))
+                clamps[t - 1] = leaves[t - 1]
+            if t < depth:
+                clamps[t] = (acts[t][img] * alpha[:, None, None].to(acts[t])).requires_grad_(True)
+            with ExitStack() as stack:
+                stack.enter_context(torch.enable_grad())
+                stack.enter_context(override_ffn(self.adapter, clamps, self.tokens))
+                entering = stack.enter_context(capture_block_input(self.adapter, t)) if t < depth else None
+                out = self._objective_sum(x, goal, None if t == 0 else start)
+                grads = self._grad(out, leaves + ([clamps[t]] if t < depth else []), len(rows), retain=t < depth)
+                del out  # frees this step's blocks from the graph; the kept prefix stays reachable from x
+            if t < depth:
+                x = entering[0]
+            g_path = torch.zeros_like(a_path)
+            for l in range(t):
+                g_path.index_add_(0, img, self._gather_units(grads[l].double(), path[l][img]))
+            if t == depth:
+                score = (g_path * a_path).sum(dim=1) / m / g_path.shape[1]
+                break
+            g_t = torch.zeros(acts[t].shape, dtype=torch.float64, device=device).index_add_(0, img, grads[t].double())
+            a_t = acts[t].double()
+            scores = ((g_t + g_path[..., None]) * (a_t + a_path[..., None])).sum(dim=1) / m
+            path.append(stable_topk(scores, cfg.topk))
+            step_scores.append(scores)
+            step_own.append((g_t * a_t).sum(dim=1) / m)
+            a_path += self._gather_units(a_t, path[t])
+        return path, step_scores, step_own, score
 
     def _path_score(
         self, images: torch.Tensor, goal: "_Goal", acts: list[torch.Tensor], path: list[torch.Tensor]
