@@ -77,18 +77,55 @@ CACHE_CASES = [
 
 @pytest.mark.parametrize("scope,topk,objective,model_kind", CACHE_CASES)
 @pytest.mark.parametrize("max_rows", [None, 10])
-def test_cached_prefix_records_equal_recomputed(scope, topk, objective, model_kind, max_rows):
-    """The kept-prefix schedule gives the records and dense scores of recomputing every pass (fp32)."""
+def test_schedules_give_the_records_of_recomputing(scope, topk, objective, model_kind, max_rows):
+    """Keeping the prefix, and carrying tangents (scopes of <= 2 tokens), give the records and dense
+    scores of recomputing every pass from the images (fp32)."""
     model = _tiny_distilled() if model_kind == "distilled" else tiny_vit(depth=4, **model_kind)
     x, y = tiny_images(4), torch.tensor([0, 3, 1, 4])
+    schedules = ["recompute", "kept"] + (["tangent"] if scope == "cls" else [])
     found = {}
-    for cached in (True, False):
+    for schedule in schedules:
         finder = PathFinder(model, DiscoveryConfig(topk=topk, steps=5, token_scope=scope, objective=objective, max_rows=max_rows))
-        finder.prefix_cache = cached
-        found[cached] = finder.find_batch(x, y)
-    _assert_records_equal(found[True].records, found[False].records, rel=1e-6)
-    for a, b in zip(found[True].step_scores + found[True].step_own, found[False].step_scores + found[False].step_own):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-9)
+        finder.schedule = schedule
+        found[schedule] = finder.find_batch(x, y)
+    want = found["recompute"]
+    for schedule in schedules[1:]:
+        _assert_records_equal(found[schedule].records, want.records, rel=1e-6)
+        for a, b in zip(found[schedule].step_scores + found[schedule].step_own, want.step_scores + want.step_own):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("topk", [1, 3])
+def test_tangent_schedule_equals_literal_in_fp64(topk):
+    model = tiny_vit(dtype=torch.float64, depth=5)
+    x, y = tiny_images(2, dtype=torch.float64), torch.tensor([2, 4])
+    finder = PathFinder(model, DiscoveryConfig(topk=topk, steps=4, max_rows=4))  # one image per pass
+    finder.schedule = "tangent"
+    found = finder.find_batch(x, y)
+    slow = literal_jas(model, x, y, topk=topk, steps=4, tokens=slice(0, 1))
+    _assert_records_equal(found.records, slow, rel=1e-9)
+    for i, rec in enumerate(slow):
+        for t in range(5):
+            torch.testing.assert_close(found.step_scores[t][i], rec["step_scores"][t], rtol=1e-9, atol=1e-15)
+
+
+def test_tangent_schedule_work(monkeypatch):
+    """No backward below the changed block: the tangent passes replace the prefix backwards."""
+    L, B, m = 9, 2, 3
+    model = tiny_vit(depth=L)
+    finder = PathFinder(model, DiscoveryConfig(topk=2, steps=m, max_rows=m * B))  # no memory probe
+    assert finder._schedule() == "tangent"  # CLS scope, 9 > 2 * 1 * TANGENT_COST blocks
+    assert PathFinder(model, DiscoveryConfig(token_scope="all"))._schedule() == "kept"
+    assert PathFinder(tiny_vit(depth=6), DiscoveryConfig())._schedule() == "kept"
+    counter = _Counter(model, monkeypatch)
+    finder.find(tiny_images(B), torch.arange(B))
+    counter.remove()
+    assert counter.backwards == L + 2
+    assert finder.stats.tangent_block_rows == m * B * (L - 1)  # one block per step 1..L-1, one scope token
+    assert counter.block_rows == B * L + m * B * _cached_block_passes(L) + m * B * (L - 1)  # + the tangent passes
+    bf16 = PathFinder(model, DiscoveryConfig(topk=2, steps=m, precision="bf16")).find(tiny_images(B), torch.arange(B))
+    fp32 = vitprune.find_paths(model, tiny_images(B), torch.arange(B), topk=2, steps=m)
+    assert all(abs(a["score"] - b["score"]) <= 0.05 * abs(b["score"]) + 1e-6 for a, b in zip(bf16, fp32))
 
 
 def test_head_tokens_only_and_forward_from_keep_the_logits():
@@ -216,7 +253,7 @@ def test_cached_prefix_does_less_work_than_recomputing(monkeypatch):
     for cached in (True, False):
         counter = _Counter(model, monkeypatch)
         finder = PathFinder(model, DiscoveryConfig(topk=1, steps=m, max_rows=m * B))
-        finder.prefix_cache = cached
+        finder.schedule = "kept" if cached else "recompute"
         finder.find(tiny_images(B), torch.arange(B))
         counter.remove()
         work[cached] = (counter.block_rows - B * L, counter.backwards)

@@ -35,9 +35,12 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 import math
+import warnings
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..adapter import ViTAdapter
 from ..errors import UserError
@@ -46,6 +49,11 @@ from ..options import LABEL_SOURCES, METHODS, OBJECTIVES, PRECISIONS, check_choi
 from ..memory import DEFAULT_FRACTION, PassMemory, PassMeter, fit_linear, free_bytes
 
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# A one-block forward-mode tangent pass costs about this many one-block backwards (fp32 CPU, torch's
+# forward-mode linear also multiplies by a zero weight tangent): 3.4 on the demo (96 wide) and on
+# ViT-B/32 (768 wide), eval/results/discovery_benchmark.md
+TANGENT_COST = 3.4
+SCHEDULES = ("auto", "tangent", "kept", "recompute")
 MAX_STEPS = 1000  # interpolation steps; far beyond any use (the reference: 20), far below a hang
 
 
@@ -81,6 +89,7 @@ class PassStats:
     block_rows: int = 0  # rows times the blocks they went through: a forward from a cached prefix runs fewer
     backward_calls: int = 0
     backward_rows: int = 0
+    tangent_block_rows: int = 0  # rows times blocks of forward-mode tangent passes (schedule 'tangent')
     images: int = 0
     per_call: list[tuple[str, int]] = field(default_factory=list, repr=False)
 
@@ -89,6 +98,8 @@ class PassStats:
             self.forward_calls += 1
             self.forward_rows += rows
             self.block_rows += rows * blocks
+        elif kind == "tangent":
+            self.tangent_block_rows += rows * blocks
         else:
             self.backward_calls += 1
             self.backward_rows += rows
@@ -132,7 +143,8 @@ class PathFinder:
         self.head_only = self.tokens == self.adapter.head_tokens
         self.stats = PassStats()
         self.memory: PassMemory | None = None  # measured on the first batch when max_rows is None
-        self.prefix_cache = True  # False: recompute every pass from the images (the slower, simpler schedule)
+        # how the greedy steps share work (see SCHEDULES); "auto" picks by the measured costs
+        self.schedule = "auto"
         self._validate()
 
     def _validate(self) -> None:
@@ -182,7 +194,8 @@ class PathFinder:
         step_scores = step_own = None
         groups = self._image_groups(len(images))
         if cfg.method == "jas" and groups is not None:
-            parts = [self._greedy_path_cached(images[g], goal.rows(g), [a[g] for a in acts]) for g in groups]
+            greedy = self._greedy_path_tangent if self._schedule() == "tangent" else self._greedy_path_cached
+            parts = [greedy(images[g], goal.rows(g), [a[g] for a in acts]) for g in groups]
             path, step_scores, step_own = ([torch.cat(layer) for layer in zip(*kind)] for kind in zip(*(p[:3] for p in parts)))
             score = torch.cat([p[3] for p in parts])
         else:
@@ -322,10 +335,19 @@ class PathFinder:
             a_path += self._gather_units(a_t, path[t])
         return path, step_scores, step_own
 
+    def _schedule(self) -> str:
+        """'tangent' when carrying tangents costs less than back-propagating through the prefix at every
+        step: (L-1)*T one-block tangent passes against L(L-1)/2 block backwards, i.e. L > 2*T*TANGENT_COST,
+        and only for scopes of a few tokens (CLS, CLS+DIST); else 'kept'."""
+        if self.schedule != "auto":
+            return self.schedule
+        tokens = len(range(*self.tokens.indices(10**9)))
+        return "tangent" if tokens <= 2 and self.adapter.depth > 2 * tokens * TANGENT_COST else "kept"
+
     def _image_groups(self, batch: int) -> list[torch.Tensor] | None:
         """Images whose m rows each go in one pass together, in equal groups; None when a pass
         cannot hold the m rows of even one image (then every pass is chunked by rows, uncached)."""
-        if not self.prefix_cache:
+        if self.schedule == "recompute":
             return None
         m = self.config.steps
         size = self.config.max_rows or (self.memory.rows(m * batch) if self.memory else m * batch)
@@ -385,6 +407,92 @@ class PathFinder:
             step_own.append((g_t * a_t).sum(dim=1) / m)
             a_path += self._gather_units(a_t, path[t])
         return path, step_scores, step_own, score
+
+    def _greedy_path_tangent(self, images: torch.Tensor, goal: "_Goal", acts: list[torch.Tensor]
+                             ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """The greedy steps and the path score with no backward below the changed block.
+
+        At step t the path units of blocks < t-1 act on F only through the residual stream B entering
+        block t-1, so the sum of their gradients is <dF/dB, tau>, tau the derivative of B along those
+        units (one tangent per scope token). Step t keeps B (values only), runs blocks t-1.. and
+        back-propagates to B and to the clamps of blocks t-1 and t; then one forward-mode pass of
+        block t-1 carries tau to the next boundary. Per image: backward block-rows
+        m * (L + sum_{t=1}^{L-1} (L - t + 1) + 1) instead of m * L * (L + 1), plus (L-1)*T one-block
+        tangent passes.
+        """
+        cfg, batch, device, depth = self.config, len(images), images.device, self.adapter.depth
+        m = cfg.steps
+        rows = torch.arange(m * batch, device=device)
+        img, alpha = rows % batch, (rows // batch).double() / m  # k-major, as _row_chunks
+        x, goal = images[img], goal.rows(img)
+        path: list[torch.Tensor] = []
+        step_scores: list[torch.Tensor] = []
+        step_own: list[torch.Tensor] = []
+        tangent: torch.Tensor | None = None  # (T, R, N, D): d B / d (path units at scope token j of the blocks before it)
+        a_path = torch.zeros(batch, acts[0].shape[1], dtype=torch.float64, device=device)
+        for t in range(depth + 1):  # t = depth: the path score
+            start = max(t - 1, 0)
+            clamps, inputs = {}, []
+            if tangent is not None:
+                x = x.detach().requires_grad_(True)
+                inputs.append(x)
+            if t > 0:
+                clamps[t - 1] = self._path_clamp(acts[t - 1], path[t - 1], img, alpha)
+                inputs.append(clamps[t - 1])
+            if t < depth:
+                clamps[t] = (acts[t][img] * alpha[:, None, None].to(acts[t])).requires_grad_(True)
+                inputs.append(clamps[t])
+            with ExitStack() as stack:
+                stack.enter_context(torch.enable_grad())
+                stack.enter_context(override_ffn(self.adapter, clamps, self.tokens))
+                entering = stack.enter_context(capture_block_input(self.adapter, t)) if t < depth else None
+                out = self._objective_sum(x, goal, None if t == 0 else start)
+                grads = list(self._grad(out, inputs, len(rows)))
+                del out
+            g_path = torch.zeros_like(a_path)
+            if tangent is not None:
+                through = torch.einsum("rnd,jrnd->rj", grads.pop(0).double(), tangent.double())
+                g_path.index_add_(0, img, through)
+            if t > 0:
+                g_path.index_add_(0, img, self._gather_units(grads.pop(0).double(), path[t - 1][img]))
+                if t < depth:
+                    tangent = self._carry_tangent(t - 1, x.detach(), tangent, clamps[t - 1].detach(), path[t - 1][img])
+            if t == depth:
+                score = (g_path * a_path).sum(dim=1) / m / g_path.shape[1]
+                break
+            x = entering[0].detach()
+            g_t = torch.zeros(acts[t].shape, dtype=torch.float64, device=device).index_add_(0, img, grads.pop(0).double())
+            a_t = acts[t].double()
+            scores = ((g_t + g_path[..., None]) * (a_t + a_path[..., None])).sum(dim=1) / m
+            path.append(stable_topk(scores, cfg.topk))
+            step_scores.append(scores)
+            step_own.append((g_t * a_t).sum(dim=1) / m)
+            a_path += self._gather_units(a_t, path[t])
+        return path, step_scores, step_own, score
+
+    @torch.no_grad()
+    def _carry_tangent(self, block: int, x: torch.Tensor, tangent: torch.Tensor | None, clamp: torch.Tensor,
+                       units: torch.Tensor) -> torch.Tensor:
+        """The tangent of the residual stream leaving ``block`` (entering block+1), one per scope token j:
+        the incoming tangent[j] carried through the block plus the block's own path units at token j."""
+        carried = []
+        dtype = _AUTOCAST.get(self.config.precision)
+        for j in range(clamp.shape[1]):
+            direction = torch.zeros_like(clamp)
+            direction[:, j].scatter_(1, units, 1.0)
+            with ExitStack() as stack:
+                stack.enter_context(warnings.catch_warnings())
+                # torch's first make_dual scripts its forward-mode decompositions and warns that jit.script is deprecated
+                warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
+                stack.enter_context(fwAD.dual_level())
+                stack.enter_context(sdpa_kernel([SDPBackend.MATH]))  # the fused kernels have no forward-mode rule
+                stack.enter_context(torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None))
+                stack.enter_context(_tf32(self.config.precision == "tf32"))
+                stack.enter_context(override_ffn(self.adapter, {block: fwAD.make_dual(clamp, direction)}, self.tokens))
+                x_in = x if tangent is None else fwAD.make_dual(x, tangent[j].to(x.dtype))
+                carried.append(fwAD.unpack_dual(self.adapter.blocks[block](x_in)).tangent)
+            self.stats.add("tangent", len(x), 1)
+        return torch.stack(carried)
 
     def _path_score(
         self, images: torch.Tensor, goal: "_Goal", acts: list[torch.Tensor], path: list[torch.Tensor]
