@@ -91,7 +91,9 @@ def run_one(name: str) -> dict:
     L, m, n = finder.adapter.depth, cfg["steps"], len(records)
     s = finder.stats
     macs, _ = count_macs_params(model)
-    min_flop = 2 * macs * (s.block_rows / L + s.backward_rows) / n
+    # forward and backward (input gradients only) each cost about one block's MACs per block-row; a
+    # forward-mode tangent pass recomputes the block and carries the tangent: twice that
+    min_flop = 2 * macs / L * (s.block_rows + s.backward_block_rows + 2 * s.tangent_block_rows) / n
     gemm = gemm_flops(getattr(torch, GEMM_DTYPES[cfg["precision"]]), tf32=cfg["precision"] == "tf32")
     return {
         "macs_per_forward": macs, "min_flop_per_image": min_flop, "achieved_flops": min_flop * n / seconds,
@@ -99,6 +101,8 @@ def run_one(name: str) -> dict:
         "config": name, **cfg, "depth": L, "tokens": int(model.patch_embed.num_patches + model.num_prefix_tokens),
         "seconds": seconds, "images_per_s": n / seconds, "seconds_per_image": seconds / n,
         "forward_rows_per_image": s.forward_rows / n, "block_rows_per_image": s.block_rows / n,
+        "backward_block_rows_per_image": s.backward_block_rows / n, "tangent_block_rows_per_image": s.tangent_block_rows / n,
+        "schedule": finder._schedule(),
         "backward_calls_per_batch": s.backward_calls / len(batches),
         "backward_rows_per_image": s.backward_rows / n,
         "schedule_block_rows_per_image": schedule(L, m)["block_rows"],
@@ -115,6 +119,7 @@ def schedule(L: int, m: int) -> dict:
     ref_fwd = L * L + m * (L + 2) * L  # a clean read per greedy step; every scaled forward from the images
     ref_bwd = m * (sum((L - l) for t in range(L) for l in range(t + 1)) + 2 * sum(L - l for l in range(L)))
     return {"block_rows": ours_fwd, "backward_calls": L + 2, "backward_block_rows": m * (L + 2) * L,
+            "tangent_backward_block_rows": ours_fwd - L, "tangent_block_rows": m * (L - 1),
             "ref_block_rows": ref_fwd, "ref_backward_calls": L * (L + 1) // 2 + 2 * L, "ref_backward_block_rows": ref_bwd}
 
 
@@ -130,10 +135,57 @@ def cost_model(name: str, steps: int = 20) -> dict:
     macs, params = count_macs_params(model)
     L = len(model.blocks)
     tokens = int(model.patch_embed.num_patches + model.num_prefix_tokens)
+    from vitprune.attribution.jas import auto_schedule
+
     work = schedule(L, steps)
-    min_flop = 2 * macs * (work["block_rows"] / L + steps * (L + 2))
+    kind = auto_schedule(L, 1)  # the CLS scope, discover's default for these models
+    backward = work["tangent_backward_block_rows"] if kind == "tangent" else work["backward_block_rows"]
+    tangent = work["tangent_block_rows"] if kind == "tangent" else 0
+    min_flop = 2 * macs / L * (work["block_rows"] + backward + 2 * tangent)
     return {"model": name, "depth": L, "tokens": tokens, "params": params, "macs_per_forward": macs, "steps": steps,
-            "block_rows_per_image": work["block_rows"], "backward_rows_per_image": steps * (L + 2), "min_flop_per_image": min_flop}
+            "schedule": kind, "block_rows_per_image": work["block_rows"], "backward_block_rows_per_image": backward,
+            "tangent_block_rows_per_image": tangent, "min_flop_per_image": min_flop}
+
+
+def block_costs(model, images, reps: int = 5) -> dict:
+    """Seconds of one block (the second) on the rows of one image: forward, backward to its input,
+    and a forward-mode tangent pass (math attention, as vitprune's tangent schedule runs it). Their
+    ratio tangent / backward is what vitprune.attribution.jas.TANGENT_COST stands for."""
+    import torch
+    import torch.autograd.forward_ad as fwAD
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from vitprune.adapter import ViTAdapter
+    from vitprune.hooks import block_input
+
+    adapter = ViTAdapter(model)
+    block = adapter.blocks[1]
+    x = block_input(adapter, images, 1)
+    v = torch.randn_like(x)
+
+    def forward():
+        with torch.no_grad():
+            block(x)
+
+    def forward_backward():
+        z = x.clone().requires_grad_(True)
+        torch.autograd.grad(block(z), z, v)
+
+    def tangent():
+        with torch.no_grad(), fwAD.dual_level(), sdpa_kernel([SDPBackend.MATH]):
+            fwAD.unpack_dual(block(fwAD.make_dual(x, v))).tangent
+
+    def best(fn):
+        fn()
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    f, fb, tan = best(forward), best(forward_backward), best(tangent)
+    return {"block_forward_s": f, "block_backward_s": fb - f, "block_tangent_s": tan, "tangent_cost": tan / (fb - f)}
 
 
 def run_comparison(name: str) -> dict:
@@ -184,6 +236,7 @@ def run_comparison(name: str) -> dict:
             else:
                 theirs = found
     L, m = len(model.blocks), cfg["steps"]
+    costs = block_costs(model, x[:1].repeat(m, 1, 1, 1))
     rel = [abs(a[k] - b[k]) / max(abs(b[k]), 1e-30) for a, b in zip(mine, theirs) for k in ("score", "base_score")]
     ratios = [b / a for a, b in zip(times["ours"], times["reference"])]
     return {
@@ -192,7 +245,9 @@ def run_comparison(name: str) -> dict:
         "ratio_median": statistics.median(ratios), "paths_identical": sum(a["path"] == b["path"] and a["base_path"] == b["base_path"]
                                                                             for a, b in zip(mine, theirs)),
         "max_relative_score_difference": max(rel), "block_rows_per_image": ours.stats.block_rows / (len(x) * cfg["rounds"]),
-        "backward_calls_per_batch": ours.stats.backward_calls / cfg["rounds"], **schedule(L, m),
+        "backward_block_rows_per_image": ours.stats.backward_block_rows / (len(x) * cfg["rounds"]),
+        "backward_calls_per_batch": ours.stats.backward_calls / cfg["rounds"], "schedule": ours._schedule(),
+        "tangent_block_rows_per_image": ours.stats.tangent_block_rows / (len(x) * cfg["rounds"]), **costs, **schedule(L, m),
     }
 
 
@@ -226,9 +281,10 @@ def render(results: list[dict], machine: dict, costs: list[dict] | None = None, 
             "images and one thread for both, in one process; rounds alternate which runs first. `reference` is "
             "`eval/reference_jas.py`: the passes of the reference code (a clean read per greedy step, every scaled "
             "forward from the images, one `autograd.grad` per clamped layer), one image per call as its top-K code. "
-            "vitprune keeps the residual stream entering block t with its graph from greedy step t on (steps and the "
-            "path score run only the later blocks), has one backward per pass, and runs the last block's MLP on the "
-            "tokens the head reads only.",
+            "vitprune keeps the residual stream entering block t from greedy step t on (steps and the path score "
+            "run only the later blocks; schedule `kept` keeps its graph and back-propagates through it, `tangent` "
+            "carries a forward-mode tangent one block per step instead, so no backward goes below the changed "
+            "block), has one backward per pass, and runs the last block's MLP on the tokens the head reads only.",
             "",
             "| model | L | tokens | images | rounds | reference s/image | vitprune s/image | speed-up, median [min, max] "
             "| paths identical | max relative score difference | block-rows forward / image, vitprune vs reference "
@@ -243,12 +299,19 @@ def render(results: list[dict], machine: dict, costs: list[dict] | None = None, 
                 f"{c['paths_identical']}/{c['images']} | {c['max_relative_score_difference']:.1e} | "
                 f"{c['block_rows_per_image']:.0f} vs {c['ref_block_rows']} | {c['backward_calls']} vs {c['ref_backward_calls'] * c['steps'] // c['steps']} |"
             )
+        lines += ["", "vitprune's schedule per model (`auto`: `tangent` when L > 2·T·TANGENT_COST for a scope of T ≤ 2 tokens, "
+                  "else `kept`), and the cost ratio behind it, one block on the m rows of one image, best of 5: "
+                  + "; ".join(f"{c['model']}: `{c['schedule']}` ({c['tangent_block_rows_per_image']:.0f} tangent block-rows/image), "
+                              f"forward {c['block_forward_s'] * 1e3:.3g} ms, backward {c['block_backward_s'] * 1e3:.3g} ms, "
+                              f"tangent pass {c['block_tangent_s'] * 1e3:.3g} ms = **{c['tangent_cost']:.2f}** backwards"
+                              for c in comparisons) + "."]
         lines += ["", "Per round (s/image, reference / vitprune): " + "; ".join(
             f"{c['model']}: " + ", ".join(f"{r:.3g}/{o:.3g}" for r, o in zip(c["seconds_per_image"]["reference"], c["seconds_per_image"]["ours"]))
             for c in comparisons) + ".",
             "",
-            "Backward work per image in block-rows (a backward from the output to block l runs L − l blocks): "
-            + "; ".join(f"{c['model']} {c['backward_block_rows']} (vitprune, each of its L + 2 backwards counted at full depth) vs "
+            "Backward work per image in block-rows (a backward from the output to block l runs L − l blocks; vitprune's as "
+            "counted by the run, the reference's from its passes): "
+            + "; ".join(f"{c['model']} {c['backward_block_rows_per_image']:.0f} (vitprune, `{c['schedule']}`) vs "
                         f"{c['ref_backward_block_rows']} (reference)" for c in comparisons) + "."]
     if not results:
         return "\n".join(lines) + "\n"
@@ -256,25 +319,28 @@ def render(results: list[dict], machine: dict, costs: list[dict] | None = None, 
         "",
         "## Throughput, memory and the FLOP count of the schedule",
         "",
-        f"torch threads: {machine['torch_threads']}. Per image vitprune runs one clean forward, then greedy step 0 "
-        "and the activation baseline's score through all L blocks and the other greedy steps and the path score from "
-        "the kept prefix (block-rows below), each pass with one backward.",
+        f"torch threads: {machine['torch_threads']}; top-5, CLS scope (the default for these models). Per image vitprune "
+        "runs one clean forward, then greedy step 0 and the activation baseline's score through all L blocks and the other "
+        "greedy steps and the path score from the kept prefix; one backward per pass. Block-rows count one row through "
+        "one block, as counted by the run.",
         "",
-        "| config | precision | L | tokens | m | batch | images | images/s | s/image | block-rows / image | backward calls/batch "
-        "| peak RSS (MB) | peak − after model load (MB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| config | precision | schedule | L | tokens | m | batch | images | images/s | s/image | block-rows forward / image "
+        "| backward | tangent | backward calls/batch | peak RSS (MB) | peak − after model load (MB) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r['config']} | {r['precision']} | {r['depth']} | {r['tokens']} | {r['steps']} | {r['batch']} | {r['images']} | "
-            f"{r['images_per_s']:.3g} | {r['seconds_per_image']:.3g} | {r['block_rows_per_image']:.0f} | "
+            f"| {r['config']} | {r['precision']} | `{r['schedule']}` | {r['depth']} | {r['tokens']} | {r['steps']} | {r['batch']} | "
+            f"{r['images']} | {r['images_per_s']:.3g} | {r['seconds_per_image']:.3g} | {r['block_rows_per_image']:.0f} | "
+            f"{r['backward_block_rows_per_image']:.0f} | {r['tangent_block_rows_per_image']:.0f} | "
             f"{r['backward_calls_per_batch']:.0f} | {r['peak_rss_mb']:.0f} | {r['peak_minus_model_mb']:.0f} |"
         )
     lines += [
         "",
-        "Cost per image against the FLOP count of the schedule: 2·MACs/L per block-row forward + 2·MACs per scaled "
-        "row backward (input gradients only), MACs of one forward from torch-pruning; the floor is that count at the "
-        "GEMM throughput measured in the same process at the same precision (2048³ matmul).",
+        "Cost per image against the FLOP count of the schedule: 2·MACs/L per block-row forward and per block-row "
+        "backward (input gradients only), twice that per tangent block-row (the block and its tangent), MACs of one "
+        "forward from torch-pruning; the floor is that count at the GEMM throughput measured in the same process at "
+        "the same precision (2048³ matmul).",
         "",
         "| config | precision | GMAC/forward | TFLOP/image | GEMM GFLOP/s | floor s/image | measured s/image "
         "| measured / floor | achieved GFLOP/s |",
@@ -298,13 +364,13 @@ def render(results: list[dict], machine: dict, costs: list[dict] | None = None, 
                   "MACs counted on random-init timm models. The last columns are arithmetic, not measurements: the time "
                   "at this CPU's measured ViT-B/16 fp32 rate, and at a sustained 100 TFLOP/s (a fraction of an H100's "
                   "dense bf16 peak; no GPU was lent to measure).", "",
-                  "| model | L | tokens | GMAC/forward | block-rows forward / image | rows backward / image | TFLOP/image "
-                  "| s/image at this CPU's ViT-B/16 rate | s/image at 100 TFLOP/s |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| model | L | tokens | GMAC/forward | schedule (CLS scope) | block-rows / image: forward, backward, tangent "
+                  "| TFLOP/image | s/image at this CPU's ViT-B/16 rate | s/image at 100 TFLOP/s |", "|---|---|---|---|---|---|---|---|---|"]
         for c in costs:
             here = f"{c['min_flop_per_image'] / base['achieved_flops']:.0f}" if base else "n/a"
-            lines.append(f"| {c['model']} | {c['depth']} | {c['tokens']} | {c['macs_per_forward'] / 1e9:.2f} | "
-                         f"{c['block_rows_per_image']} | {c['backward_rows_per_image']} | {c['min_flop_per_image'] / 1e12:.1f} | "
-                         f"{here} | {c['min_flop_per_image'] / 100e12:.2f} |")
+            lines.append(f"| {c['model']} | {c['depth']} | {c['tokens']} | {c['macs_per_forward'] / 1e9:.2f} | `{c['schedule']}` | "
+                         f"{c['block_rows_per_image']}, {c['backward_block_rows_per_image']}, {c['tangent_block_rows_per_image']} | "
+                         f"{c['min_flop_per_image'] / 1e12:.1f} | {here} | {c['min_flop_per_image'] / 100e12:.2f} |")
     agreement = [(name, path_agreement(by["demo"], by[name])) for name in ("demo-bf16", "demo-fp16") if name in by and "demo" in by]
     agreement += [(name, path_agreement(by["vit_base"], by[name])) for name in ("vit_base-tf32", "vit_base-bf16", "vit_base-fp16")
                   if name in by and "vit_base" in by and by[name]["steps"] == by["vit_base"]["steps"]]
@@ -372,7 +438,7 @@ def main() -> None:
     saved = json.loads(saved_file.read_text()) if saved_file.is_file() else {}
     # what is not asked for keeps its saved result, so one configuration can be re-run alone; results of an
     # older schedule (no block-row count) are dropped rather than shown beside the new ones
-    kept = {r["config"]: r for r in saved.get("results", []) if "block_rows_per_image" in r}
+    kept = {r["config"]: r for r in saved.get("results", []) if "backward_block_rows_per_image" in r}
     kept.update({c["comparison"]: c for c in saved.get("comparisons", [])})
     costs = [_run_one(f"cost:{name}") for name in COST_MODELS]  # first: cheap, and fails before the long runs
     for name in args.configs:

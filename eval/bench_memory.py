@@ -6,8 +6,9 @@ the measured peak resident memory of real passes, on this machine's CPU.
 Each measurement runs in its own process: the model is loaded, the probe fits ``fixed + per_row * R``,
 then the peak resident set (VmHWM, reset through /proc/self/clear_refs after set-up) is read around
 one forward + backward over R rows with every block clamped, the costliest pass of a run; a traced
-run of the same pass gives the live-tensor peak from the profiler. A last process runs a whole image with the budget set so that passes must be split, and checks the peak
-of the whole ``find`` against that budget.
+run of the same pass gives the live-tensor peak from the profiler. The last processes run a whole
+image with the budget set so that passes must be split (R = 7), or so that one image's rows just
+fit (R = 20, where the greedy steps reuse the prefix), and check the peak of ``find`` against it.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def run_one(kind: str, precision: str, rows: int) -> dict:
 
     import vitprune
     from vitprune.attribution import DiscoveryConfig, PathFinder
-    from vitprune.attribution.jas import stable_topk
+    from vitprune.attribution.jas import _Goal, stable_topk
     from vitprune.hooks import override_ffn
     from vitprune.memory import HEAP_OVERHEAD, PassMemory
 
@@ -47,7 +48,8 @@ def run_one(kind: str, precision: str, rows: int) -> dict:
         p.requires_grad_(False)
     mem = finder.measure_memory(image, label)
     if kind in ("pass", "trace"):
-        acts, _ = finder._clean_forward(image)
+        acts, logits = finder._clean_forward(image)
+        goal = _Goal(label, logits.softmax(-1))
         units = [stable_topk(a.sum(dim=1), 5) for a in acts]
         img = torch.zeros(rows, dtype=torch.long)
         alpha = torch.linspace(0, 1, rows, dtype=torch.float64)
@@ -55,7 +57,7 @@ def run_one(kind: str, precision: str, rows: int) -> dict:
         def one_pass() -> None:
             clamps = {l: finder._path_clamp(acts[l], units[l], img, alpha) for l in range(len(acts))}
             with torch.enable_grad(), override_ffn(finder.adapter, clamps, finder.tokens):
-                out = finder._target_prob_sum(image[img], label[img])
+                out = finder._objective_sum(image[img], goal.rows(img))
                 torch.autograd.grad(out, list(clamps.values()))
 
         gc.collect()
@@ -76,7 +78,7 @@ def run_one(kind: str, precision: str, rows: int) -> dict:
     finder.find(image, label)
     return {"kind": kind, "precision": precision, "rows": finder.memory.rows(20), "fixed": mem.fixed,
             "per_row": mem.per_row, "budget": finder.memory.budget, "measured": proc_status("VmHWM") - base,
-            "forward_calls": finder.stats.forward_calls}
+            "forward_calls": finder.stats.forward_calls, "schedule": finder._schedule() if rows >= 20 else "recompute"}
 
 
 def _live_peak(fn) -> int:
@@ -127,13 +129,15 @@ def render(results: list[dict], machine: dict) -> str:
                          f"{r['measured'] / r['predicted_live']:.2f} |")
     finds = [r for r in results if r["kind"] == "find"]
     if finds:
-        lines += ["", "A whole image (`find`: 14 passes over 20 rows, each split into equal chunks of at most R rows) with "
-                  "the budget set to fit R rows per pass; the peak includes the clean activations and score buffers:", "",
-                  "| precision | rows per pass | budget (MiB) | measured peak of the whole find (MiB) | peak / budget |",
-                  "|---|---|---|---|---|"]
+        lines += ["", "A whole image (`find`, 14 passes over the 20 rows of one image) with the budget set to fit R rows per "
+                  "pass: below 20 rows every pass is split into equal chunks and recomputed from the image (`recompute`); at "
+                  "20 the greedy steps reuse the prefix (ViT-B/16 at CLS scope: `tangent`, which keeps no graph). The peak "
+                  "includes the clean activations and score buffers:", "",
+                  "| precision | rows per pass | schedule | budget (MiB) | measured peak of the whole find (MiB) | peak / budget |",
+                  "|---|---|---|---|---|---|"]
         for r in finds:
-            lines.append(f"| {r['precision']} | {r['rows']} | {r['budget'] / mib:.0f} | {r['measured'] / mib:.0f} | "
-                         f"{r['measured'] / r['budget']:.2f} |")
+            lines.append(f"| {r['precision']} | {r['rows']} | {r.get('schedule', 'recompute')} | {r['budget'] / mib:.0f} | "
+                         f"{r['measured'] / mib:.0f} | {r['measured'] / r['budget']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -141,7 +145,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="*", default=[8, 20, 40])
     parser.add_argument("--precisions", nargs="*", default=["fp32", "bf16"])
-    parser.add_argument("--find-rows", type=int, default=7, help="rows per pass the whole-image check is budgeted for")
+    parser.add_argument("--find-rows", type=int, nargs="*", default=[7, 20],
+                        help="rows per pass the whole-image checks are budgeted for (20 = one image: the greedy steps reuse the prefix)")
     parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(HERE / "results"))
     parser.add_argument("--render-only", action="store_true", help="re-render the Markdown from the saved JSON")
@@ -158,7 +163,7 @@ def main() -> None:
         (Path(args.out) / "memory_benchmark.md").write_text(render(saved["results"], saved["machine"]))
         return
     jobs = ([("pass", p, r) for p in args.precisions for r in args.rows] + [("trace", p, args.rows[0]) for p in args.precisions]
-            + [("find", p, args.find_rows) for p in args.precisions])
+            + [("find", p, r) for p in args.precisions for r in args.find_rows])
     results = []
     for kind, precision, rows in jobs:
         print(f"{kind} {precision} R={rows} ...", flush=True)

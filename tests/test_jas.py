@@ -122,6 +122,8 @@ def test_tangent_schedule_work(monkeypatch):
     counter.remove()
     assert counter.backwards == L + 2
     assert finder.stats.tangent_block_rows == m * B * (L - 1)  # one block per step 1..L-1, one scope token
+    # each backward stops at the boundary it started from: the backward block-rows equal the forward ones
+    assert finder.stats.backward_block_rows == m * B * _cached_block_passes(L)
     assert counter.block_rows == B * L + m * B * _cached_block_passes(L) + m * B * (L - 1)  # + the tangent passes
     bf16 = PathFinder(model, DiscoveryConfig(topk=2, steps=m, precision="bf16")).find(tiny_images(B), torch.arange(B))
     fp32 = vitprune.find_paths(model, tiny_images(B), torch.arange(B), topk=2, steps=m)
@@ -256,9 +258,9 @@ def test_cached_prefix_does_less_work_than_recomputing(monkeypatch):
         finder.schedule = "kept" if cached else "recompute"
         finder.find(tiny_images(B), torch.arange(B))
         counter.remove()
-        work[cached] = (counter.block_rows - B * L, counter.backwards)
-    assert work[False] == (m * B * L * (L + 2), L + 2)
-    assert work[True] == (m * B * _cached_block_passes(L), L + 2)
+        work[cached] = (counter.block_rows - B * L, counter.backwards, finder.stats.backward_block_rows)
+    assert work[False] == (m * B * L * (L + 2), L + 2, m * B * L * (L + 2))
+    assert work[True] == (m * B * _cached_block_passes(L), L + 2, m * B * L * (L + 2))  # backwards still reach block 0
 
 
 def test_max_rows_chunks_every_pass(monkeypatch):

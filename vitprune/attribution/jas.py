@@ -89,6 +89,7 @@ class PassStats:
     block_rows: int = 0  # rows times the blocks they went through: a forward from a cached prefix runs fewer
     backward_calls: int = 0
     backward_rows: int = 0
+    backward_block_rows: int = 0  # rows times the blocks a backward runs through (down to its lowest input)
     tangent_block_rows: int = 0  # rows times blocks of forward-mode tangent passes (schedule 'tangent')
     images: int = 0
     per_call: list[tuple[str, int]] = field(default_factory=list, repr=False)
@@ -103,6 +104,7 @@ class PassStats:
         else:
             self.backward_calls += 1
             self.backward_rows += rows
+            self.backward_block_rows += rows * blocks
 
 
 class _tf32:
@@ -123,6 +125,11 @@ class _tf32:
 def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
     """Softmax in fp32 for half-precision logits; fp64 models keep fp64."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def auto_schedule(depth: int, scope_tokens: int) -> str:
+    """The schedule 'auto' picks for a model of ``depth`` blocks and a scope of ``scope_tokens`` tokens."""
+    return "tangent" if scope_tokens <= 2 and depth > 2 * scope_tokens * TANGENT_COST else "kept"
 
 
 def stable_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -287,10 +294,11 @@ class PathFinder:
             return logp.gather(1, goal.target[:, None]).sum()
         return (goal.clean.to(logp) * logp).sum()
 
-    def _grad(self, output: torch.Tensor, inputs: Sequence[torch.Tensor], rows: int, retain: bool = False
+    def _grad(self, output: torch.Tensor, inputs: Sequence[torch.Tensor], rows: int, blocks: int, retain: bool = False
               ) -> tuple[torch.Tensor, ...]:
+        """Gradients of ``output``; ``blocks`` is how many blocks the backward runs through (for the counts)."""
         grads = torch.autograd.grad(output, list(inputs), retain_graph=retain)
-        self.stats.add("backward", rows)
+        self.stats.add("backward", rows, blocks)
         return grads
 
     def _path_clamp(self, a: torch.Tensor, units: torch.Tensor, img: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -308,32 +316,25 @@ class PathFinder:
 
     def _greedy_path(self, images: torch.Tensor, goal: "_Goal", acts: list[torch.Tensor]
                      ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
-        cfg, batch, device = self.config, len(images), images.device
-        path: list[torch.Tensor] = []
-        step_scores: list[torch.Tensor] = []
-        step_own: list[torch.Tensor] = []
-        # running sums over the chosen layers: activations at path units, per image and token
-        a_path = torch.zeros(batch, acts[0].shape[1], dtype=torch.float64, device=device)
+        """The greedy steps, every pass from the images over chunks of rows (schedule 'recompute')."""
+        batch, device = len(images), images.device
+        greedy = _Greedy(torch.zeros(batch, acts[0].shape[1], dtype=torch.float64, device=device))
+        path = greedy.path
         for t in range(self.adapter.depth):
             g_t = torch.zeros(acts[t].shape, dtype=torch.float64, device=device)
-            g_path = torch.zeros_like(a_path)
+            g_path = torch.zeros_like(greedy.a_path)
             for img, alpha in self._row_chunks(batch):
                 img, alpha = img.to(device), alpha.to(device)
                 clamps = {l: self._path_clamp(acts[l], path[l], img, alpha) for l in range(t)}
                 clamps[t] = (acts[t][img] * alpha[:, None, None].to(acts[t])).requires_grad_(True)
                 with torch.enable_grad(), override_ffn(self.adapter, clamps, self.tokens):
                     out = self._objective_sum(images[img], goal.rows(img))
-                    grads = self._grad(out, [clamps[l] for l in range(t + 1)], len(img))
+                    grads = self._grad(out, [clamps[l] for l in range(t + 1)], len(img), self.adapter.depth)
                 g_t.index_add_(0, img, grads[t].double())
                 for l in range(t):
                     g_path.index_add_(0, img, self._gather_units(grads[l].double(), path[l][img]))
-            a_t = acts[t].double()
-            scores = ((g_t + g_path[..., None]) * (a_t + a_path[..., None])).sum(dim=1) / cfg.steps
-            path.append(stable_topk(scores, cfg.topk))
-            step_scores.append(scores)
-            step_own.append((g_t * a_t).sum(dim=1) / cfg.steps)
-            a_path += self._gather_units(a_t, path[t])
-        return path, step_scores, step_own
+            greedy.choose(g_t, g_path, acts[t], self.config)
+        return greedy.path, greedy.step_scores, greedy.step_own
 
     def _schedule(self) -> str:
         """'tangent' when carrying tangents costs less than back-propagating through the prefix at every
@@ -341,8 +342,7 @@ class PathFinder:
         and only for scopes of a few tokens (CLS, CLS+DIST); else 'kept'."""
         if self.schedule != "auto":
             return self.schedule
-        tokens = len(range(*self.tokens.indices(10**9)))
-        return "tangent" if tokens <= 2 and self.adapter.depth > 2 * tokens * TANGENT_COST else "kept"
+        return auto_schedule(self.adapter.depth, len(range(*self.tokens.indices(10**9))))
 
     def _image_groups(self, batch: int) -> list[torch.Tensor] | None:
         """Images whose m rows each go in one pass together, in equal groups; None when a pass
@@ -371,11 +371,9 @@ class PathFinder:
         rows = torch.arange(m * batch, device=device)
         img, alpha = rows % batch, (rows // batch).double() / m  # k-major, as _row_chunks
         x, goal = images[img], goal.rows(img)
-        path: list[torch.Tensor] = []
-        step_scores: list[torch.Tensor] = []
-        step_own: list[torch.Tensor] = []
+        greedy = _Greedy(torch.zeros(batch, acts[0].shape[1], dtype=torch.float64, device=device))
+        path = greedy.path
         leaves: list[torch.Tensor] = []  # the path clamp of each chosen block, in the kept graph
-        a_path = torch.zeros(batch, acts[0].shape[1], dtype=torch.float64, device=device)
         for t in range(depth + 1):  # t = depth: the path score
             start = max(t - 1, 0)
             clamps = {}
@@ -389,24 +387,17 @@ class PathFinder:
                 stack.enter_context(override_ffn(self.adapter, clamps, self.tokens))
                 entering = stack.enter_context(capture_block_input(self.adapter, t)) if t < depth else None
                 out = self._objective_sum(x, goal, None if t == 0 else start)
-                grads = self._grad(out, leaves + ([clamps[t]] if t < depth else []), len(rows), retain=t < depth)
+                grads = self._grad(out, leaves + ([clamps[t]] if t < depth else []), len(rows), depth, retain=t < depth)
                 del out  # frees this step's blocks from the graph; the kept prefix stays reachable from x
-            if t < depth:
-                x = entering[0]
-            g_path = torch.zeros_like(a_path)
+            g_path = torch.zeros_like(greedy.a_path)
             for l in range(t):
                 g_path.index_add_(0, img, self._gather_units(grads[l].double(), path[l][img]))
             if t == depth:
-                score = (g_path * a_path).sum(dim=1) / m / g_path.shape[1]
-                break
+                return greedy.path, greedy.step_scores, greedy.step_own, greedy.path_score(g_path, m)
+            x = entering[0]
             g_t = torch.zeros(acts[t].shape, dtype=torch.float64, device=device).index_add_(0, img, grads[t].double())
-            a_t = acts[t].double()
-            scores = ((g_t + g_path[..., None]) * (a_t + a_path[..., None])).sum(dim=1) / m
-            path.append(stable_topk(scores, cfg.topk))
-            step_scores.append(scores)
-            step_own.append((g_t * a_t).sum(dim=1) / m)
-            a_path += self._gather_units(a_t, path[t])
-        return path, step_scores, step_own, score
+            greedy.choose(g_t, g_path, acts[t], cfg)
+        raise AssertionError("unreachable: the loop returns at t = depth")
 
     def _greedy_path_tangent(self, images: torch.Tensor, goal: "_Goal", acts: list[torch.Tensor]
                              ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
@@ -425,11 +416,9 @@ class PathFinder:
         rows = torch.arange(m * batch, device=device)
         img, alpha = rows % batch, (rows // batch).double() / m  # k-major, as _row_chunks
         x, goal = images[img], goal.rows(img)
-        path: list[torch.Tensor] = []
-        step_scores: list[torch.Tensor] = []
-        step_own: list[torch.Tensor] = []
+        greedy = _Greedy(torch.zeros(batch, acts[0].shape[1], dtype=torch.float64, device=device))
+        path = greedy.path
         tangent: torch.Tensor | None = None  # (T, R, N, D): d B / d (path units at scope token j of the blocks before it)
-        a_path = torch.zeros(batch, acts[0].shape[1], dtype=torch.float64, device=device)
         for t in range(depth + 1):  # t = depth: the path score
             start = max(t - 1, 0)
             clamps, inputs = {}, []
@@ -447,9 +436,9 @@ class PathFinder:
                 stack.enter_context(override_ffn(self.adapter, clamps, self.tokens))
                 entering = stack.enter_context(capture_block_input(self.adapter, t)) if t < depth else None
                 out = self._objective_sum(x, goal, None if t == 0 else start)
-                grads = list(self._grad(out, inputs, len(rows)))
+                grads = list(self._grad(out, inputs, len(rows), depth - start))
                 del out
-            g_path = torch.zeros_like(a_path)
+            g_path = torch.zeros_like(greedy.a_path)
             if tangent is not None:
                 through = torch.einsum("rnd,jrnd->rj", grads.pop(0).double(), tangent.double())
                 g_path.index_add_(0, img, through)
@@ -458,17 +447,11 @@ class PathFinder:
                 if t < depth:
                     tangent = self._carry_tangent(t - 1, x.detach(), tangent, clamps[t - 1].detach(), path[t - 1][img])
             if t == depth:
-                score = (g_path * a_path).sum(dim=1) / m / g_path.shape[1]
-                break
+                return greedy.path, greedy.step_scores, greedy.step_own, greedy.path_score(g_path, m)
             x = entering[0].detach()
             g_t = torch.zeros(acts[t].shape, dtype=torch.float64, device=device).index_add_(0, img, grads.pop(0).double())
-            a_t = acts[t].double()
-            scores = ((g_t + g_path[..., None]) * (a_t + a_path[..., None])).sum(dim=1) / m
-            path.append(stable_topk(scores, cfg.topk))
-            step_scores.append(scores)
-            step_own.append((g_t * a_t).sum(dim=1) / m)
-            a_path += self._gather_units(a_t, path[t])
-        return path, step_scores, step_own, score
+            greedy.choose(g_t, g_path, acts[t], cfg)
+        raise AssertionError("unreachable: the loop returns at t = depth")
 
     @torch.no_grad()
     def _carry_tangent(self, block: int, x: torch.Tensor, tangent: torch.Tensor | None, clamp: torch.Tensor,
@@ -504,7 +487,7 @@ class PathFinder:
             clamps = {l: self._path_clamp(acts[l], path[l], img, alpha) for l in range(depth)}
             with torch.enable_grad(), override_ffn(self.adapter, clamps, self.tokens):
                 out = self._objective_sum(images[img], goal.rows(img))
-                grads = self._grad(out, [clamps[l] for l in range(depth)], len(img))
+                grads = self._grad(out, [clamps[l] for l in range(depth)], len(img), depth)
             for l in range(depth):
                 g_sum.index_add_(0, img, self._gather_units(grads[l].double(), path[l][img]))
         a_sum = sum(self._gather_units(acts[l].double(), path[l]) for l in range(depth))
@@ -527,12 +510,37 @@ class PathFinder:
 
             with torch.enable_grad(), ffn_hooks(self.adapter, tap):
                 out = self._objective_sum(x, goal.rows(img))
-                grads = self._grad(out, [taps[l] for l in range(depth)], len(img))
+                grads = self._grad(out, [taps[l] for l in range(depth)], len(img), depth)
             if grad_sum is None:
                 grad_sum = [torch.zeros(batch, g.shape[-1], dtype=torch.float64, device=device) for g in grads]
             for l in range(depth):
                 grad_sum[l].index_add_(0, img, grads[l].double().sum(dim=1))
         return [stable_topk(g, self.config.topk) for g in grad_sum]
+
+
+@dataclass
+class _Greedy:
+    """The greedy path so far: the chosen units per block, the dense step scores S_t and their own
+    term, and the running sum of the clean activations at the chosen units (per image and token)."""
+
+    a_path: torch.Tensor  # (B, T), fp64
+    path: list[torch.Tensor] = field(default_factory=list)
+    step_scores: list[torch.Tensor] = field(default_factory=list)
+    step_own: list[torch.Tensor] = field(default_factory=list)
+
+    def choose(self, g_t: torch.Tensor, g_path: torch.Tensor, a_t: torch.Tensor, cfg: DiscoveryConfig) -> None:
+        """Score every unit of the next block from its summed gradients g_t (B, T, H) and those of the
+        path so far g_path (B, T), and take the K best."""
+        a_t = a_t.double()
+        scores = ((g_t + g_path[..., None]) * (a_t + self.a_path[..., None])).sum(dim=1) / cfg.steps
+        self.path.append(stable_topk(scores, cfg.topk))
+        self.step_scores.append(scores)
+        self.step_own.append((g_t * a_t).sum(dim=1) / cfg.steps)
+        self.a_path += PathFinder._gather_units(a_t, self.path[-1])
+
+    def path_score(self, g_sum: torch.Tensor, steps: int) -> torch.Tensor:
+        """JAS of the whole path from the summed path-unit gradients (B, T) of the all-clamped pass."""
+        return (g_sum * self.a_path).sum(dim=1) / steps / g_sum.shape[1]
 
 
 @dataclass(frozen=True)
