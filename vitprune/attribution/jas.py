@@ -49,9 +49,10 @@ from ..options import LABEL_SOURCES, METHODS, OBJECTIVES, PRECISIONS, check_choi
 from ..memory import DEFAULT_FRACTION, PassMemory, PassMeter, fit_linear, free_bytes
 
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
-# A one-block forward-mode tangent pass costs about this many one-block backwards (fp32 CPU, torch's
-# forward-mode linear also multiplies by a zero weight tangent): 3.4 on the demo (96 wide) and on
-# ViT-B/32 (768 wide), eval/results/discovery_benchmark.md
+# A one-block forward-mode tangent pass costs about this many one-block backwards (fp32 CPU, one
+# thread; torch's forward-mode linear also multiplies by a zero weight tangent): 3.4 on the demo
+# (96 wide), 3.0 on ViT-B/32 (768 wide), eval/results/discovery_benchmark.md. The larger one is kept:
+# on 6 blocks the two schedules measure about even.
 TANGENT_COST = 3.4
 SCHEDULES = ("auto", "tangent", "kept", "recompute")
 MAX_STEPS = 1000  # interpolation steps; far beyond any use (the reference: 20), far below a hang
