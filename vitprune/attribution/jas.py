@@ -277,13 +277,31 @@ class PathFinder:
             logits = self._forward(images)
         return [store[b] for b in range(self.adapter.depth)], logits
 
-    def _row_chunks(self, batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(image index, alpha) per row for rows r = k*B + i (k-major, as the reference), chunked."""
+    def _scaled_rows(self, batch: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """(image index, alpha) per row for the m*B rows r = k*B + i (k-major, as the reference)."""
         m = self.config.steps
-        rows = torch.arange(m * batch)
-        img, alpha = rows % batch, (rows // batch).double() / m
-        size = self.config.max_rows or (self.memory.rows(len(rows)) if self.memory else len(rows))
-        return [(img[s : s + size], alpha[s : s + size]) for s in range(0, len(rows), size)]
+        rows = torch.arange(m * batch, device=device)
+        return rows % batch, (rows // batch).double() / m
+
+    def _row_chunks(self, batch: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The scaled rows' (image index, alpha), chunked to the rows a pass may hold."""
+        img, alpha = self._scaled_rows(batch)
+        size = self.config.max_rows or (self.memory.rows(len(img)) if self.memory else len(img))
+        return [(img[s : s + size], alpha[s : s + size]) for s in range(0, len(img), size)]
+
+    def _step_pass(self, x: torch.Tensor, goal: "_Goal", clamps: dict[int, torch.Tensor], inputs: list[torch.Tensor],
+                   t: int, blocks: int, retain: bool = False) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """One pass of greedy step t (t = depth: the path score) from ``x``: the images at t = 0, else the
+        residual stream entering block t-1. Returns the gradients of F for ``inputs`` and the residual
+        stream entering block t (None at t = depth), where the next step starts."""
+        depth = self.adapter.depth
+        with ExitStack() as stack:
+            stack.enter_context(torch.enable_grad())
+            stack.enter_context(override_ffn(self.adapter, clamps, self.tokens))
+            entering = stack.enter_context(capture_block_input(self.adapter, t)) if t < depth else [None]
+            out = self._objective_sum(x, goal, None if t == 0 else t - 1)
+            grads = list(self._grad(out, inputs, len(x), blocks, retain=retain))
+        return grads, entering[0]
 
     def _objective_sum(self, x: torch.Tensor, goal: "_Goal", start: int | None = None) -> torch.Tensor:
         """Sum over rows of F: the target's probability, its log, or sum_c p_c log p_c(x) (kl)."""
@@ -368,34 +386,26 @@ class PathFinder:
         per image: m * (L + sum_{t=1}^{L-1} (L - t + 1) + 1) instead of m * L * (L + 1).
         """
         cfg, batch, device, depth = self.config, len(images), images.device, self.adapter.depth
-        m = cfg.steps
-        rows = torch.arange(m * batch, device=device)
-        img, alpha = rows % batch, (rows // batch).double() / m  # k-major, as _row_chunks
+        img, alpha = self._scaled_rows(batch, device)
         x, goal = images[img], goal.rows(img)
         greedy = _Greedy(torch.zeros(batch, acts[0].shape[1], dtype=torch.float64, device=device))
         path = greedy.path
         leaves: list[torch.Tensor] = []  # the path clamp of each chosen block, in the kept graph
         for t in range(depth + 1):  # t = depth: the path score
-            start = max(t - 1, 0)
             clamps = {}
             if t > 0:
                 leaves.append(self._path_clamp(acts[t - 1], path[t - 1], img, alpha))
                 clamps[t - 1] = leaves[t - 1]
             if t < depth:
                 clamps[t] = (acts[t][img] * alpha[:, None, None].to(acts[t])).requires_grad_(True)
-            with ExitStack() as stack:
-                stack.enter_context(torch.enable_grad())
-                stack.enter_context(override_ffn(self.adapter, clamps, self.tokens))
-                entering = stack.enter_context(capture_block_input(self.adapter, t)) if t < depth else None
-                out = self._objective_sum(x, goal, None if t == 0 else start)
-                grads = self._grad(out, leaves + ([clamps[t]] if t < depth else []), len(rows), depth, retain=t < depth)
-                del out  # frees this step's blocks from the graph; the kept prefix stays reachable from x
+            # the backward reaches block 0 and retains the graph: the kept prefix stays reachable from x
+            grads, x = self._step_pass(x, goal, clamps, leaves + ([clamps[t]] if t < depth else []), t, depth,
+                                       retain=t < depth)
             g_path = torch.zeros_like(greedy.a_path)
             for l in range(t):
                 g_path.index_add_(0, img, self._gather_units(grads[l].double(), path[l][img]))
             if t == depth:
-                return greedy.path, greedy.step_scores, greedy.step_own, greedy.path_score(g_path, m)
-            x = entering[0]
+                return greedy.path, greedy.step_scores, greedy.step_own, greedy.path_score(g_path, cfg.steps)
             g_t = torch.zeros(acts[t].shape, dtype=torch.float64, device=device).index_add_(0, img, grads[t].double())
             greedy.choose(g_t, g_path, acts[t], cfg)
         raise AssertionError("unreachable: the loop returns at t = depth")
@@ -413,15 +423,12 @@ class PathFinder:
         tangent passes.
         """
         cfg, batch, device, depth = self.config, len(images), images.device, self.adapter.depth
-        m = cfg.steps
-        rows = torch.arange(m * batch, device=device)
-        img, alpha = rows % batch, (rows // batch).double() / m  # k-major, as _row_chunks
+        img, alpha = self._scaled_rows(batch, device)
         x, goal = images[img], goal.rows(img)
         greedy = _Greedy(torch.zeros(batch, acts[0].shape[1], dtype=torch.float64, device=device))
         path = greedy.path
         tangent: torch.Tensor | None = None  # (T, R, N, D): d B / d (path units at scope token j of the blocks before it)
         for t in range(depth + 1):  # t = depth: the path score
-            start = max(t - 1, 0)
             clamps, inputs = {}, []
             if tangent is not None:
                 x = x.detach().requires_grad_(True)
@@ -432,13 +439,7 @@ class PathFinder:
             if t < depth:
                 clamps[t] = (acts[t][img] * alpha[:, None, None].to(acts[t])).requires_grad_(True)
                 inputs.append(clamps[t])
-            with ExitStack() as stack:
-                stack.enter_context(torch.enable_grad())
-                stack.enter_context(override_ffn(self.adapter, clamps, self.tokens))
-                entering = stack.enter_context(capture_block_input(self.adapter, t)) if t < depth else None
-                out = self._objective_sum(x, goal, None if t == 0 else start)
-                grads = list(self._grad(out, inputs, len(rows), depth - start))
-                del out
+            grads, entering = self._step_pass(x, goal, clamps, inputs, t, depth - max(t - 1, 0))  # down to x only
             g_path = torch.zeros_like(greedy.a_path)
             if tangent is not None:
                 through = torch.einsum("rnd,jrnd->rj", grads.pop(0).double(), tangent.double())
@@ -448,8 +449,8 @@ class PathFinder:
                 if t < depth:
                     tangent = self._carry_tangent(t - 1, x.detach(), tangent, clamps[t - 1].detach(), path[t - 1][img])
             if t == depth:
-                return greedy.path, greedy.step_scores, greedy.step_own, greedy.path_score(g_path, m)
-            x = entering[0].detach()
+                return greedy.path, greedy.step_scores, greedy.step_own, greedy.path_score(g_path, cfg.steps)
+            x = entering.detach()
             g_t = torch.zeros(acts[t].shape, dtype=torch.float64, device=device).index_add_(0, img, grads.pop(0).double())
             greedy.choose(g_t, g_path, acts[t], cfg)
         raise AssertionError("unreachable: the loop returns at t = depth")
