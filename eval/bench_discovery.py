@@ -59,9 +59,10 @@ def run_one(name: str) -> dict:
     import torch
 
     import vitprune
-    from vitprune.attribution import DiscoveryConfig, PathFinder
-    from vitprune.data import iterate_batches, load_data, model_transform, select_per_class
-    from vitprune.slicing import count_macs_params
+    from vitprune.discovery.finder import PathFinder
+    from vitprune.discovery.settings import DiscoverySettings
+    from vitprune.data import load_data, model_transform, select_per_class
+    from vitprune.prune.macs import count_macs_params
 
     from machine import proc_status
 
@@ -72,18 +73,18 @@ def run_one(name: str) -> dict:
         pools = load_data("demo")
         # the same first images whatever the count, so configurations compare image by image
         ds = select_per_class(pools.calibration, DEMO["images"] // 10 + 1, None, num_classes=10).select(range(cfg["images"]))
-        batches = [(x, y) for _, x, y in iterate_batches(ds, model_transform(model), cfg["batch"])]
+        batches = [(x, y) for _, x, y in ds.batches(model_transform(model), cfg["batch"])]
     else:
         size = model.patch_embed.img_size
         batches = [(torch.randn(cfg["batch"], 3, *size), torch.arange(cfg["batch"]))
                    for _ in range(cfg["images"] // cfg["batch"])]
 
-    finder = PathFinder(model, DiscoveryConfig(topk=cfg["topk"], steps=cfg["steps"], precision=cfg["precision"]))
+    finder = PathFinder(model, DiscoverySettings(topk=cfg["topk"], steps=cfg["steps"], precision=cfg["precision"]))
     finder.schedule = cfg.get("schedule", "auto")
-    warm = PathFinder(model, DiscoveryConfig(topk=cfg["topk"], steps=1, precision=cfg["precision"]))
+    warm = PathFinder(model, DiscoverySettings(topk=cfg["topk"], steps=1, precision=cfg["precision"]))
     warm.find(*[t[:1] for t in batches[0]])  # warm-up (allocator, kernels); not counted
-    finder.memory = finder.measure_memory(*[t[:1] for t in batches[0]])  # the first batch's probe, not timed
-    finder.stats = type(finder.stats)()
+    finder.engine.memory = finder.engine.measure_memory(*[t[:1] for t in batches[0]])  # the first batch's probe, not timed
+    finder.engine.stats = type(finder.stats)()
     rss0 = proc_status("VmRSS") / 2**20
     t0 = time.perf_counter()
     records = []
@@ -105,13 +106,13 @@ def run_one(name: str) -> dict:
         "seconds": seconds, "images_per_s": n / seconds, "seconds_per_image": seconds / n,
         "forward_rows_per_image": s.forward_rows / n, "block_rows_per_image": s.block_rows / n,
         "backward_block_rows_per_image": s.backward_block_rows / n, "tangent_block_rows_per_image": s.tangent_block_rows / n,
-        "schedule": finder._schedule(),
+        "schedule": finder.engine.resolved_schedule(),
         "backward_calls_per_batch": s.backward_calls / len(batches),
         "backward_rows_per_image": s.backward_rows / n,
         "schedule_block_rows_per_image": schedule(L, m)["block_rows"],
         "rss_before_mb": rss0, "peak_rss_mb": peak, "peak_minus_model_mb": peak - rss0,
-        "paths": [r["path"] for r in records],
-        "scores": [r["score"] for r in records],
+        "paths": [r.path for r in records],
+        "scores": [r.score for r in records],
     }
 
 
@@ -131,14 +132,14 @@ def cost_model(name: str, steps: int = 20) -> dict:
     import torch
 
     import vitprune
-    from vitprune.slicing import count_macs_params
+    from vitprune.prune.macs import count_macs_params
 
     torch.manual_seed(0)
     model = vitprune.load_model(f"random:{name}")
     macs, params = count_macs_params(model)
     L = len(model.blocks)
     tokens = int(model.patch_embed.num_patches + model.num_prefix_tokens)
-    from vitprune.attribution.jas import auto_schedule
+    from vitprune.discovery.engine import auto_schedule
 
     work = schedule(L, steps)
     kind = auto_schedule(L, 1)  # the CLS scope, discover's default for these models
@@ -153,13 +154,13 @@ def cost_model(name: str, steps: int = 20) -> dict:
 def block_costs(model, images, reps: int = 5) -> dict:
     """Seconds of one block (the second) on the rows of one image: forward, backward to its input,
     and a forward-mode tangent pass (math attention, as vitprune's tangent schedule runs it). Their
-    ratio tangent / backward is what vitprune.attribution.jas.TANGENT_COST stands for."""
+    ratio tangent / backward is what vitprune.discovery.engine.TANGENT_COST stands for."""
     import torch
     import torch.autograd.forward_ad as fwAD
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from vitprune.adapter import ViTAdapter
-    from vitprune.hooks import block_input
+    from vitprune.model.adapter import ViTAdapter
+    from vitprune.model.hooks import block_input
 
     adapter = ViTAdapter(model)
     block = adapter.blocks[1]
@@ -197,9 +198,10 @@ def run_comparison(name: str) -> dict:
     import torch
 
     import vitprune
-    from vitprune.adapter import ViTAdapter
-    from vitprune.attribution import DiscoveryConfig, PathFinder
-    from vitprune.data import iterate_batches, load_data, model_transform, select_per_class
+    from vitprune.model.adapter import ViTAdapter
+    from vitprune.discovery.finder import PathFinder
+    from vitprune.discovery.settings import DiscoverySettings
+    from vitprune.data import load_data, model_transform, select_per_class
 
     from reference_jas import ReferenceJAS
 
@@ -211,11 +213,11 @@ def run_comparison(name: str) -> dict:
         p.requires_grad_(False)
     if cfg["model"] == "demo":
         ds = select_per_class(load_data("demo").calibration, cfg["images"] // 10, None, num_classes=10)
-        x, y = next((x, y) for _, x, y in iterate_batches(ds, model_transform(model), cfg["images"]))
+        x, y = next((x, y) for _, x, y in ds.batches(model_transform(model), cfg["images"]))
     else:
         x = torch.randn(cfg["images"], 3, *model.patch_embed.img_size)
         y = torch.arange(cfg["images"]) % model.num_classes
-    ours = PathFinder(model, DiscoveryConfig(topk=cfg["topk"], steps=cfg["steps"], token_scope="cls"))
+    ours = PathFinder(model, DiscoverySettings(topk=cfg["topk"], steps=cfg["steps"], token_scope="cls"))
     reference = ReferenceJAS(model, cfg["topk"], cfg["steps"], ViTAdapter(model).token_slice("cls"))
 
     def run_ours():
@@ -226,7 +228,7 @@ def run_comparison(name: str) -> dict:
 
     ours.find(x[:1], y[:1])  # warm-up and the memory probe, not timed
     reference.find(x[:1], y[:1])
-    ours.stats = type(ours.stats)()
+    ours.engine.stats = type(ours.stats)()
     times: dict[str, list[float]] = {"ours": [], "reference": []}
     for r in range(cfg["rounds"]):
         order = [("ours", run_ours), ("reference", run_reference)]
@@ -240,16 +242,16 @@ def run_comparison(name: str) -> dict:
                 theirs = found
     L, m = len(model.blocks), cfg["steps"]
     costs = block_costs(model, x[:1].repeat(m, 1, 1, 1))
-    rel = [abs(a[k] - b[k]) / max(abs(b[k]), 1e-30) for a, b in zip(mine, theirs) for k in ("score", "base_score")]
+    rel = [abs(getattr(a, k) - b[k]) / max(abs(b[k]), 1e-30) for a, b in zip(mine, theirs) for k in ("score", "base_score")]
     ratios = [b / a for a, b in zip(times["ours"], times["reference"])]
     return {
         "comparison": name, **cfg, "depth": L, "tokens": int(model.patch_embed.num_patches + model.num_prefix_tokens),
         "threads": torch.get_num_threads(), "seconds_per_image": times, "ratios": ratios,
-        "ratio_median": statistics.median(ratios), "paths_identical": sum(a["path"] == b["path"] and a["base_path"] == b["base_path"]
+        "ratio_median": statistics.median(ratios), "paths_identical": sum(a.path == b["path"] and a.base_path == b["base_path"]
                                                                             for a, b in zip(mine, theirs)),
         "max_relative_score_difference": max(rel), "block_rows_per_image": ours.stats.block_rows / (len(x) * cfg["rounds"]),
         "backward_block_rows_per_image": ours.stats.backward_block_rows / (len(x) * cfg["rounds"]),
-        "backward_calls_per_batch": ours.stats.backward_calls / cfg["rounds"], "schedule": ours._schedule(),
+        "backward_calls_per_batch": ours.stats.backward_calls / cfg["rounds"], "schedule": ours.engine.resolved_schedule(),
         "tangent_block_rows_per_image": ours.stats.tangent_block_rows / (len(x) * cfg["rounds"]), **costs, **schedule(L, m),
     }
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(HERE))
 
 def gemm_models(folder: Path) -> dict[str, Path]:
     """fp32 and int8 (static QDQ, dynamic) ONNX models of one 197x768 @ 768x3072 matrix product."""
-    from vitprune.quantize import quantize
+    from vitprune.export.quantize import quantize
 
     class Gemm(torch.nn.Module):
         def __init__(self) -> None:
@@ -60,11 +60,12 @@ def main() -> None:
     from machine import describe
 
     import vitprune
-    from vitprune.adapter import ViTAdapter
-    from vitprune.export import export_onnx, ort_latency
-    from vitprune.masks import from_scores
-    from vitprune.quantize import quantize
-    from vitprune.slicing import count_macs_params, slice_mlps
+    from vitprune.model.adapter import ViTAdapter
+    from vitprune.export.onnx import export_onnx, ort_latency
+    from vitprune.prune.masks import from_scores
+    from vitprune.export.quantize import quantize
+    from vitprune.prune.macs import count_macs_params
+    from vitprune.prune.slicing import slice_mlps
 
     torch.manual_seed(0)
     dense = vitprune.load_model(args.model)

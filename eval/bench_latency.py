@@ -32,10 +32,11 @@ def main() -> None:
     from machine import describe
 
     import vitprune
-    from vitprune.adapter import ViTAdapter
-    from vitprune.export import export_onnx, ort_latency
-    from vitprune.masks import from_scores
-    from vitprune.slicing import count_macs_params, slice_mlps
+    from vitprune.model.adapter import ViTAdapter
+    from vitprune.export.onnx import export_onnx, ort_latency
+    from vitprune.prune.masks import from_scores
+    from vitprune.prune.macs import count_macs_params
+    from vitprune.prune.slicing import slice_mlps
 
     torch.manual_seed(0)
     dense = vitprune.load_model(args.model)

@@ -33,31 +33,32 @@ def run_one(kind: str, precision: str, rows: int) -> dict:
     import torch
 
     import vitprune
-    from vitprune.attribution import DiscoveryConfig, PathFinder
-    from vitprune.attribution.jas import _Goal, stable_topk
-    from vitprune.hooks import override_ffn
-    from vitprune.memory import HEAP_OVERHEAD, PassMemory
+    from vitprune.discovery.finder import PathFinder
+    from vitprune.discovery.settings import DiscoverySettings
+    from vitprune.discovery.engine import Goal, stable_topk
+    from vitprune.model.hooks import override_ffn
+    from vitprune.discovery.memory import HEAP_OVERHEAD, PassMemory
 
     from machine import proc_status
 
     torch.manual_seed(0)
     model = vitprune.load_model(MODEL)
     image, label = torch.randn(1, 3, *model.patch_embed.img_size), torch.tensor([3])
-    finder = PathFinder(model, DiscoveryConfig(topk=5, steps=20, precision=precision))
+    finder = PathFinder(model, DiscoverySettings(topk=5, steps=20, precision=precision))
     for p in model.parameters():
         p.requires_grad_(False)
-    mem = finder.measure_memory(image, label)
+    mem = finder.engine.measure_memory(image, label)
     if kind in ("pass", "trace"):
-        acts, logits = finder._clean_forward(image)
-        goal = _Goal(label, logits.softmax(-1))
+        acts, logits = finder.engine.clean_forward(image)
+        goal = Goal(label, logits.softmax(-1))
         units = [stable_topk(a.sum(dim=1), 5) for a in acts]
         img = torch.zeros(rows, dtype=torch.long)
         alpha = torch.linspace(0, 1, rows, dtype=torch.float64)
 
         def one_pass() -> None:
-            clamps = {l: finder._path_clamp(acts[l], units[l], img, alpha) for l in range(len(acts))}
-            with torch.enable_grad(), override_ffn(finder.adapter, clamps, finder.tokens):
-                out = finder._objective_sum(image[img], goal.rows(img))
+            clamps = {l: finder.engine.path_clamp(acts[l], units[l], img, alpha) for l in range(len(acts))}
+            with torch.enable_grad(), override_ffn(finder.adapter, clamps, finder.engine.tokens):
+                out = finder.engine.objective_sum(image[img], goal.rows(img))
                 torch.autograd.grad(out, list(clamps.values()))
 
         gc.collect()
@@ -71,14 +72,14 @@ def run_one(kind: str, precision: str, rows: int) -> dict:
         predicted = mem.fixed + rows * mem.per_row
         return {"kind": kind, "precision": precision, "rows": rows, "fixed": mem.fixed, "per_row": mem.per_row,
                 "predicted": predicted, "predicted_live": predicted / HEAP_OVERHEAD, "measured": measured}
-    finder.memory = PassMemory(mem.fixed, mem.per_row, budget=mem.fixed + rows * mem.per_row)
+    finder.engine.memory = PassMemory(mem.fixed, mem.per_row, budget=mem.fixed + rows * mem.per_row)
     gc.collect()
     base = proc_status("VmRSS")
     _reset_peak()
     finder.find(image, label)
     return {"kind": kind, "precision": precision, "rows": finder.memory.rows(20), "fixed": mem.fixed,
             "per_row": mem.per_row, "budget": finder.memory.budget, "measured": proc_status("VmHWM") - base,
-            "forward_calls": finder.stats.forward_calls, "schedule": finder._schedule() if rows >= 20 else "recompute"}
+            "forward_calls": finder.stats.forward_calls, "schedule": finder.engine.resolved_schedule() if rows >= 20 else "recompute"}
 
 
 def _live_peak(fn) -> int:

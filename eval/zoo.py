@@ -118,7 +118,7 @@ def run_cli(args: list[str], log=subprocess.DEVNULL) -> tuple[float, int]:
     """(seconds, exit code) of one vitprune command in a subprocess with one torch thread."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     start = time.time()
-    rc = subprocess.call([sys.executable, "-c", "import sys, torch; torch.set_num_threads(1); from vitprune.cli import main; "
+    rc = subprocess.call([sys.executable, "-c", "import sys, torch; torch.set_num_threads(1); from vitprune.app.cli import main; "
                           "sys.exit(main(sys.argv[1:]))", *args], stdout=log, stderr=log, env=env, cwd=ROOT)
     return time.time() - start, rc
 

@@ -26,7 +26,7 @@ FASHION_DATA_CONFIG = {"input_size": [1, 28, 28], "interpolation": "bilinear", "
 
 def save_tiny_fashion_model(folder, seed: int = 0, **overrides):
     """A random tiny ViT for 28x28 grayscale 10-class data, saved as a vitprune checkpoint folder."""
-    from vitprune.models import save_checkpoint
+    from vitprune.model.load import save_checkpoint
 
     kwargs = {**FASHION_KWARGS, **overrides}
     model = tiny_vit(seed=seed, **kwargs)

@@ -14,10 +14,11 @@ import torch
 
 from vitprune.analysis import (class_mode_paths, class_similarity, edit_masks, edited_logits, label_units,
                                lens_statistics, preferred_position, resolve_readout)
-from vitprune.analysis.cli import add_analyze_parser
+from vitprune.app.analyze import add_analyze_parser
 from vitprune.analysis.lens import capture_sites
 from vitprune.analysis.plots import path_violin
-from vitprune.cli import main
+from vitprune.app.cli import main
+from vitprune.discovery.records import PathRecord
 from vitprune.errors import UserError
 
 from .helpers import save_tiny_fashion_model, tiny_images, tiny_vit
@@ -88,8 +89,8 @@ def test_keep_only_mask_zeroes_a_seeded_fraction_of_other_units():
 
 
 def test_class_mode_paths_per_slot_ties_to_smallest_index():
-    records = [{"label": 1, "path": [[5, 2]]}, {"label": 1, "path": [[3, 2]]}, {"label": 1, "path": [[5, 9]]},
-               {"label": 2, "path": [[8, 1]]}, {"label": 2, "path": [[4, 7]]}]
+    records = [PathRecord(id=str(i), label=c, target=c, path=p) for i, (c, p) in enumerate(
+        [(1, [[5, 2]]), (1, [[3, 2]]), (1, [[5, 9]]), (2, [[8, 1]]), (2, [[4, 7]])])]
     assert class_mode_paths(records, "path") == {1: [[5, 2]], 2: [[4, 1]]}
 
 
@@ -159,8 +160,8 @@ def test_lens_refuses_distilled_and_attention_pool_models():
 # ------------------------------------------------------------------------------- similarity
 def test_similarity_is_symmetric_with_unit_diagonal():
     rng = np.random.default_rng(0)
-    records = [{"label": c, "target": c, "path": rng.integers(0, 16, size=(3, 2)).tolist()} for c in range(4) for _ in range(5)]
-    records += [{"label": 4, "target": 4, "path": r["path"]} for r in records if r["label"] == 0]  # a copy of class 0
+    records = [PathRecord(id="x", label=c, target=c, path=rng.integers(0, 16, size=(3, 2)).tolist()) for c in range(4) for _ in range(5)]
+    records += [PathRecord(id="y", label=4, target=4, path=r.path) for r in records if r.label == 0]  # a copy of class 0
     res = class_similarity(records, [16, 16, 16], [f"c{i}" for i in range(5)], top=2)
     sim = res["similarity"]
     assert np.array_equal(np.diag(sim), np.ones(5)) and np.array_equal(sim, sim.T)
@@ -206,6 +207,7 @@ def _pngs_valid(folder: Path) -> list[Path]:
     return pngs
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(runs, tmp_path):
     jas, ip = str(runs / "jas"), str(runs / "ip")
     out = tmp_path / "manipulate"
@@ -241,6 +243,7 @@ def test_cli_end_to_end(runs, tmp_path):
     assert {p.name for p in _pngs_valid(out)} == {"lens_identifiability.png", "lens_cscr.png", "lens_path_labels.png"}
 
 
+@pytest.mark.slow
 def test_cli_user_errors(runs, tmp_path):
     jas = str(runs / "jas")
     with pytest.raises(UserError, match="two jas runs"):
@@ -254,11 +257,12 @@ def test_cli_user_errors(runs, tmp_path):
                   str(save_tiny_fashion_model(tmp_path / "m5", num_classes=5)), "--out", str(tmp_path), "--quiet"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("what", ["manipulate", "scores", "similarity", "lens"])
 def test_every_analyze_command_takes_the_common_options(runs, tmp_path, what):
     """One command line pattern for all: --model M --data D --device --batch-size --quiet --paths RUN."""
     jas = str(runs / "jas")
-    model = json.loads((runs / "jas" / "config.json").read_text())["model"]
+    model = json.loads((runs / "jas" / "config.json").read_text())["model"]["source"]["spec"]
     extra = ["--ops", "remove", "--mode", "per-image"] if what == "manipulate" else []
     assert _analyze(["analyze", what, "--model", model, "--data", "demo", "--device", "cpu", "--batch-size", "8", "--quiet",
                      "--paths", jas, *extra, "--out", str(tmp_path / what)]) == 0

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from vitprune.cli import main
+from vitprune.app.cli import main
 from vitprune.errors import ExportError
-from vitprune.export import export_onnx, read_metadata
-from vitprune.models import load_model
+from vitprune.export.onnx import export_onnx, read_metadata
+from vitprune.model.load import load_model
 
 from .helpers import tiny_images, tiny_vit
 
@@ -24,6 +24,7 @@ def compressed(model_dir, tmp_path_factory, fashion_dir):
     return out
 
 
+@pytest.mark.slow
 def test_report_is_consistent(compressed):
     r = json.loads((compressed / "report.json").read_text())
     mask = json.loads((compressed / "mask.json").read_text())
@@ -39,6 +40,7 @@ def test_report_is_consistent(compressed):
     assert "| top-1 |" in (compressed / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_pruned_checkpoint_and_onnx_agree(compressed):
     import onnxruntime as ort
 
@@ -55,6 +57,7 @@ def test_pruned_checkpoint_and_onnx_agree(compressed):
     assert {"vitprune.source_model", "vitprune.criterion", "vitprune.sparsity", "vitprune.vitprune_version"} <= set(meta)
 
 
+@pytest.mark.slow
 def test_rerun_needs_force_for_a_different_result(compressed, model_dir, capsys):
     before = (compressed / "model.safetensors").read_bytes()
     assert main(["compress", "--model", model_dir, "--keep-topk", "3", *FAST, "--out", str(compressed)]) == 2
@@ -62,6 +65,7 @@ def test_rerun_needs_force_for_a_different_result(compressed, model_dir, capsys)
     assert (compressed / "model.safetensors").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_export_command(compressed, tmp_path, capsys):
     out = tmp_path / "again.onnx"
     assert main(["export", str(compressed), "--out", str(out)]) == 0
@@ -70,6 +74,7 @@ def test_export_command(compressed, tmp_path, capsys):
     assert "--force" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_failed_parity_leaves_no_file(tmp_path, monkeypatch):
     import onnxruntime as ort
 
@@ -122,6 +127,7 @@ def test_sparsity_budget_with_compensation(model_dir, tmp_path, criterion, compe
     assert not (out / "paths").exists()  # no discovery for a non-path criterion
 
 
+@pytest.mark.slow
 def test_lsq_refit_checkpoint_and_onnx_are_exact(model_dir, tmp_path, fashion_dir):
     """The refitted weights survive the checkpoint round trip and the ONNX export bit for bit / within 1e-4."""
     import onnxruntime as ort

@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from vitprune.cli import main
+from vitprune.app.cli import main
 
 BASE = {"data": "demo", "per-class": 2, "eval_per_class": 2, "sparsity": 0.5, "criterion": "magnitude", "compensate": "none",
         "no-export": True, "quiet": True}

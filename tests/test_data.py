@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vitprune.data import iterate_batches, load_data, model_transform, read_idx, select_per_class
+from vitprune.data import load_data, model_transform, read_idx, select_per_class
 from vitprune.errors import UserError
 
 from .helpers import tiny_vit
@@ -29,12 +29,12 @@ def test_imagefolder_order_matches_torchvision(tmp_path):
     tv = ImageFolder(str(root))
     pools = load_data(f"imagefolder:{root}")
     assert list(pools.class_names) == tv.classes
-    ids = list(pools.calibration["id"]) + list(pools.evaluation["id"])
+    ids = pools.calibration.ids() + pools.evaluation.ids()
     tv_ids = [str(__import__("pathlib").Path(p).relative_to(root)) for p, _ in tv.samples]
     assert sorted(ids) == sorted(tv_ids)
     # calibration = first 80% of every class in torchvision order, evaluation = the rest: disjoint
-    assert set(pools.calibration["id"]).isdisjoint(pools.evaluation["id"])
-    assert list(pools.calibration["id"]) == [s for s in tv_ids if int(s[-6:-4]) < 4]
+    assert set(pools.calibration.ids()).isdisjoint(pools.evaluation.ids())
+    assert pools.calibration.ids() == [s for s in tv_ids if int(s[-6:-4]) < 4]
 
 
 def test_train_val_subfolders_become_the_pools(tmp_path):
@@ -42,7 +42,7 @@ def test_train_val_subfolders_become_the_pools(tmp_path):
     _make_folder(tmp_path / "d" / "val", per_class=1)
     pools = load_data(f"imagefolder:{tmp_path / 'd'}")
     assert len(pools.calibration) == 10 and len(pools.evaluation) == 5
-    assert all(i.startswith("train/") for i in pools.calibration["id"])
+    assert all(i.startswith("train/") for i in pools.calibration.ids())
 
 
 @pytest.mark.parametrize(
@@ -65,14 +65,14 @@ def test_unreadable_image_is_a_user_error(tmp_path):
     pools = load_data(f"imagefolder:{root}")
     model = tiny_vit(img_size=12, patch_size=4, num_classes=5)
     with pytest.raises(UserError, match="unreadable image 'apple/img_00.png'"):
-        list(iterate_batches(pools.calibration, model_transform(model), 4))
+        list(pools.calibration.batches(model_transform(model), 4))
 
 
 def test_select_per_class_is_deterministic(tmp_path):
     pools = load_data(f"imagefolder:{_make_folder(tmp_path / 'data')}")
     a = select_per_class(pools.calibration, 2, (3, 1), num_classes=5)
     b = select_per_class(pools.calibration, 2, (1, 3), num_classes=5)
-    assert list(a["id"]) == list(b["id"]) == ["apple/img_00.png", "apple/img_01.png", "class2/img_00.png", "class2/img_01.png"]
+    assert a.ids() == b.ids() == ["apple/img_00.png", "apple/img_01.png", "class2/img_00.png", "class2/img_01.png"]
     with pytest.raises(UserError, match="out of range"):
         select_per_class(pools.calibration, 2, (7,), num_classes=5)
     with pytest.raises(UserError, match="--per-class"):
@@ -86,9 +86,9 @@ def test_fashion_mnist_pools_are_train_and_test(fashion_dir):
     pools = load_data("demo")
     assert (len(pools.calibration), len(pools.evaluation)) == (60000, 10000)
     assert pools.class_names[9] == "Ankle boot"
-    assert pools.calibration[0]["id"] == "train/0" and pools.evaluation[0]["id"] == "test/0"
+    assert pools.calibration.ids()[0] == "train/0" and pools.evaluation.ids()[0] == "test/0"
     model = tiny_vit(img_size=28, patch_size=7, in_chans=1, num_classes=10)
-    ids, images, labels = next(iterate_batches(select_per_class(pools.evaluation, 1, None, num_classes=10), model_transform(model), 4))
+    ids, images, labels = next(select_per_class(pools.evaluation, 1, None, num_classes=10).batches(model_transform(model), 4))
     assert images.shape == (4, 1, 28, 28) and labels.tolist() == [0, 1, 2, 3]
 
 
@@ -134,7 +134,7 @@ def test_holdout_selection_is_disjoint_from_calibration(fashion_dir):
     pools = load_data("demo")
     calib = select_per_class(pools.calibration, 16, num_classes=10)
     held = select_holdout_per_class(pools.calibration, 5, num_classes=10, skip=16)
-    assert len(held) == 50 and not set(calib["id"]) & set(held["id"])
-    assert sorted(set(held["label"])) == list(range(10))
+    assert len(held) == 50 and not set(calib.ids()) & set(held.ids())
+    assert sorted(set(held.labels().tolist())) == list(range(10))
     with pytest.raises(UserError, match="too few"):
         select_holdout_per_class(pools.calibration, 6000, num_classes=10, skip=16)

@@ -37,7 +37,7 @@ def test_lsq_and_calibration_defaults(summary):
 
 
 def test_every_zoo_model_was_evaluated(summary):
-    from vitprune.models import zoo_models
+    from vitprune.model.load import zoo_models
 
     assert sorted(summary["models"]) == sorted(["demo", *(f"zoo:{n}" for n in zoo_models())])
     assert len(summary["models"]) >= 3

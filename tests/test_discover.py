@@ -11,9 +11,9 @@ import time
 import pytest
 import torch
 
-from vitprune.cli import main
-from vitprune.importance import load_run_importance
-from vitprune.records import CONFIG, PARTIAL, PATHS, read_jsonl
+from vitprune.app.cli import main
+from vitprune.discovery.records import CONFIG, PARTIAL, PATHS, RunHeader, load_run
+from vitprune.files import read_jsonl
 
 from .helpers import save_tiny_fashion_model
 
@@ -35,8 +35,9 @@ def test_records_and_config(full_run):
     assert all(set(r) == FIELDS for r in records)
     assert all(len(r["path"]) == 3 and all(len(u) == 2 for u in r["path"]) for r in records)
     assert [r["label"] for r in records] == [c for c in range(10) for _ in range(2)]
-    config = json.loads((full_run / CONFIG).read_text())
-    assert config["token_scope"] == "cls" and config["num_images"] == 20 and config["mlp_hidden"] == [64, 64, 64]
+    header = RunHeader.from_json(json.loads((full_run / CONFIG).read_text()))
+    assert header.discovery.token_scope == "cls" and header.data.num_images == 20 and header.model.widths == (64, 64, 64)
+    assert header.format == "vitprune.discover-run/2" and header.discovery.topk == 2 and header.data.per_class == 2
     assert not (full_run / PARTIAL).exists()
 
 
@@ -46,7 +47,7 @@ def test_existing_run_is_not_overwritten(full_run, model_dir, capsys):
     assert "--resume" in capsys.readouterr().err
     changed = [a if a != "3" else "4" for a in ARGS]  # --steps 4
     assert main(["discover", "--model", model_dir, *changed, "--out", str(full_run), "--resume"]) == 2
-    assert "different settings (steps)" in capsys.readouterr().err
+    assert "different settings (discovery.steps)" in capsys.readouterr().err
     assert (full_run / PATHS).read_bytes() == before
     assert main(["discover", "--model", model_dir, *ARGS, "--out", str(full_run), "--resume"]) == 0
 
@@ -61,6 +62,7 @@ def test_resume_from_torn_partial_file_equals_full_run(full_run, model_dir, tmp_
     assert (out / PATHS).read_text() == (full_run / PATHS).read_text()
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_equals_full_run(full_run, model_dir, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "vitprune", "discover", "--model", model_dir, *ARGS, "--batch-size", "2", "--out", str(out)]
@@ -78,7 +80,7 @@ def test_kill_9_then_resume_equals_full_run(full_run, model_dir, tmp_path):
     reference = tmp_path / "uninterrupted"
     assert main(["discover", "--model", model_dir, *full_args, "--out", str(reference)]) == 0
     assert (out / PATHS).read_text() == (reference / PATHS).read_text()
-    resumed, uninterrupted = load_run_importance(out)[0], load_run_importance(reference)[0]  # the dense importance too
+    resumed, uninterrupted = load_run(out).importance, load_run(reference).importance  # the dense importance too
     assert resumed.count == uninterrupted.count
     assert all(torch.equal(a, b) for c in resumed.per_class for s in resumed.per_class[c]
                for a, b in zip(resumed.per_class[c][s], uninterrupted.per_class[c][s]))
@@ -110,6 +112,7 @@ def test_model_data_class_mismatch(tmp_path, capsys, fashion_dir):
     assert "has 10 classes but the model head has 5" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_entry_point_prints_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "vitprune", "discover", "--model", str(tmp_path / "nope.pth"), "--out", str(tmp_path / "o")],
                           capture_output=True, text=True)

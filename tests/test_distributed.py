@@ -9,8 +9,10 @@ import sys
 
 import pytest
 
-from vitprune.discover import shard_file
-from vitprune.records import CONFIG, PATHS
+from vitprune.discovery.run import shard_file
+from vitprune.discovery.records import CONFIG, PATHS
+
+pytestmark = pytest.mark.slow  # every test launches vitprune in subprocesses (torchrun)
 
 from .helpers import save_tiny_fashion_model
 
@@ -58,7 +60,7 @@ def test_interrupted_shard_resumes_to_the_same_result(runs, tmp_path):
 
 
 def test_resume_with_another_process_count_is_refused(runs, tmp_path, capsys):
-    from vitprune.cli import main
+    from vitprune.app.cli import main
 
     root, model = runs
     out = tmp_path / "x"

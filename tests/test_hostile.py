@@ -14,10 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-from vitprune.cli import main
+from vitprune.app.cli import main
 from vitprune.data import load_data, model_transform, open_image
 from vitprune.errors import UserError
-from vitprune.records import PARTIAL, PATHS
+from vitprune.discovery.records import PARTIAL, PATHS
 
 from .helpers import save_tiny_fashion_model, tiny_vit
 
@@ -195,6 +195,7 @@ def test_garbage_lines_in_paths(run, model_dir, tmp_path, capsys, damage):
     _one_line(capsys, "line 4 is not a record")
 
 
+@pytest.mark.slow
 def test_torn_last_line_in_paths_is_dropped(run, model_dir, tmp_path):
     torn = tmp_path / "torn"
     torn.mkdir()
@@ -237,6 +238,7 @@ def _wait_for(folder, pattern, proc, seconds=120):
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["discover", "compress", "evaluate"])
 def test_sigint_is_one_line_and_the_rerun_finishes(model_dir, tmp_path, fashion_dir, command):
     slow = ["--steps", "20", "--max-rows", "1"]
@@ -258,6 +260,7 @@ def test_sigint_is_one_line_and_the_rerun_finishes(model_dir, tmp_path, fashion_
     assert (out / finished).is_file()
 
 
+@pytest.mark.slow
 def test_kill_9_during_onnx_export_leaves_no_onnx_file(tmp_path, fashion_dir, model_dir):
     out = tmp_path / "c"
     args = ["compress", "--model", model_dir, "--data", "demo", "--per-class", "2", "--sparsity", "0.5", "--criterion", "magnitude",
@@ -272,6 +275,7 @@ def test_kill_9_during_onnx_export_leaves_no_onnx_file(tmp_path, fashion_dir, mo
     assert report["onnx"]["parity_max_abs"] <= 1e-4 and (out / "model.onnx").is_file()
 
 
+@pytest.mark.slow
 def test_sigint_during_onnx_export_leaves_no_file(tmp_path, fashion_dir, model_dir):
     ckpt = tmp_path / "c"
     assert main(["compress", "--model", model_dir, "--data", "demo", "--per-class", "2", "--sparsity", "0.5", "--criterion",
@@ -290,7 +294,7 @@ def test_sigint_during_onnx_export_leaves_no_file(tmp_path, fashion_dir, model_d
 def test_a_library_error_caused_by_ctrl_c_is_an_interrupt(model_dir, tmp_path, capsys, monkeypatch):
     """Ctrl-C inside a library import becomes that library's own error (onnxruntime: ImportError
     "initialization failed" raised from the KeyboardInterrupt); it is still one line and exit 130."""
-    import vitprune.cli as cli
+    import vitprune.api as api
 
     def interrupted_import(*_, **__):
         try:
@@ -298,18 +302,18 @@ def test_a_library_error_caused_by_ctrl_c_is_an_interrupt(model_dir, tmp_path, c
         except KeyboardInterrupt as exc:
             raise ImportError("initialization failed") from exc
 
-    monkeypatch.setattr(cli, "_export", interrupted_import)
+    monkeypatch.setattr(api, "export_checkpoint", interrupted_import)
     assert main(["export", model_dir, "--out", str(tmp_path / "m.onnx")]) == 130
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "interrupted" in err
 
 
 def test_a_library_error_not_caused_by_ctrl_c_still_raises(model_dir, tmp_path, monkeypatch):
-    import vitprune.cli as cli
+    import vitprune.api as api
 
     def broken(*_, **__):
         raise ImportError("initialization failed")
 
-    monkeypatch.setattr(cli, "_export", broken)
+    monkeypatch.setattr(api, "export_checkpoint", broken)
     with pytest.raises(ImportError):
         main(["export", model_dir, "--out", str(tmp_path / "m.onnx")])

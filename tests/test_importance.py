@@ -6,10 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vitprune.attribution import DiscoveryConfig, PathFinder
-from vitprune.cli import main
-from vitprune.importance import ImportanceLog, ImportanceSums, load_run_importance
-from vitprune.records import PARTIAL, PATHS, read_jsonl
+from vitprune.discovery.finder import PathFinder
+from vitprune.discovery.settings import DiscoverySettings
+from vitprune.app.cli import main
+from vitprune.discovery.importance import IMPORTANCE, ImportanceLog, ImportanceSums
+from vitprune.discovery.records import PARTIAL, PATHS, load_run
+from vitprune.files import read_jsonl
 
 from .helpers import tiny_images, tiny_vit
 from .literal_jas import literal_jas
@@ -18,11 +20,11 @@ ARGS = ["--data", "demo", "--per-class", "2", "--topk", "2", "--steps", "3", "--
 
 
 def _sums(model, x, y, batch, **cfg) -> ImportanceSums:
-    finder = PathFinder(model, DiscoveryConfig(**cfg))
+    finder = PathFinder(model, DiscoverySettings(**cfg))
     sums = ImportanceSums(tuple(b.mlp.fc2.in_features for b in model.blocks))
     for s in range(0, len(x), batch):
         found = finder.find_batch(x[s : s + batch], y[s : s + batch])
-        sums.add([r["target"] for r in found.records], found.step_scores, found.step_own)
+        sums.add([r.target for r in found.records], found.step_scores, found.step_own)
     return sums
 
 
@@ -84,14 +86,14 @@ def test_log_commit_survives_uncommitted_files(tmp_path):
 def test_discover_writes_importance_next_to_paths(model_dir, tmp_path, fashion_dir):
     out = tmp_path / "run"
     assert main(["discover", "--model", model_dir, *ARGS, "--out", str(out)]) == 0
-    sums, meta = load_run_importance(out)
+    sums, meta = ImportanceSums.load(out / IMPORTANCE)
     records = read_jsonl(out / PATHS)
     assert sums.images == len(records) == 20 and sums.count == {c: 2 for c in range(10)}
     assert meta["objective"] == "prob" and meta["token_scope"] == "cls" and meta["num_images"] == 20
     assert not list(out.glob("importance.partial*"))
     ip = tmp_path / "ip"
     assert main(["discover", "--model", model_dir, *ARGS, "--method", "influence-pattern", "--out", str(ip)]) == 0
-    assert load_run_importance(ip) is None
+    assert load_run(ip).importance is None and not (ip / IMPORTANCE).exists()
 
 
 def test_crash_between_records_and_commit_resumes_to_the_same_sums(model_dir, tmp_path, fashion_dir, monkeypatch):
@@ -113,7 +115,7 @@ def test_crash_between_records_and_commit_resumes_to_the_same_sums(model_dir, tm
     monkeypatch.setattr(ImportanceLog, "commit", real)
     assert main(["discover", "--model", model_dir, *ARGS, "--out", str(out), "--resume"]) == 0
     assert (out / PATHS).read_text() == (reference / PATHS).read_text()
-    _assert_sums_close(load_run_importance(out)[0], load_run_importance(reference)[0], rel=0)
+    _assert_sums_close(load_run(out).importance, load_run(reference).importance, rel=0)
 
 
 def test_criterion_jas_needs_a_run_with_importance(model_dir, tmp_path, capsys, fashion_dir):

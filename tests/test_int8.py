@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from vitprune.cli import main
-from vitprune.export import read_metadata
+from vitprune.app.cli import main
+from vitprune.export.onnx import read_metadata
 
 from .helpers import tiny_images
 
@@ -15,6 +15,7 @@ FAST = ["--data", "demo", "--per-class", "2", "--eval-per-class", "5", "--sparsi
         "--compensate", "none", "--quiet"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["static", "dynamic"])
 def test_compress_writes_a_gated_int8_model(model_dir, tmp_path, fashion_dir, mode):
     import onnxruntime as ort
@@ -35,8 +36,9 @@ def test_compress_writes_a_gated_int8_model(model_dir, tmp_path, fashion_dir, mo
     assert "int8" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_failed_gate_leaves_no_int8_file(model_dir, tmp_path, fashion_dir, monkeypatch, capsys):
-    import vitprune.quantize as q
+    import vitprune.export.quantize as q
 
     real = q.onnx_top1
     monkeypatch.setattr(q, "onnx_top1", lambda path, *a, **k: real(path, *a, **k) - (0.05 if ".tmp-" in str(path) else 0.0))
@@ -49,6 +51,7 @@ def test_a_failed_gate_leaves_no_int8_file(model_dir, tmp_path, fashion_dir, mon
     assert r["int8"]["written"] is False and (out / "model.onnx").is_file()  # everything else stands
 
 
+@pytest.mark.slow
 def test_export_command_quantizes_too(model_dir, tmp_path, fashion_dir):
     ckpt = tmp_path / "c"
     assert main(["compress", "--model", model_dir, *FAST, "--no-export", "--out", str(ckpt)]) == 0

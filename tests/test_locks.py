@@ -11,10 +11,11 @@ import time
 
 import pytest
 
-from vitprune.cli import main
+from vitprune.app.cli import main
 from vitprune.errors import UserError
-from vitprune.locks import lock_path, output_lock
-from vitprune.records import PARTIAL, PATHS, read_jsonl
+from vitprune.outdir import lock_path, output_lock
+from vitprune.discovery.records import PARTIAL, PATHS
+from vitprune.files import read_jsonl
 
 ARGS = ["--data", "demo", "--per-class", "4", "--topk", "2", "--steps", "4", "--batch-size", "2", "--quiet"]
 
@@ -54,6 +55,7 @@ def test_export_refuses_a_checkpoint_being_written(model_dir, tmp_path, capsys):
     _one_line_refusal(capsys.readouterr().err)
 
 
+@pytest.mark.slow
 def test_two_concurrent_discover_processes(model_dir, tmp_path, fashion_dir):
     """Exactly one runs; the other exits 2 naming the holder; the finished run holds every image once."""
     out = tmp_path / "run"
@@ -71,6 +73,7 @@ def test_two_concurrent_discover_processes(model_dir, tmp_path, fashion_dir):
     assert len(records) == 40 and len({r["id"] for r in records}) == 40
 
 
+@pytest.mark.slow
 def test_a_killed_holder_leaves_no_stale_lock(model_dir, tmp_path, fashion_dir):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "vitprune", "discover", "--model", model_dir, *ARGS, "--out", str(out)],

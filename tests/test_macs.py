@@ -6,10 +6,11 @@ import json
 import pytest
 import torch
 
-from vitprune.adapter import ViTAdapter
-from vitprune.cli import main
-from vitprune.masks import from_keep_sets, mask_for_macs
-from vitprune.slicing import count_macs_params, mlp_unit_macs, slice_mlps
+from vitprune.model.adapter import ViTAdapter
+from vitprune.app.cli import main
+from vitprune.prune.macs import count_macs_params, mask_for_macs, mlp_unit_macs
+from vitprune.prune.masks import from_keep_sets
+from vitprune.prune.slicing import slice_mlps
 
 from .helpers import tiny_vit
 
@@ -18,7 +19,7 @@ def test_unit_costs_predict_the_counter_exactly():
     model = tiny_vit(depth=3, mlp_ratio=3.0)
     cost, total = mlp_unit_macs(model)
     widths = ViTAdapter(model).hidden_widths
-    mask = from_keep_sets(widths, [list(range(5)), list(range(40)), list(range(widths[2]))])
+    mask = from_keep_sets(widths, [list(range(5)), list(range(40)), list(range(widths[2]))], "test")
     got, _ = count_macs_params(slice_mlps(model, mask))
     assert got == total - sum(c * (w - k) for c, w, k in zip(cost, widths, mask.kept_counts))
 
@@ -58,9 +59,9 @@ def test_bad_mac_targets(model_dir, tmp_path, fashion_dir, capsys, extra, fragme
 
 
 def test_sweep_takes_mac_budgets(model_dir, tmp_path, fashion_dir):
-    from vitprune.sweep import SweepOptions, run_sweep
+    import vitprune
 
-    rows = run_sweep(SweepOptions(model=model_dir, sparsities=(), target_macs=(0.6, 0.8), criteria=("magnitude",),
-                                  compensate=("none",), per_class=2, eval_per_class=2, scope="global"), tmp_path / "s", quiet=True)
-    assert [r["target_macs"] for r in rows] == [None, 0.6, 0.8]
-    assert all(abs(r["macs_ratio"] - r["target_macs"]) <= 0.01 for r in rows[1:])
+    rows = vitprune.evaluate(model_dir, "demo", sparsities=(), target_macs=(0.6, 0.8), criteria=("magnitude",), compensate=("none",),
+                             per_class=2, eval_per_class=2, scope="global", out=tmp_path / "s", quiet=True).points
+    assert [r.target_macs for r in rows] == [None, 0.6, 0.8]
+    assert all(abs(r.macs_ratio - r.target_macs) <= 0.01 for r in rows[1:])

@@ -8,9 +8,9 @@ import pytest
 import timm
 import torch
 
-from vitprune.adapter import ViTAdapter
+from vitprune.model.adapter import ViTAdapter
 from vitprune.errors import UserError
-from vitprune.models import load_model
+from vitprune.model.load import load_model
 
 from .helpers import save_tiny_fashion_model, tiny_images, tiny_vit, to_google_npz
 
@@ -133,8 +133,8 @@ def test_zoo_models_load_with_their_recipes():
 
     import yaml
 
-    from vitprune.adapter import ViTAdapter
-    from vitprune.models import ZOO_DIR, load_model, zoo_models
+    from vitprune.model.adapter import ViTAdapter
+    from vitprune.model.load import ZOO_DIR, load_model, zoo_models
 
     names = zoo_models()
     assert len(names) >= 2

@@ -12,7 +12,7 @@ import torch
 import yaml
 from PIL import Image
 
-from vitprune.cli import main
+from vitprune.app.cli import main
 
 from .helpers import to_google_npz
 
@@ -63,6 +63,7 @@ def stand_in(model_spec: str, folder: Path) -> list[str]:
     return ["--model", str(path), "--arch", arch]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", COMPRESS, ids=[p.stem for p in COMPRESS])
 def test_recipe_runs_end_to_end_on_a_tiny_stand_in(recipe, imagenet_layout, tmp_path, fashion_dir):
     spec = yaml.safe_load(recipe.read_text())

@@ -7,11 +7,12 @@ import math
 import pytest
 import torch
 
-from vitprune.adapter import ViTAdapter
-from vitprune.hooks import edit_ffn
-from vitprune.masks import from_keep_sets, from_scores
-from vitprune.reconstruct import RIDGES, calibration_set, heldout_positions, prune, reconstruct
-from vitprune.slicing import masked_edits, slice_mlps
+from vitprune.model.adapter import ViTAdapter
+from vitprune.model.hooks import edit_ffn
+from vitprune.prune.compensate import CompensationInputs, calibration_set, least_squares
+from vitprune.prune.lsq import RIDGES, heldout_positions, reconstruct
+from vitprune.prune.masks import from_keep_sets, from_scores
+from vitprune.prune.slicing import masked_edits, slice_mlps
 
 from .helpers import tiny_images, tiny_vit
 
@@ -35,7 +36,7 @@ def test_heldout_positions():
 def test_keeping_every_unit_changes_nothing():
     model = tiny_vit()
     x, held = _calib()
-    full = from_keep_sets(ViTAdapter(model).hidden_widths, [list(range(w)) for w in ViTAdapter(model).hidden_widths])
+    full = from_keep_sets(ViTAdapter(model).hidden_widths, [list(range(w)) for w in ViTAdapter(model).hidden_widths], "all")
     refit, info = reconstruct(model, full, x, held)
     for b in range(len(model.blocks)):
         assert (refit.blocks[b].mlp.fc2.weight - model.blocks[b].mlp.fc2.weight).abs().max() <= 1e-6
@@ -111,7 +112,7 @@ def test_fewer_tokens_than_kept_units_still_solves():
     """2 images x 17 tokens = 34 rows for 64 kept units + bias: underdetermined, solved near the slice."""
     model = tiny_vit()
     x, held = tiny_images(2, seed=5), heldout_positions(2)
-    full = from_keep_sets(ViTAdapter(model).hidden_widths, [list(range(64))] * 3)
+    full = from_keep_sets(ViTAdapter(model).hidden_widths, [list(range(64))] * 3, "all")
     refit, info = reconstruct(model, full, x, held)
     assert info.underdetermined == [0, 1, 2]
     assert all(torch.isfinite(p).all() for p in refit.parameters())
@@ -131,9 +132,11 @@ def test_ridge_is_chosen_on_held_out_images_and_reported():
         assert f.heldout_error["lsq"] <= f.heldout_error["slice"] + 1e-12  # the slice is a candidate
 
 
-def test_prune_modes_and_calibration_set(model_dir, fashion_dir):
+def test_compensations_and_calibration_set(model_dir, fashion_dir):
     from vitprune.data import load_data, model_transform, select_per_class
-    from vitprune.models import load_model
+    from vitprune.model.load import load_model
+    from vitprune.prune import COMPENSATIONS
+    from vitprune.prune.compensate import load_compensation
 
     model = load_model(model_dir)
     pools = load_data("demo")
@@ -141,12 +144,13 @@ def test_prune_modes_and_calibration_set(model_dir, fashion_dir):
     cal = calibration_set(calib, model_transform(model), batch_size=4)
     assert len(cal) == 30 and cal.heldout.tolist() == heldout_positions(30).tolist()
     mask = _mask(model, 0.5)
-    none, r0 = prune(model, mask, "none")
-    lsq, r1 = prune(model, mask, "lsq", calibration=cal)
-    assert r0 is None and r1 is not None and len(r1.blocks) == 3
-    assert ViTAdapter(lsq).hidden_widths == ViTAdapter(none).hidden_widths == mask.kept_counts
+    none = load_compensation("none")(model, mask, CompensationInputs())
+    lsq = least_squares(model, mask, CompensationInputs(calibration=cal))
+    assert none.reconstruction is None and lsq.reconstruction is not None and len(lsq.reconstruction.blocks) == 3
+    assert ViTAdapter(lsq.model).hidden_widths == ViTAdapter(none.model).hidden_widths == mask.kept_counts
+    assert COMPENSATIONS.entry("lsq").meta["needs"] == ("calibration",)
     with pytest.raises(Exception, match="--compensate"):
-        prune(model, mask, "bogus")
+        load_compensation("bogus")
 
 
 def test_layer_scale_models_refit_in_fc2_space():
@@ -157,7 +161,7 @@ def test_layer_scale_models_refit_in_fc2_space():
             blk.ls2.gamma.uniform_(0.2, 1.0)
     x, held = _calib(30)
     widths = ViTAdapter(model).hidden_widths
-    same, _ = reconstruct(model, from_keep_sets(widths, [list(range(w)) for w in widths]), x, held, target="output")
+    same, _ = reconstruct(model, from_keep_sets(widths, [list(range(w)) for w in widths], "all"), x, held, target="output")
     test = tiny_images(4, seed=9)
     with torch.no_grad():
         assert (same(test) - model(test)).abs().max() <= 1e-5
@@ -169,7 +173,7 @@ def test_layer_scale_models_refit_in_fc2_space():
 
 
 def test_readout_weighting_weighs_the_cls_token_like_all_patches():
-    from vitprune.reconstruct import token_weights
+    from vitprune.prune.lsq import token_weights
 
     model = tiny_vit()
     w = token_weights(ViTAdapter(model), 17, "readout")

@@ -4,15 +4,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vitprune.criteria import CRITERIA, unit_scores
+from vitprune.criteria import CRITERIA
+from vitprune.criteria.base import unit_scores
+from vitprune.criteria.stats import collect_stats
+from vitprune.discovery.importance import ImportanceSums
+from vitprune.discovery.records import PathRecord, PathRun
 from vitprune.errors import UserError
-from vitprune.hooks import edit_ffn
-from vitprune.importance import ImportanceSums
-from vitprune.adapter import ViTAdapter
-from vitprune.masks import NeuronMask, from_keep_sets, from_scores
-from vitprune.models import load_model, save_checkpoint
-from vitprune.slicing import compensation_shift, count_macs_params, masked_edits, slice_mlps
-from vitprune.stats import collect_stats
+from vitprune.model.adapter import ViTAdapter
+from vitprune.model.hooks import edit_ffn
+from vitprune.model.load import load_model, save_checkpoint
+from vitprune.prune.macs import count_macs_params
+from vitprune.prune.masks import NeuronMask, from_keep_sets, from_scores
+from vitprune.prune.slicing import compensation_shift, masked_edits, slice_mlps
 
 from .helpers import tiny_images, tiny_vit
 
@@ -26,16 +29,16 @@ def _masked_logits(model, mask, x):
         return model(x)
 
 
-@pytest.mark.parametrize("criterion", CRITERIA)
+@pytest.mark.parametrize("criterion", CRITERIA.names())
 @pytest.mark.parametrize("scope", ["per-block", "global"])
 def test_sliced_equals_masked_for_every_criterion(criterion, scope):
     model = tiny_vit()
     x, y = tiny_images(6), torch.tensor([0, 1, 2, 3, 4, 0])
-    records = [{"path": [[1, 2], [3, 4], [5, 6]], "score": 0.5, "label": 0}]
+    records = [PathRecord(id="a", label=0, target=0, path=[[1, 2], [3, 4], [5, 6]], score=0.5)]
     importance = ImportanceSums((64, 64, 64))
     scores = [torch.randn(2, 64, generator=torch.Generator().manual_seed(b)) for b in range(3)]
     importance.add([0, 1], scores, scores)
-    scores = unit_scores(criterion, model, stats=_stats(model, x, y), records=records, importance=importance, seed=3)
+    scores = unit_scores(criterion, model, stats=_stats(model, x, y), paths=PathRun(records, None, importance), seed=3)
     mask = from_scores(scores, 0.6, scope=scope, criterion=criterion)
     pruned = slice_mlps(model, mask)
     assert ViTAdapter(pruned).hidden_widths == mask.kept_counts
@@ -48,7 +51,7 @@ def test_sliced_equals_masked_for_every_criterion(criterion, scope):
 
 def test_sliced_equals_masked_at_every_token_with_different_widths():
     model = tiny_vit()
-    mask = from_keep_sets([64, 64, 64], [[0], list(range(10, 50)), list(range(64))])
+    mask = from_keep_sets([64, 64, 64], [[0], list(range(10, 50)), list(range(64))], "test")
     pruned = slice_mlps(model, mask)
     assert ViTAdapter(pruned).hidden_widths == [1, 40, 64]
     x = tiny_images(3)
@@ -89,13 +92,13 @@ def test_budget_rules():
     with pytest.raises(UserError, match="--min-keep"):
         from_scores(scores, 0.5, min_keep=0)
     with pytest.raises(UserError, match="block 1 would keep no units"):
-        from_keep_sets([10, 10], [[1], []])
+        from_keep_sets([10, 10], [[1], []], "test")
     assert NeuronMask.from_json(m.to_json()) == m
 
 
 def test_pruned_checkpoint_roundtrip(tmp_path):
     model = tiny_vit()
-    mask = from_keep_sets([64, 64, 64], [[1, 2, 3], list(range(20)), [7]])
+    mask = from_keep_sets([64, 64, 64], [[1, 2, 3], list(range(20)), [7]], "test")
     pruned = slice_mlps(model, mask)
     meta = {**model.vitprune_source, "mlp_hidden": mask.kept_counts, "kept": [list(k) for k in mask.kept]}
     save_checkpoint(pruned, tmp_path / "p", meta)

@@ -7,137 +7,27 @@ Edits are a per-row multiplicative mask in a forward pre-hook, so each image can
 path. Two modes: per-image paths (in-sample, every image edited with its own path) and
 class-level paths (the per-slot mode over a class's records, evaluated on held-out images).
 
-This module also holds the run-folder helpers the other analyses share.
 """
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..adapter import ViTAdapter
-from ..distributed import resolve_device
+from ..discovery.records import PathRecord, PathRun
 from ..errors import UserError
-from ..hooks import ffn_hooks
-from ..records import CONFIG, atomic_write_json, atomic_write_text, load_run_records, read_json
+from ..files import atomic_write_json
+from ..model.adapter import ViTAdapter
+from ..model.hooks import ffn_hooks
+from .runs import METHODS, check_paths, default_out, load_run_data, load_run_model, load_runs, method_sources, resolve_spec, write_csv
 
 OPERATIONS = ("remove", "enhance", "keep-only")
 FACTORS = {"remove": 0.0, "enhance": 2.0}
-METHODS = ("jas", "activation", "influence-pattern")
 MODES = ("per-image", "class")
-
-
-# ------------------------------------------------------------------------------- run folders
-@dataclass(frozen=True)
-class AnalysisRun:
-    """A finished discover run: its folder, config (empty for imported reference files) and records."""
-
-    folder: Path
-    config: dict
-    records: list[dict]
-
-    @property
-    def method(self) -> str:
-        methods = {r.get("method", "jas") for r in self.records}
-        if len(methods) != 1:
-            raise UserError(f"{self.folder} mixes path methods {sorted(methods)}; pass one run per method")
-        return methods.pop()
-
-    @property
-    def token_scope(self) -> str:
-        return self.config.get("token_scope") or self.records[0].get("token_scope") or "auto"
-
-
-def load_run(folder: str | Path) -> AnalysisRun:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"--paths {folder} is not a folder; pass a finished 'vitprune discover' run folder")
-    records = load_run_records(folder)
-    if not records:
-        raise UserError(f"{folder} holds no path records; rerun 'vitprune discover'")
-    config = read_json(folder / CONFIG) if (folder / CONFIG).is_file() else {}
-    return AnalysisRun(folder, config, records)
-
-
-def default_out(run: AnalysisRun, command: str) -> Path:
-    return run.folder / "analysis" / command
-
-
-def resolve_spec(runs: Sequence[AnalysisRun], key: str, given: str | None) -> str:
-    """``--model`` / ``--data`` if given, else the runs' common config value."""
-    if given:
-        return given
-    values = {r.config.get(key) for r in runs}
-    if None in values:
-        raise UserError(f"{runs[0].folder} has no config.json value for '{key}'; pass --{key}")
-    if len(values) > 1:
-        raise UserError(f"the runs were made with different {key}s {sorted(values)}; pass --{key} to choose one")
-    return values.pop()
-
-
-def load_run_model(runs: Sequence[AnalysisRun], model: str | None, device: str) -> nn.Module:
-    from ..models import load_model
-
-    spec = resolve_spec(runs, "model", model)
-    arch = None if model else runs[0].config.get("arch")
-    return load_model(spec, arch=arch).to(resolve_device(device)).eval()
-
-
-def load_run_data(runs: Sequence[AnalysisRun], data: str | None, num_classes: int):
-    """The data pools of ``--data`` (default: the runs'), checked against the model's class count."""
-    from ..data import load_data
-    from ..discover import check_pairing
-
-    spec = resolve_spec(runs, "data", data)
-    pools = load_data(spec)
-    check_pairing(pools, num_classes)
-    return spec, pools
-
-
-def check_paths(records: Sequence[dict], key: str, widths: Sequence[int], folder: Path) -> None:
-    """Paths must have one entry per block and unit indices inside each block's MLP width."""
-    for rec in records:
-        path = rec.get(key)
-        if path is None:
-            raise UserError(f"a record of {folder} has no '{key}'; rerun 'vitprune discover' for that method")
-        if len(path) != len(widths):
-            raise UserError(f"paths in {folder} have {len(path)} layers but the model has {len(widths)} blocks; "
-                            "pass the model the run was made with (--model)")
-        for layer, units in enumerate(path):
-            if any(not 0 <= int(u) < widths[layer] for u in units):
-                raise UserError(f"paths in {folder} use unit indices beyond block {layer}'s MLP width "
-                                f"{widths[layer]}; pass the model the run was made with (--model)")
-
-
-def method_sources(runs: Sequence[AnalysisRun]) -> dict[str, tuple[AnalysisRun, str]]:
-    """method -> (run, record key): jas/influence-pattern from each run's 'path', activation from 'base_path'."""
-    out: dict[str, tuple[AnalysisRun, str]] = {}
-    for run in runs:
-        method = run.method
-        if method not in ("jas", "influence-pattern"):
-            raise UserError(f"{run.folder} holds '{method}' paths; analyze handles jas and influence-pattern runs")
-        if method in out:
-            raise UserError(f"two {method} runs given ({out[method][0].folder}, {run.folder}); pass one run per method")
-        out[method] = (run, "path")
-    for run in sorted(runs, key=lambda r: r.method != "jas"):
-        if all(r.get("base_path") for r in run.records):
-            out.setdefault("activation", (run, "base_path"))
-    return {m: out[m] for m in METHODS if m in out}
-
-
-def write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
 
 
 # ---------------------------------------------------------------------------------- edits
@@ -199,13 +89,13 @@ def edited_logits(model: nn.Module, images: torch.Tensor, paths: torch.Tensor, o
         return model(images)
 
 
-def class_mode_paths(records: Sequence[dict], key: str) -> dict[int, list[list[int]]]:
+def class_mode_paths(records: Sequence[PathRecord], key: str) -> dict[int, list[list[int]]]:
     """Per class (true label), per layer, per rank slot: the most frequent unit (ties -> smallest index)."""
     from scipy import stats
 
     by_class: dict[int, list] = {}
     for rec in records:
-        by_class.setdefault(int(rec["label"]), []).append(rec[key])
+        by_class.setdefault(rec.label, []).append(getattr(rec, key))
     out = {}
     for cls, paths in sorted(by_class.items()):
         arr = np.asarray(paths, dtype=np.int64)  # (n, L, K)
@@ -260,7 +150,7 @@ def manipulate(paths: Sequence[str | Path], out: str | Path | None = None, *, mo
                operations: Sequence[str] = OPERATIONS, keep_fraction: float = 1.0, eval_per_class: int | None = 10,
                batch_size: int = 64, seed: int = 0, quiet: bool = False) -> dict:
     """Edit each method's paths and measure probability and accuracy deviation; writes manipulate.* into ``out``."""
-    from ..data import iterate_batches, model_transform, select_per_class
+    from ..data import model_transform, select_per_class
     from ..progress import progress_bar
     from .plots import deviation_boxplot
 
@@ -276,9 +166,7 @@ def manipulate(paths: Sequence[str | Path], out: str | Path | None = None, *, mo
         raise UserError(f"--eval-per-class must be >= 1 (got {eval_per_class})")
     if not 0.0 <= keep_fraction <= 1.0:
         raise UserError(f"--keep-fraction must be in [0, 1] (got {keep_fraction})")
-    runs = [load_run(p) for p in paths]
-    if not runs:
-        raise UserError("pass at least one --paths run folder")
+    runs = load_runs(paths)
     sources = method_sources(runs)
     net = load_run_model(runs, model, device)
     dev = next(net.parameters()).device
@@ -293,12 +181,12 @@ def manipulate(paths: Sequence[str | Path], out: str | Path | None = None, *, mo
     out.mkdir(parents=True, exist_ok=True)
     tallies: dict[tuple[str, str, str], _Tally] = {}
 
-    def evaluate(dataset, row_paths, method_list, mode: str, run: AnalysisRun, desc: str) -> None:
+    def evaluate(dataset, row_paths, method_list, mode: str, run: PathRun, desc: str) -> None:
         """One clean forward per batch, then one edited forward per (method, operation)."""
         tokens = adapter.token_slice(run.token_scope)
         gens = {(m, op): torch.Generator().manual_seed(seed) for m in method_list for op in operations}
         with progress_bar(total=len(dataset), desc=desc, unit="img", disable=quiet) as bar:
-            for ids, images, labels in iterate_batches(dataset, transform, batch_size):
+            for ids, images, labels in dataset.batches(transform, batch_size):
                 images = images.to(dev)
                 with torch.no_grad():
                     clean = _log_probs(net(images))
@@ -322,26 +210,26 @@ def manipulate(paths: Sequence[str | Path], out: str | Path | None = None, *, mo
     run_of = {r.folder: r for r in runs}
     for folder, method_list in by_run.items():
         run = run_of[folder]
-        cfg = run.config
-        if "per_class" not in cfg or "pool" not in cfg:
-            raise UserError(f"{folder} has no vitprune config.json (imported reference files?); "
+        if run.header is None:
+            raise UserError(f"{folder} has no vitprune run header (imported reference files?); "
                             "edits need the run's image selection: run 'vitprune discover' to get a run folder")
-        run_pool = pools.calibration if cfg["pool"] == "calibration" else pools.evaluation
+        sel = run.header.data
+        run_pool = pools.calibration if sel.pool == "calibration" else pools.evaluation
         if "per-image" in modes:
-            selected = select_per_class(run_pool, cfg["per_class"], cfg.get("classes"), num_classes=pools.num_classes)
-            index = {i: n for n, i in enumerate(selected["id"])}
-            missing = [r["id"] for r in run.records if r["id"] not in index]
+            selected = select_per_class(run_pool, sel.per_class, sel.classes, num_classes=pools.num_classes)
+            index = {i: n for n, i in enumerate(selected.ids())}
+            missing = [r.id for r in run.records if r.id not in index]
             if missing:
                 raise UserError(f"{len(missing)} images of {folder} (e.g. '{missing[0]}') are not in '{data_spec}' as the run "
                                 "selected them; pass the --data the run was made with")
-            dataset = selected.select(sorted(index[r["id"]] for r in run.records))
-            lookup = {m: {r["id"]: r[sources[m][1]] for r in run.records} for m in method_list}
+            dataset = selected.select(sorted(index[r.id] for r in run.records))
+            lookup = {m: {r.id: getattr(r, sources[m][1]) for r in run.records} for m in method_list}
             row_paths = {m: (lambda i, y, _t=lookup[m]: _t.get(i)) for m in method_list}
             evaluate(dataset, row_paths, method_list, "per-image", run, f"edit per-image ({folder.name})")
         if "class" in modes:
             class_paths = {m: class_mode_paths(run.records, sources[m][1]) for m in method_list}
             classes = sorted({c for cp in class_paths.values() for c in cp})
-            held_out = pools.evaluation if cfg["pool"] == "calibration" else pools.calibration
+            held_out = pools.evaluation if sel.pool == "calibration" else pools.calibration
             dataset = select_per_class(held_out, eval_per_class, classes, num_classes=pools.num_classes)
             row_paths = {m: (lambda i, y, _t=class_paths[m]: _t.get(y)) for m in method_list}
             evaluate(dataset, row_paths, method_list, "class", run, f"edit class-level ({folder.name})")
@@ -381,5 +269,4 @@ def manipulate(paths: Sequence[str | Path], out: str | Path | None = None, *, mo
     return report
 
 
-__all__ = ["manipulate", "edited_logits", "edit_masks", "apply_masks", "class_mode_paths", "load_run", "AnalysisRun",
-           "method_sources", "OPERATIONS", "METHODS"]
+__all__ = ["manipulate", "edited_logits", "edit_masks", "apply_masks", "class_mode_paths", "OPERATIONS", "FACTORS", "MODES"]

@@ -18,61 +18,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..adapter import ViTAdapter
+from ..discovery.records import PathRecord
 from ..errors import UserError
-from ..records import atomic_write_json
-from .editing import check_paths, default_out, load_run, load_run_data, load_run_model, resolve_spec
+from ..files import atomic_write_json
+from ..model.adapter import Readout, ViTAdapter
+from .runs import check_paths, default_out, load_run_data, load_run_model, load_runs, resolve_spec
 
 SITES = ("resid", "attn", "mlp")
-SITE_MODULE = {"resid": None, "attn": "ls1", "mlp": "ls2"}
-
-
-@dataclass(frozen=True)
-class Readout:
-    """How the model turns a d-vector into logits: ``head(norm(x))``, plus its token layout."""
-
-    norm: nn.Module
-    head: nn.Linear
-    pool: str  # 'token' or 'avg'
-    num_prefix: int
-    has_cls: bool
-    pool_uses_fc_norm: bool  # avg pool: norm after pooling (fc_norm) rather than per token (model.norm)
-    pool_include_prefix: bool
-
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.norm(x))
-
-    def pooled(self, resid: torch.Tensor) -> torch.Tensor:
-        """The model's own avg-pool readout of a residual stream (B, N, d) -> (B, C)."""
-        tokens = resid if self.pool_include_prefix else resid[:, self.num_prefix:]
-        if self.pool_uses_fc_norm:
-            return self.head(self.norm(tokens.mean(1)))
-        return self.head(self.norm(tokens).mean(1))
 
 
 def resolve_readout(model: nn.Module) -> Readout:
-    """The final norm + head, refusing models whose output is not one linear readout of the stream."""
-    if getattr(model, "dist_token", None) is not None or hasattr(model, "head_dist"):
-        raise UserError("distilled models (DeiT distillation token + head_dist) average two heads; the class-embedding "
-                        "lens supports single-head ViTs: use the non-distilled model")
-    pool = getattr(model, "global_pool", "token")
-    if getattr(model, "attn_pool", None) is not None or pool in ("map", "prr"):
-        raise UserError(f"global_pool='{pool}' reads the tokens through an attention-pool head, which has no per-token "
-                        "linear readout; the class-embedding lens needs 'token' or 'avg' pooling")
+    """The final norm + head, refusing models whose output is not one linear readout of the stream (and blocks
+    whose sublayer outputs the lens cannot read)."""
     adapter = ViTAdapter(model)
-    for b, block in enumerate(adapter.blocks):
-        if not (hasattr(block, "ls1") and hasattr(block, "ls2")):
-            raise UserError(f"block {b} ({type(block).__name__}) is not a pre-norm timm Block with ls1/ls2; "
-                            "post-norm and parallel blocks are not supported by the lens")
-    if not isinstance(model.head, nn.Linear):
-        raise UserError(f"the head is {type(model.head).__name__}, not a linear classifier; the lens needs one")
-    fc_norm = getattr(model, "fc_norm", nn.Identity())
-    uses_fc_norm = pool == "avg" and not isinstance(fc_norm, nn.Identity)
-    return Readout(
-        norm=fc_norm if uses_fc_norm else model.norm, head=model.head, pool=pool,
-        num_prefix=int(model.num_prefix_tokens), has_cls=model.cls_token is not None,
-        pool_uses_fc_norm=uses_fc_norm, pool_include_prefix=bool(getattr(model, "pool_include_prefix", False)),
-    )
+    readout = adapter.readout()
+    for b in range(adapter.depth):
+        adapter.sublayer_outputs(b)
+    return readout
 
 
 @contextmanager
@@ -80,10 +42,12 @@ def capture_sites(model: nn.Module) -> Iterator[dict[tuple[str, int], torch.Tens
     """Forward hooks recording (site, block) -> (B, N, d) for resid/attn/mlp; always removed."""
     store: dict[tuple[str, int], torch.Tensor] = {}
     handles = []
+    adapter = ViTAdapter(model)
     try:
-        for b, block in enumerate(model.blocks):
+        for b, block in enumerate(adapter.blocks):
+            modules = {"resid": block, **adapter.sublayer_outputs(b)}
             for site in SITES:
-                module = block if SITE_MODULE[site] is None else getattr(block, SITE_MODULE[site])
+                module = modules[site]
 
                 def hook(_m, _inp, output, _key=(site, b)):
                     store[_key] = output.detach()
@@ -124,7 +88,7 @@ def lens_statistics(model: nn.Module, batches: Iterable[tuple[list[str], torch.T
     from ..progress import progress_bar
 
     readout = resolve_readout(model)
-    depth, num_classes = len(model.blocks), int(model.head.out_features)
+    depth, num_classes = ViTAdapter(model).depth, int(readout.head.out_features)
     device = next(model.parameters()).device
     groups = (["cls"] if readout.has_cls else []) + ["image"]
     ident = {(s, g): _Mean(depth) for s in SITES for g in groups}
@@ -192,7 +156,8 @@ def label_units(model: nn.Module, k: int = 5) -> list[dict[str, torch.Tensor]]:
     because it does not depend on the unit. Weights are read, never modified.
     """
     readout = resolve_readout(model)
-    num_classes = int(model.head.out_features)
+    adapter = ViTAdapter(model)
+    num_classes = int(readout.head.out_features)
     if not 1 <= k <= num_classes:
         raise UserError(f"--label-topk must be in 1..{num_classes} (got {k})")
     weight = readout.head.weight.detach().float()
@@ -200,27 +165,24 @@ def label_units(model: nn.Module, k: int = 5) -> list[dict[str, torch.Tensor]]:
     if gamma is not None:
         weight = weight * gamma.detach().float()
     out = []
-    for block in model.blocks:
-        values = block.mlp.fc2.weight.detach().float()  # (d, M): column m is unit m's value vector
-        ls_gamma = getattr(block.ls2, "gamma", None)
-        if ls_gamma is not None:
-            values = values * ls_gamma.detach().float()[:, None]
+    for b in range(adapter.depth):
+        values = adapter.mlp_value_vectors(b)  # (d, M): column m is what unit m writes
         scores = weight @ (values - values.mean(0, keepdim=True))  # (C, M)
         top = scores.topk(k, dim=0)
         out.append({"top": top.indices.T.cpu(), "score": top.values.T.cpu()})
     return out
 
 
-def path_unit_labels(records: Sequence[dict], labels: Sequence[dict[str, torch.Tensor]], num_classes: int) -> dict:
+def path_unit_labels(records: Sequence[PathRecord], labels: Sequence[dict[str, torch.Tensor]], num_classes: int) -> dict:
     """For each class's path units in the last third of the blocks: the classes they write (top-1 label)."""
     depth = len(labels)
     first = depth - max(1, depth // 3)
     counts: dict[int, np.ndarray] = {}
     for rec in records:
-        cls = int(rec.get("target", rec["label"]))
+        cls = rec.target
         row = counts.setdefault(cls, np.zeros(num_classes))
         for layer in range(first, depth):
-            for u in rec["path"][layer]:
+            for u in rec.path[layer]:
                 row[int(labels[layer]["top"][int(u), 0])] += 1
     classes = sorted(counts)
     matrix = np.stack([counts[c] / max(counts[c].sum(), 1) for c in classes]) if classes else np.zeros((0, num_classes))
@@ -235,22 +197,23 @@ def lens_analysis(path: str | Path, out: str | Path | None = None, *, model: str
                   data: str | None = None, device: str = "auto", per_class: int | None = None, label_topk: int = 5,
                   batch_size: int = 64, quiet: bool = False) -> dict:
     """Lens statistics on the run's images and labels of its path units; writes lens.json and PNGs into ``out``."""
-    from ..data import iterate_batches, model_transform, select_per_class
+    from ..data import model_transform, select_per_class
     from .plots import block_curves, label_heatmap
 
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1 (got {batch_size})")
-    run = load_run(path)
+    run = load_runs([path])[0]
     net = load_run_model([run], model, device)
     resolve_readout(net)  # refuses distilled / attention-pool models before any data is read
     adapter = ViTAdapter(net)
     check_paths(run.records, "path", adapter.hidden_widths, run.folder)
     data_spec, pools = load_run_data([run], data, adapter.num_classes)
     names = list(pools.class_names)
-    pool = pools.evaluation if run.config.get("pool") == "evaluation" else pools.calibration
-    count = per_class if per_class is not None else run.config.get("per_class", 5)
-    images = select_per_class(pool, count, run.config.get("classes"), num_classes=pools.num_classes)
-    stats = lens_statistics(net, iterate_batches(images, model_transform(net), batch_size), total=len(images), quiet=quiet)
+    sel = run.header.data if run.header is not None else None
+    pool = pools.evaluation if sel is not None and sel.pool == "evaluation" else pools.calibration
+    count = per_class if per_class is not None else (sel.per_class if sel is not None else 5)
+    images = select_per_class(pool, count, sel.classes if sel is not None else None, num_classes=pools.num_classes)
+    stats = lens_statistics(net, images.batches(model_transform(net), batch_size), total=len(images), quiet=quiet)
     units = label_units(net, label_topk)
     paths = path_unit_labels(run.records, units, adapter.num_classes)
     out = Path(out) if out else default_out(run, "lens")
@@ -279,5 +242,4 @@ def lens_analysis(path: str | Path, out: str | Path | None = None, *, model: str
     return report
 
 
-__all__ = ["lens_analysis", "lens_statistics", "label_units", "resolve_readout", "capture_sites", "path_unit_labels",
-           "Readout"]
+__all__ = ["lens_analysis", "lens_statistics", "label_units", "resolve_readout", "capture_sites", "path_unit_labels"]

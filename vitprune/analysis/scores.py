@@ -12,20 +12,18 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..records import atomic_write_json
-from .editing import default_out, load_run, method_sources, write_csv
+from ..files import atomic_write_json
+from .runs import default_out, load_runs, method_sources, write_csv
 
 SCORE_KEY = {"path": "score", "base_path": "base_score"}
 
 
 def method_scores(paths: Sequence[str | Path]) -> dict[str, dict[str, float]]:
     """method -> {image id: JAS of that method's path}."""
-    runs = [load_run(p) for p in paths]
-    if not runs:
-        raise UserError("pass at least one --paths run folder")
+    runs = load_runs(paths)
     out = {}
     for method, (run, key) in method_sources(runs).items():
-        values = {r["id"]: r.get(SCORE_KEY[key]) for r in run.records}
+        values = {r.id: getattr(r, SCORE_KEY[key]) for r in run.records}
         if any(v is None for v in values.values()):
             raise UserError(f"{run.folder} has {method} paths without a score; rerun 'vitprune discover'")
         out[method] = {i: float(v) for i, v in values.items()}
@@ -44,7 +42,7 @@ def compare_scores(paths: Sequence[str | Path], out: str | Path | None = None) -
     from .plots import score_distribution
 
     scores = method_scores(paths)
-    out = Path(out) if out else default_out(load_run(paths[0]), "scores")
+    out = Path(out) if out else default_out(load_runs(paths[:1])[0], "scores")
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for method, values in scores.items():

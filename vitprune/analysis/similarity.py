@@ -13,20 +13,21 @@ from pathlib import Path
 
 import numpy as np
 
+from ..discovery.records import PathRecord, PathRun
 from ..errors import UserError
-from ..records import atomic_write_json
-from .editing import AnalysisRun, check_paths, default_out, load_run, write_csv
+from ..files import atomic_write_json
+from .runs import check_paths, default_out, load_runs, write_csv
 
 
-def unit_frequency(records: Sequence[dict], widths: Sequence[int]) -> tuple[list[int], np.ndarray]:
+def unit_frequency(records: Sequence[PathRecord], widths: Sequence[int]) -> tuple[list[int], np.ndarray]:
     """(classes, counts) with counts[i] = flattened per-layer unit usage of class classes[i]'s paths."""
     offsets = np.concatenate([[0], np.cumsum(widths)])
-    classes = sorted({int(r.get("target", r["label"])) for r in records})
+    classes = sorted({r.target for r in records})
     row = {c: i for i, c in enumerate(classes)}
     freq = np.zeros((len(classes), int(offsets[-1])), dtype=np.float64)
     for rec in records:
-        i = row[int(rec.get("target", rec["label"]))]
-        for layer, units in enumerate(rec["path"]):
+        i = row[rec.target]
+        for layer, units in enumerate(rec.path):
             np.add.at(freq[i], offsets[layer] + np.asarray(units, dtype=np.int64), 1.0)
     return classes, freq
 
@@ -86,13 +87,13 @@ def preferred_position(values: np.ndarray, grid: int = 1000) -> float:
         return float(np.median(values))
 
 
-def normalised_indices(records: Sequence[dict], widths: Sequence[int], cls: int) -> list[np.ndarray]:
+def normalised_indices(records: Sequence[PathRecord], widths: Sequence[int], cls: int) -> list[np.ndarray]:
     """Per layer, the path unit indices of class ``cls`` divided by that layer's MLP width."""
-    rows = [r["path"] for r in records if int(r.get("target", r["label"])) == cls]
+    rows = [r.path for r in records if r.target == cls]
     return [np.asarray([u for p in rows for u in p[layer]], dtype=float) / widths[layer] for layer in range(len(widths))]
 
 
-def class_similarity(records: Sequence[dict], widths: Sequence[int], class_names: Sequence[str] | None = None,
+def class_similarity(records: Sequence[PathRecord], widths: Sequence[int], class_names: Sequence[str] | None = None,
                      top: int = 5) -> dict:
     """Frequency vectors, the cosine matrix, nearest/farthest neighbours and the clustering of the path classes."""
     classes, freq = unit_frequency(records, widths)
@@ -103,17 +104,16 @@ def class_similarity(records: Sequence[dict], widths: Sequence[int], class_names
             "neighbours": neighbours(sim, names, top), "order": order, "linkage": link}
 
 
-def _widths(run: AnalysisRun, model: str | None) -> list[int]:
-    """MLP widths: config.json's mlp_hidden, else from the model (--model or the config's)."""
-    if run.config.get("mlp_hidden") and not model:
-        return [int(w) for w in run.config["mlp_hidden"]]
-    spec = model or run.config.get("model")
-    if not spec:
+def _widths(run: PathRun, model: str | None) -> list[int]:
+    """MLP widths: the run header's, else from the model (--model)."""
+    if run.header is not None and run.header.model.widths and not model:
+        return list(run.header.model.widths)
+    if not model:
         raise UserError(f"{run.folder} does not record the MLP widths; pass --model to normalise unit indices")
-    from ..adapter import ViTAdapter
-    from ..models import load_model
+    from ..model.adapter import ViTAdapter
+    from ..model.load import load_model
 
-    return ViTAdapter(load_model(spec, arch=None if model else run.config.get("arch"))).hidden_widths
+    return ViTAdapter(load_model(model)).hidden_widths
 
 
 def _slug(text: str) -> str:
@@ -128,10 +128,10 @@ def run_similarity(path: str | Path, out: str | Path | None = None, *, top: int 
 
     if top < 1:
         raise UserError(f"--top must be >= 1 (got {top})")
-    run = load_run(path)
+    run = load_runs([path])[0]
     widths = _widths(run, model)
     check_paths(run.records, "path", widths, run.folder)
-    result = class_similarity(run.records, widths, run.config.get("class_names"), top)
+    result = class_similarity(run.records, widths, run.header.data.class_names if run.header else None, top)
     out = Path(out) if out else default_out(run, "similarity")
     out.mkdir(parents=True, exist_ok=True)
     names, sim = result["class_names"], result["similarity"]

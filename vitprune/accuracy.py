@@ -1,0 +1,83 @@
+"""Accuracy of one or more models on the same images, in one pass over the data (at the run's precision)."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from .precision import precision_context
+from .progress import progress_bar
+
+
+@dataclass
+class EvalResult:
+    n: int
+    top1: float
+    mean_true_prob: float
+    per_class: list[dict] = field(default_factory=list)  # {class, name, n, top1, mean_true_prob}
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "EvalResult":
+        return cls(int(obj["n"]), float(obj["top1"]), float(obj["mean_true_prob"]), list(obj.get("per_class") or []))
+
+
+@torch.no_grad()
+def evaluate_models(
+    models: Mapping[str, nn.Module],
+    batches: Iterable[tuple[list[str], torch.Tensor, torch.Tensor]],
+    *,
+    class_names: tuple[str, ...],
+    total: int | None = None,
+    quiet: bool = False,
+    desc: str = "evaluate",
+    dist=None,
+    precision: str = "fp32",
+) -> dict[str, EvalResult]:
+    """Top-1 and mean true-class softmax probability, overall and per class, for every model.
+
+    With ``dist`` (several processes), each rank passes its own shard of batches
+    (``iterate_batches(..., shard=dist)``) and the per-class sums are gathered, so each image
+    is counted exactly once.
+    """
+    num_classes = len(class_names)
+    correct = {k: torch.zeros(num_classes, dtype=torch.float64) for k in models}
+    prob = {k: torch.zeros(num_classes, dtype=torch.float64) for k in models}
+    count = torch.zeros(num_classes, dtype=torch.float64)
+    for m in models.values():
+        m.eval()
+    with progress_bar(total=total, desc=desc, unit="img", disable=quiet) as bar:
+        for _, images, labels in batches:
+            count += torch.bincount(labels, minlength=num_classes).double()
+            for name, model in models.items():
+                device = next(model.parameters()).device
+                with precision_context(precision, device):
+                    logits = model(images.to(device)).float().cpu()
+                p = logits.softmax(-1).gather(1, labels[:, None]).squeeze(1).double()
+                hit = (logits.argmax(-1) == labels).double()
+                correct[name].index_add_(0, labels, hit)
+                prob[name].index_add_(0, labels, p)
+            bar.update(len(labels))
+    if dist is not None and dist.world > 1:
+        parts = dist.gather({"count": count, "correct": correct, "prob": prob})
+        count = sum(p["count"] for p in parts)
+        correct = {k: sum(p["correct"][k] for p in parts) for k in models}
+        prob = {k: sum(p["prob"][k] for p in parts) for k in models}
+    n = int(count.sum())
+    out = {}
+    for name in models:
+        per_class = [
+            {"class": c, "name": class_names[c], "n": int(count[c]),
+             "top1": float(correct[name][c] / count[c]) if count[c] else None,
+             "mean_true_prob": float(prob[name][c] / count[c]) if count[c] else None}
+            for c in range(num_classes)
+        ]
+        out[name] = EvalResult(n, float(correct[name].sum() / max(n, 1)), float(prob[name].sum() / max(n, 1)), per_class)
+    return out
+
+
+__all__ = ["EvalResult", "evaluate_models"]

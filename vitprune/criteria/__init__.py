@@ -1,0 +1,56 @@
+"""Pruning criteria: one score per prunable unit (higher = keep), from what each criterion declares it needs.
+
+``CRITERIA`` (torch-free) names every criterion ``--criterion`` offers. Each entry declares ``needs``,
+a subset of ``NEEDS``: ``paths`` (the path records of a discovery run), ``importance`` (that run's
+dense path importance), ``stats`` (activation statistics over the calibration images, one forward
+pass) and ``gradients`` (the same plus first-order Taylor terms, one forward+backward pass).
+Criteria with ``per_class`` also build per-class keep sets for ``--keep-topk`` (needing ``keep_needs``).
+The pipeline computes only what the chosen criteria need, once, and hands it over as
+``vitprune.criteria.base.CriterionInputs``. Register your own with ``register_criterion``.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..registry import Registry
+
+NEEDS = ("paths", "importance", "stats", "gradients")
+
+CRITERIA = Registry("criterion", "--criterion")
+_B = "vitprune.criteria.builtin:"
+CRITERIA.add("jas", _B + "jas", needs=("importance",), per_class=True, keep_needs=("importance",),
+             help="dense path importance: the greedy step's score of every unit, class-balanced (--jas-aggregation)")
+CRITERIA.add("jas-freq", _B + "jas_freq", needs=("paths", "stats"), per_class=True, keep_needs=("paths",),
+             help="path frequency (ties: summed path score); units on no path rank after them by mean |activation|")
+CRITERIA.add("random", _B + "random", needs=(), help="uniform, seeded")
+CRITERIA.add("magnitude", _B + "magnitude", needs=(), help="L2 norm of the unit's weights (torch-pruning's group norm)")
+CRITERIA.add("activation", _B + "activation", needs=("stats",), help="mean |a| over calibration images and tokens")
+CRITERIA.add("taylor", _B + "taylor", needs=("gradients",), help="mean over images of |sum_tokens a * dCE/da|")
+CRITERIA.add("variance", _B + "variance", needs=("stats",), help="Var(a) over images and tokens (VBP; pair it with --compensate)")
+CRITERIA.add("wanda", _B + "wanda", needs=("stats",), help="||a||_2 * ||output-projection column||_2 (structured Wanda)")
+
+
+def register_criterion(name: str, *, needs: Sequence[str] = (), help: str = "", replace: bool = False,
+                       per_class: bool = False, keep_needs: Sequence[str] = ()):
+    """Register a criterion under ``name``: ``@register_criterion("mine", needs=("stats",))`` above a function
+    ``scores(inputs: CriterionInputs) -> list[torch.Tensor]`` (one 1-D score tensor per site, higher = keep),
+    or above a ``vitprune.criteria.base.Criterion`` subclass (which may also build per-class keep sets)."""
+    unknown = [n for n in (*needs, *keep_needs) if n not in NEEDS]
+    if unknown:
+        raise ValueError(f"unknown needs {unknown}; a criterion may need {', '.join(NEEDS)}")
+    return CRITERIA.register(name, help=help, replace=replace, needs=tuple(needs), per_class=per_class,
+                             keep_needs=tuple(keep_needs))
+
+
+def criterion_needs(name: str, *, keep: bool = False) -> tuple[str, ...]:
+    """What criterion ``name`` needs for a budget (``keep=False``) or for per-class keep sets (``keep=True``)."""
+    meta = CRITERIA.entry(name).meta
+    return tuple(meta.get("keep_needs", ()) if keep else meta.get("needs", ()))
+
+
+def per_class_criteria() -> tuple[str, ...]:
+    """The criteria that build per-class keep sets (``--keep-topk``)."""
+    return tuple(e.name for e in CRITERIA if e.meta.get("per_class"))
+
+
+__all__ = ["CRITERIA", "NEEDS", "register_criterion", "criterion_needs", "per_class_criteria"]

@@ -1,0 +1,235 @@
+"""Image pools: the images of one split, selected per class and served as preprocessed batches.
+
+Two kinds behave alike: ``FilePool`` over a Hugging Face ``datasets.Dataset`` with columns ``image``,
+``label`` and ``id`` (decoded and preprocessed for the model at batch time), and ``TensorPool`` over a
+torch ``Dataset`` that yields ``(image_tensor, int_label)`` already preprocessed for the model (what
+the Python API accepts from a user). Every batch is ``(ids, images, labels)``; ids are stable strings.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from .images import open_image
+
+Batch = tuple[list[str], torch.Tensor, torch.Tensor]
+
+
+class ImagePool:
+    """The contract of a pool (see the module docstring)."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def labels(self) -> np.ndarray:
+        """Labels as int64 numpy, in pool order (no image is decoded where the source allows)."""
+        raise NotImplementedError
+
+    def ids(self) -> list[str]:
+        raise NotImplementedError
+
+    def select(self, indices: Sequence[int]) -> "ImagePool":
+        raise NotImplementedError
+
+    def batches(self, transform: Callable | None, batch_size: int, *, shard=None) -> Iterator[Batch]:
+        """(ids, images, labels) batches in pool order; ``shard`` (a ``distributed.Dist``) keeps batch k only
+        on rank k % world, before decoding. ``transform`` turns a decoded image into the model's tensor."""
+        raise NotImplementedError
+
+    def verify(self) -> None:
+        """Fail with one line naming the image if a file of the pool cannot be opened (cheap; no decoding)."""
+
+
+class FilePool(ImagePool):
+    """A Hugging Face ``datasets.Dataset`` with ``image`` / ``label`` / ``id`` columns."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def labels(self) -> np.ndarray:
+        return np.asarray(self.dataset.with_format("numpy")["label"][:], dtype=np.int64)
+
+    def ids(self) -> list[str]:
+        return list(self.dataset["id"])
+
+    def select(self, indices: Sequence[int]) -> "FilePool":
+        return FilePool(self.dataset.select(list(indices)))
+
+    def _raw(self):
+        import datasets
+
+        return self.dataset.cast_column("image", datasets.Image(decode=False))
+
+    def batches(self, transform: Callable | None, batch_size: int, *, shard=None) -> Iterator[Batch]:
+        if transform is None:
+            raise ValueError("images read from files need the model's transform")
+        raw = self._raw()
+        for k, start in enumerate(range(0, len(raw), batch_size)):
+            if shard is not None and k % shard.world != shard.rank:
+                continue
+            rows = raw[start : start + batch_size]
+            tensors = [transform(open_image(ident, img["bytes"] if img.get("bytes") is not None else img["path"]))
+                       for ident, img in zip(rows["id"], rows["image"])]
+            yield list(rows["id"]), torch.stack(tensors), torch.as_tensor(rows["label"], dtype=torch.long)
+
+    def verify(self) -> None:
+        raw = self._raw()
+        for ident, img in zip(raw["id"], raw["image"]):
+            if img.get("bytes") is None and img.get("path"):
+                open_image(ident, img["path"], verify_only=True).close()
+
+    def torch_loader(self, transform: Callable, batch_size: int, *, shuffle: bool = False, seed: int = 0):
+        """A torch DataLoader of (images, labels), for training loops (accelerate-ready)."""
+        from torch.utils.data import DataLoader
+
+        def apply(batch: dict) -> dict:
+            return {"pixel_values": [transform(img) for img in batch["image"]], "label": batch["label"]}
+
+        def collate(rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+            return torch.stack([r["pixel_values"] for r in rows]), torch.as_tensor([r["label"] for r in rows])
+
+        gen = torch.Generator().manual_seed(seed)
+        return DataLoader(self.dataset.with_transform(apply), batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
+                          generator=gen)
+
+
+class TensorPool(ImagePool):
+    """A torch ``Dataset`` of ``(image_tensor, int_label)`` pairs, already preprocessed for the model."""
+
+    def __init__(self, dataset, name: str, indices: Sequence[int] | None = None) -> None:
+        self.dataset = dataset
+        self.name = name
+        self.indices = list(range(len(dataset))) if indices is None else list(indices)
+        self._labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _all_labels(self) -> np.ndarray:
+        if self._labels is None:
+            tensors = getattr(self.dataset, "tensors", None)
+            targets = getattr(self.dataset, "targets", None)
+            if tensors is not None and len(tensors) >= 2:
+                labels = tensors[1]
+            elif targets is not None:
+                labels = targets
+            else:
+                labels = [self._item(i)[1] for i in range(len(self.dataset))]
+            try:
+                self._labels = np.asarray(torch.as_tensor(labels).cpu(), dtype=np.int64).reshape(-1)
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise UserError(f"the {self.name} dataset's labels are not integers ({type(exc).__name__}); "
+                                "yield (image_tensor, int_label) pairs") from exc
+        return self._labels
+
+    def _item(self, i: int) -> tuple[torch.Tensor, int]:
+        item = self.dataset[i]
+        if not isinstance(item, (tuple, list)) or len(item) < 2 or not isinstance(item[0], torch.Tensor):
+            raise UserError(f"the {self.name} dataset must yield (image_tensor, int_label) pairs, already preprocessed "
+                            f"for the model (item {i} is {type(item).__name__})")
+        return item[0], int(item[1])
+
+    def labels(self) -> np.ndarray:
+        return self._all_labels()[self.indices]
+
+    def ids(self) -> list[str]:
+        return [f"{self.name}/{i}" for i in self.indices]
+
+    def select(self, indices: Sequence[int]) -> "TensorPool":
+        pool = TensorPool(self.dataset, self.name, [self.indices[i] for i in indices])
+        pool._labels = self._labels
+        return pool
+
+    def batches(self, transform: Callable | None, batch_size: int, *, shard=None) -> Iterator[Batch]:
+        for k, start in enumerate(range(0, len(self.indices), batch_size)):
+            if shard is not None and k % shard.world != shard.rank:
+                continue
+            chunk = self.indices[start : start + batch_size]
+            items = [self._item(i) for i in chunk]
+            yield ([f"{self.name}/{i}" for i in chunk], torch.stack([x for x, _ in items]).float(),
+                   torch.as_tensor([y for _, y in items], dtype=torch.long))
+
+    def torch_loader(self, transform: Callable, batch_size: int, *, shuffle: bool = False, seed: int = 0):
+        from torch.utils.data import DataLoader, Subset
+
+        gen = torch.Generator().manual_seed(seed)
+        return DataLoader(Subset(self.dataset, self.indices), batch_size=batch_size, shuffle=shuffle, generator=gen,
+                          collate_fn=lambda rows: (torch.stack([r[0] for r in rows]).float(),
+                                                   torch.as_tensor([int(r[1]) for r in rows])))
+
+
+# ---------------------------------------------------------------------------------- selection
+def select_per_class(pool: ImagePool, per_class: int | None = None, classes: Sequence[int] | None = None, *,
+                     num_classes: int) -> ImagePool:
+    """The first ``per_class`` images of each class (pool order), classes in ascending order.
+
+    Deterministic: the same arguments always give the same images in the same order.
+    """
+    if per_class is not None and per_class <= 0:
+        raise UserError(f"--per-class must be >= 1 (got {per_class})")
+    labels = pool.labels()
+    wanted = _classes(classes, num_classes)
+    indices: list[int] = []
+    for c in wanted:
+        idx = np.flatnonzero(labels == c)
+        if idx.size == 0:
+            raise UserError(f"class {c} has no images in this pool; drop it from --classes or add images")
+        indices += idx[:per_class].tolist() if per_class is not None else idx.tolist()
+    return pool.select(indices)
+
+
+def select_holdout_per_class(pool: ImagePool, per_class: int, classes: Sequence[int] | None = None, *, num_classes: int,
+                             skip: int | None) -> ImagePool:
+    """The last ``per_class`` images of each class of a pool, never one of its first ``skip`` (the
+    calibration images): a held-out set from the calibration pool, for choosing settings without
+    touching the evaluation pool."""
+    if per_class <= 0:
+        raise UserError(f"--selection-per-class must be >= 1 (got {per_class})")
+    labels = pool.labels()
+    indices: list[int] = []
+    for c in _classes(classes, num_classes):
+        idx = np.flatnonzero(labels == c)
+        if skip is None or len(idx) < skip + per_class:
+            raise UserError(f"class {c} has {len(idx)} calibration-pool images, too few for {skip or 'all'} calibration plus "
+                            f"{per_class} held-out selection images; lower --selection-per-class or --per-class")
+        indices += idx[-per_class:].tolist()
+    return pool.select(indices)
+
+
+def _classes(classes: Sequence[int] | None, num_classes: int) -> list[int]:
+    wanted = sorted(set(classes)) if classes is not None else list(range(num_classes))
+    for c in wanted:
+        if not 0 <= c < num_classes:
+            raise UserError(f"class {c} is out of range: the data has classes 0..{num_classes - 1}")
+    return wanted
+
+
+# ------------------------------------------------------------------------------ materialising
+def materialize(pool: ImagePool, transform: Callable | None, batch_size: int = 256, *, shard=None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Preprocess a whole pool (or this process's ``shard`` of its batches) once into tensors."""
+    images, labels = [], []
+    for _, x, y in pool.batches(transform, batch_size, shard=shard):
+        images.append(x)
+        labels.append(y)
+    if not images:  # a process whose shard is empty
+        return torch.empty(0), torch.empty(0, dtype=torch.long)
+    return torch.cat(images), torch.cat(labels)
+
+
+def tensor_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, shard=None) -> Iterator[Batch]:
+    """(ids, images, labels) batches over preprocessed tensors, the same shape as ``ImagePool.batches``."""
+    for k, s in enumerate(range(0, len(images), batch_size)):
+        if shard is not None and k % shard.world != shard.rank:
+            continue
+        yield [str(i) for i in range(s, min(s + batch_size, len(images)))], images[s : s + batch_size], labels[s : s + batch_size]
+
+
+__all__ = ["ImagePool", "FilePool", "TensorPool", "Batch", "select_per_class", "select_holdout_per_class", "materialize",
+           "tensor_batches"]

@@ -1,0 +1,250 @@
+"""Data specs -> two pools of images that never share one: ``calibration`` and ``evaluation``.
+
+``calibration`` feeds path discovery, statistics and least squares; ``evaluation`` measures
+accuracy. A spec's pools are ``FilePool``s over Hugging Face ``datasets`` with columns ``image``
+(``Image``), ``label`` (``ClassLabel``) and ``id`` (a stable string); the Python API also takes a
+pair of torch Datasets (``DataPools.from_datasets``).
+
+Specs:
+  ``demo`` / ``fashion-mnist[:DIR]``  Fashion-MNIST idx files (train -> calibration, test -> evaluation)
+  ``imagefolder:DIR``                 class sub-folders (ImageNet-val layout, torchvision order);
+                                      ``DIR/train`` + ``DIR/val`` if present, else a per-class split
+  ``hf:NAME``                         a Hugging Face Hub dataset (train -> calibration,
+                                      validation or test -> evaluation)
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from .images import IMAGE_EXTENSIONS
+from .pools import FilePool, ImagePool, TensorPool
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+DEFAULT_CALIB_FRACTION = 0.8
+
+
+@dataclass(frozen=True)
+class DataPools:
+    """The two disjoint pools of one data spec (or of a pair of torch Datasets)."""
+
+    spec: str
+    calibration: ImagePool
+    evaluation: ImagePool
+    class_names: tuple[str, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @classmethod
+    def from_datasets(cls, calibration, evaluation, class_names: tuple[str, ...]) -> "DataPools":
+        """Pools over two torch Datasets yielding ``(image_tensor, int_label)``, already preprocessed for the model."""
+        return cls(f"datasets:{type(calibration).__name__}+{type(evaluation).__name__}", TensorPool(calibration, "calibration"),
+                   TensorPool(evaluation, "evaluation"), tuple(class_names))
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("VITPRUNE_CACHE", Path.home() / ".cache" / "vitprune"))
+
+
+# ---------------------------------------------------------------------------------- idx files
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an idx file (optionally gzipped) as a uint8 array, e.g. (N, 28, 28) or (N,)."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+        magic = struct.unpack(">I", data[:4])[0]
+    except (OSError, EOFError, struct.error) as exc:
+        raise UserError(f"cannot read idx file {path}: {exc}; reinstall the data (apt-get install -y dataset-fashion-mnist)") from exc
+    ndim, dtype_code = magic & 0xFF, (magic >> 8) & 0xFF
+    if dtype_code != 0x08 or not 1 <= ndim <= 4:
+        raise UserError(f"{path} is not a uint8 idx file (magic {magic:#x})")
+    dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
+    array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if array.size != int(np.prod(dims)):
+        raise UserError(f"{path} is truncated: expected {int(np.prod(dims))} values, found {array.size}")
+    return array.reshape(dims)
+
+
+def _find_idx(root: Path, stem: str) -> Path:
+    for name in (f"{stem}.gz", stem):
+        if (root / name).is_file():
+            return root / name
+    raise UserError(
+        f"Fashion-MNIST file {stem}[.gz] not found in {root}; "
+        "install it with 'apt-get install -y dataset-fashion-mnist' or pass fashion-mnist:DIR"
+    )
+
+
+def _require_fashion_dir(root: Path) -> None:
+    if not root.is_dir():
+        raise UserError(
+            f"Fashion-MNIST folder {root} does not exist; "
+            "install it with 'apt-get install -y dataset-fashion-mnist' or pass fashion-mnist:DIR"
+        )
+
+
+def fashion_mnist_arrays(root: str | os.PathLike = FASHION_MNIST_DIR, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """Raw (images uint8 (N,28,28), labels int64 (N,)) of one split ('train' or 'test')."""
+    root = Path(root)
+    _require_fashion_dir(root)
+    prefix = {"train": "train", "test": "t10k"}[split]
+    images = read_idx(_find_idx(root, f"{prefix}-images-idx3-ubyte"))
+    labels = read_idx(_find_idx(root, f"{prefix}-labels-idx1-ubyte")).astype(np.int64)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise UserError(f"Fashion-MNIST files in {root} do not match: {images.shape} images, {labels.shape} labels")
+    return images, labels
+
+
+def _fashion_mnist_pools(spec: str, root: Path) -> DataPools:
+    import datasets
+
+    _require_fashion_dir(root)
+    features = datasets.Features(
+        image=datasets.Image(),
+        label=datasets.ClassLabel(names=list(FASHION_MNIST_CLASSES)),
+        id=datasets.Value("string"),
+    )
+    files = [_find_idx(root, f"{p}-{k}-idx{n}-ubyte") for p in ("train", "t10k") for k, n in (("images", 3), ("labels", 1))]
+    digest = hashlib.sha256("".join(f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files).encode()).hexdigest()[:16]
+    pools = {}
+    for split in ("train", "test"):
+        target = cache_dir() / "datasets" / f"fashion-mnist-{digest}" / split
+        if (target / "dataset_info.json").is_file():
+            pools[split] = datasets.load_from_disk(str(target))
+            continue
+        images, labels = fashion_mnist_arrays(root, split)
+        datasets.disable_progress_bars()
+        ds = datasets.Dataset.from_dict(
+            {"image": list(images), "label": labels.tolist(), "id": [f"{split}/{i}" for i in range(len(labels))]},
+            features=features,
+        )
+        tmp = target.with_name(f"{split}.tmp-{os.getpid()}")
+        ds.save_to_disk(str(tmp))
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process won the race; use its copy
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+        datasets.enable_progress_bars()
+        pools[split] = datasets.load_from_disk(str(target))
+    return DataPools(spec, FilePool(pools["train"]), FilePool(pools["test"]), FASHION_MNIST_CLASSES)
+
+
+# ------------------------------------------------------------------------------- image folders
+def scan_image_folder(root: Path) -> tuple[list[str], list[Path], list[int]]:
+    """Classes (sorted sub-folder names, as torchvision ImageFolder) and their files in sorted order."""
+    if not root.is_dir():
+        raise UserError(f"image folder {root} does not exist; pass imagefolder:DIR with one sub-folder per class")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise UserError(f"image folder {root} has no class sub-folders; put each class's images in DIR/<class>/")
+    paths: list[Path] = []
+    labels: list[int] = []
+    for label, name in enumerate(classes):
+        folder = root / name
+        files = sorted(p for p in folder.rglob("*")  # hidden files and folders (.DS_Store, .ipynb_checkpoints/) are skipped
+                       if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+        for path in files:
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                raise UserError(f"{path} is not an image file ({', '.join(IMAGE_EXTENSIONS)}); remove it from the class folder")
+        if not files:
+            raise UserError(f"class folder {root / name} has no images; add images or remove the folder")
+        paths += files
+        labels += [label] * len(files)
+    return classes, paths, labels
+
+
+def _folder_dataset(root: Path, classes: list[str], paths: list[Path], labels: list[int], base: Path):
+    import datasets
+
+    features = datasets.Features(
+        image=datasets.Image(), label=datasets.ClassLabel(names=classes), id=datasets.Value("string")
+    )
+    return datasets.Dataset.from_dict(
+        {"image": [str(p) for p in paths], "label": labels, "id": [str(p.relative_to(base)) for p in paths]},
+        features=features,
+    )
+
+
+def _imagefolder_pools(spec: str, root: Path, calib_fraction: float) -> DataPools:
+    root = root.expanduser()
+    split_dirs = [root / "train", next((root / n for n in ("val", "validation", "test") if (root / n).is_dir()), None)]
+    if split_dirs[0].is_dir() and split_dirs[1] is not None:
+        scans = [scan_image_folder(d) for d in split_dirs]
+        if scans[0][0] != scans[1][0]:
+            raise UserError(f"{split_dirs[0]} and {split_dirs[1]} have different class folders; make them match")
+        calib, evaluation = (_folder_dataset(d, *s, root) for d, s in zip(split_dirs, scans))
+        return DataPools(spec, FilePool(calib), FilePool(evaluation), tuple(scans[0][0]))
+    classes, paths, labels = scan_image_folder(root)
+    labels_np = np.asarray(labels)
+    calib_idx, eval_idx = [], []
+    for c in range(len(classes)):
+        idx = np.flatnonzero(labels_np == c)
+        n_calib = int(np.floor(len(idx) * calib_fraction))
+        calib_idx += idx[:n_calib].tolist()
+        eval_idx += idx[n_calib:].tolist()
+    full = _folder_dataset(root, classes, paths, labels, root)
+    return DataPools(spec, FilePool(full.select(calib_idx)), FilePool(full.select(eval_idx)), tuple(classes))
+
+
+# ---------------------------------------------------------------------------------------- hub
+def _hub_pools(spec: str, name: str) -> DataPools:
+    import datasets
+
+    try:
+        dsd = datasets.load_dataset(name)
+    except (ConnectionError, OSError) as exc:
+        raise UserError(
+            f"cannot load '{name}' from the Hugging Face Hub ({type(exc).__name__}); "
+            "check the network or download it and pass imagefolder:DIR"
+        ) from exc
+    except Exception as exc:  # datasets raises many types for unknown names
+        raise UserError(f"cannot load Hugging Face dataset '{name}': {str(exc).splitlines()[0]}") from exc
+    if "train" not in dsd:
+        raise UserError(f"Hugging Face dataset '{name}' has no 'train' split for calibration (splits: {list(dsd)})")
+    eval_split = next((s for s in ("validation", "test") if s in dsd), None)
+    if eval_split is None:
+        raise UserError(f"Hugging Face dataset '{name}' has no 'validation' or 'test' split (splits: {list(dsd)})")
+    pools = []
+    for split in ("train", eval_split):
+        ds = dsd[split]
+        image_col = next((k for k, f in ds.features.items() if isinstance(f, datasets.Image)), None)
+        label_col = next((k for k, f in ds.features.items() if isinstance(f, datasets.ClassLabel)), None)
+        if image_col is None or label_col is None:
+            raise UserError(f"Hugging Face dataset '{name}' needs an Image column and a ClassLabel column")
+        ds = ds.select_columns([image_col, label_col]).rename_columns({image_col: "image", label_col: "label"})
+        ds = ds.add_column("id", [f"{split}/{i}" for i in range(len(ds))])
+        pools.append(ds)
+    return DataPools(spec, FilePool(pools[0]), FilePool(pools[1]), tuple(pools[0].features["label"].names))
+
+
+def load_data(spec: str, *, calib_fraction: float = DEFAULT_CALIB_FRACTION) -> DataPools:
+    """Resolve a data spec to its calibration and evaluation pools (see module docstring)."""
+    kind, _, arg = spec.partition(":")
+    if kind in ("demo", "fashion-mnist"):
+        return _fashion_mnist_pools(spec, Path(arg or FASHION_MNIST_DIR).expanduser())
+    if kind == "imagefolder" and arg:
+        return _imagefolder_pools(spec, Path(arg), calib_fraction)
+    if kind == "hf" and arg:
+        return _hub_pools(spec, arg)
+    raise UserError(f"unknown data spec '{spec}'; use demo, fashion-mnist[:DIR], imagefolder:DIR or hf:NAME")
+
+
+__all__ = ["DataPools", "load_data", "fashion_mnist_arrays", "read_idx", "scan_image_folder", "cache_dir", "FASHION_MNIST_DIR",
+           "FASHION_MNIST_CLASSES"]

@@ -1,0 +1,191 @@
+"""A discovery run: model + image pool -> one path record per image (+ the dense importance), resumable on disk.
+
+With a folder, the run is resumable: records are appended per batch, the dense importance is
+committed with them (``ImportanceLog``), and a rerun continues where a kill stopped it. Without a
+folder (the Python API's default), the run lives in memory. Under ``torchrun``/``accelerate launch``
+each process takes every world-th batch; on disk each writes its own shard (resumable on its own)
+and the main process merges them in image order; in memory the records and sums are gathered.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from torch import nn
+
+from ..data import DataPools, ImagePool, model_transform
+from ..distributed import Dist
+from ..errors import UserError
+from ..files import JsonlAppender, atomic_write_text
+from ..outdir import check_output_dir, output_lock, start_output_dir
+from ..progress import progress_bar
+from .finder import PathFinder
+from .importance import IMPORTANCE, ImportanceLog, ImportanceSums
+from .records import CONFIG, PARTIAL, PATHS, DataInfo, ModelInfo, PathRecord, PathRun, RunHeader, load_run
+from .settings import DiscoverySettings
+
+# what a run writes in its folder (--force replaces these and nothing else)
+RUN_FILES = (CONFIG, PATHS, "paths.partial*.jsonl", IMPORTANCE, "importance.partial*", "reference")
+
+
+def run_header(finder: PathFinder, source: dict, pools: DataPools, pool: str, per_class: int | None,
+               classes: tuple[int, ...] | None, num_images: int, batch_size: int) -> RunHeader:
+    """The header of a run of ``finder`` over the selected images (token scope resolved)."""
+    return RunHeader(
+        discovery=replace(finder.settings, token_scope=finder.scope),
+        model=ModelInfo(dict(source), tuple(finder.adapter.hidden_widths)),
+        data=DataInfo(pools.spec, pool, per_class, tuple(classes) if classes is not None else None, tuple(pools.class_names),
+                      num_images),
+        batch_size=batch_size,
+    )
+
+
+def discover(model: nn.Module, settings: DiscoverySettings, pools: DataPools, selected: ImagePool, *, pool: str,
+             per_class: int | None, classes: tuple[int, ...] | None, batch_size: int, dist: Dist,
+             out: Path | None = None, resume: bool = True, force: bool = False, quiet: bool = False) -> PathRun:
+    """Paths of every image of ``selected`` (the chosen images of ``pools``'s pool ``pool``)."""
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1 (got {batch_size})")
+    finder = PathFinder(model, settings)
+    selected.verify()
+    ids = selected.ids()
+    header = run_header(finder, getattr(model, "vitprune_source", {"spec": "<in-memory model>"}), pools, pool, per_class, classes,
+                        len(ids), batch_size)
+    transform = model_transform(model)
+    if out is None:
+        return _in_memory(finder, header, selected, transform, dist, quiet)
+    return _on_disk(finder, header, selected, transform, Path(out), dist, resume=resume, force=force, quiet=quiet)
+
+
+def _in_memory(finder: PathFinder, header: RunHeader, selected: ImagePool, transform, dist: Dist, quiet: bool) -> PathRun:
+    batch = header.batch_size
+    sums = ImportanceSums(tuple(header.model.widths)) if finder.dense_importance else None
+    records: list[PathRecord] = []
+    with progress_bar(total=len(selected) // dist.world, desc="discover", unit="img", disable=quiet or not dist.is_main) as bar:
+        for batch_ids, images, labels in selected.batches(transform, batch, shard=dist):
+            found = finder.find_batch(images, labels, batch_ids)
+            records += found.records
+            if sums is not None:
+                sums.add([r.target for r in found.records], found.step_scores, found.step_own)
+            bar.update(len(batch_ids))
+    if dist.world > 1:
+        parts = dist.gather({"records": records, "sums": sums})
+        order = {i: n for n, i in enumerate(selected.ids())}
+        records = sorted((r for p in parts for r in p["records"]), key=lambda r: order[r.id])
+        sums = ImportanceSums.merged([p["sums"] for p in parts]) if sums is not None else None
+    return PathRun(records, header, sums)
+
+
+def _identity(header_json: dict) -> dict:
+    return RunHeader.from_json(header_json).to_json()
+
+
+def _on_disk(finder: PathFinder, header: RunHeader, selected: ImagePool, transform, out: Path, dist: Dist, *, resume: bool,
+             force: bool, quiet: bool) -> PathRun:
+    config = header.to_json()
+    ids = selected.ids()
+    with output_lock(out, "discover", dist):
+        if (out / CONFIG).is_file() and not force and not resume:
+            raise UserError(f"{out} already holds a run; pass --resume to continue it or --force to replace it")
+        same = check_output_dir(out, CONFIG, config, what="discover run", force=force, normalise=_identity)
+        if same and (out / PATHS).is_file():
+            if not quiet and dist.is_main:
+                print(f"{out / PATHS} is already complete ({len(ids)} images)")
+            return load_run(out)
+        if not force:
+            _check_shards(out, dist.world)
+        dist.barrier()
+        if dist.is_main and not same:
+            start_output_dir(out, CONFIG, config, force=force, owned=RUN_FILES)
+        dist.barrier()
+
+        batch = header.batch_size
+        n_batches = (len(ids) + batch - 1) // batch
+        mine = dist.mine(n_batches)
+        my_ids = [ids[k * batch : (k + 1) * batch] for k in mine]
+        widths = list(header.model.widths)
+        dense_log = ImportanceLog(out / importance_dir(dist.rank, dist.world), widths) if finder.dense_importance else None
+        with JsonlAppender(out / shard_file(dist.rank, dist.world), batch=batch) as sink:
+            if dense_log is not None:
+                if dense_log.records > len(sink.records):
+                    raise UserError(f"{out} is damaged (the dense importance covers more images than the records); "
+                                    "pass --force to start over")
+                sink.truncate(dense_log.records)  # records whose importance was not committed are redone
+            done = len(sink.records)
+            expected = [i for chunk in my_ids for i in chunk]
+            if [r.get("id") for r in sink.records] != expected[:done]:
+                raise UserError(f"{sink.path} does not match the selected images; pass --force to start over")
+            finished = set(expected[:done])  # whole batches only (the appender keeps batch-aligned prefixes)
+            todo = [k for k, chunk in zip(mine, my_ids) if chunk[-1] not in finished]
+            total = sum(len(c) for c in my_ids)
+            with progress_bar(total=total, initial=done, desc="discover", unit="img", disable=quiet or not dist.is_main) as bar:
+                for k in todo:
+                    chunk = selected.select(range(k * batch, min((k + 1) * batch, len(ids))))
+                    for batch_ids, images, labels in chunk.batches(transform, batch):
+                        found = finder.find_batch(images, labels, batch_ids)
+                        sink.append(r.to_json() for r in found.records)
+                        done += len(found.records)
+                        if dense_log is not None:
+                            touched = dense_log.sums.add([r.target for r in found.records], found.step_scores, found.step_own)
+                            dense_log.commit(touched, done)
+                        if finder.memory is not None and k == todo[0]:
+                            bar.set_postfix_str(finder.memory.describe(finder.settings.steps * len(batch_ids)), refresh=False)
+                        bar.update(len(batch_ids))
+        dist.barrier()
+        if dist.is_main:
+            logs = [ImportanceLog(out / importance_dir(r, dist.world), widths) for r in range(dist.world)] if dense_log else []
+            if logs:  # before paths.jsonl marks the run finished
+                d = header.discovery
+                ImportanceSums.merged([log.sums for log in logs]).save(out / IMPORTANCE, {
+                    "method": d.method, "steps": d.steps, "token_scope": d.token_scope, "topk": d.topk, "objective": d.objective,
+                    "label": d.label, "num_images": header.data.num_images})
+            _merge_shards(out, dist.world, ids)
+            for log in logs:
+                log.remove()
+        dist.barrier()
+        return load_run(out)
+
+
+def shard_file(rank: int, world: int) -> str:
+    return PARTIAL if world == 1 else f"paths.partial.rank{rank}-of-{world}.jsonl"
+
+
+def importance_dir(rank: int, world: int) -> str:
+    """Where a process keeps the dense importance of its shard while the run is in progress."""
+    return "importance.partial" if world == 1 else f"importance.partial.rank{rank}-of-{world}"
+
+
+def _check_shards(out: Path, world: int) -> None:
+    """A resumed run must use the same number of processes as the run that wrote its shards."""
+    expected = {shard_file(r, world) for r in range(world)}
+    for path in out.glob("paths.partial*.jsonl") if out.is_dir() else []:
+        if path.name not in expected:
+            raise UserError(f"{out} was started with a different number of processes ({path.name}); resume it with the "
+                            "same launch command or pass --force")
+
+
+def _merge_shards(out: Path, world: int, ids: list[str]) -> None:
+    """Write the shards' records in image order as ``paths.jsonl`` (atomically), then drop the shards."""
+    if world == 1:
+        os.replace(out / PARTIAL, out / PATHS)
+        return
+    shards = [out / shard_file(r, world) for r in range(world)]
+    by_id = {rec["id"]: line for path in shards for rec, line in _lines(path)}
+    if len(by_id) != len(ids):
+        raise UserError(f"the shards in {out} hold {len(by_id)} of {len(ids)} images; resume the run")
+    atomic_write_text(out / PATHS, "".join(by_id[i] for i in ids))
+    for path in shards:
+        path.unlink()
+
+
+def _lines(path: Path):
+    import json
+
+    with open(path) as f:
+        for line in f:
+            if line.endswith("\n"):
+                yield json.loads(line), line
+
+
+__all__ = ["discover", "run_header", "shard_file", "importance_dir", "RUN_FILES"]

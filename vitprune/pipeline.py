@@ -1,0 +1,249 @@
+"""The compression pipeline, written once: load -> paths / statistics -> scores -> mask -> slice -> compensate -> evaluate.
+
+A ``Pipeline`` holds one dense model on one data source. Each stage runs on demand, once, and is
+kept: the discovery run of each discovery setting, the activation statistics, the preprocessed
+calibration images, the evaluation images. ``compress`` runs one ``Point`` through it;
+``evaluate`` loops over many, sharing everything they have in common. Export and the reports are
+the callers' (``vitprune.api``); this module writes only the discovery runs it is given a folder for.
+"""
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .accuracy import EvalResult, evaluate_models
+from .criteria import CRITERIA, criterion_needs
+from .criteria.aggregate import union_keep_sets
+from .criteria.base import CriterionInputs, checked_scores, load_criterion
+from .criteria.stats import ActivationStats, collect_stats
+from .data import DataPools, ImagePool, TensorPool, load_data, materialize, model_transform, select_holdout_per_class, select_per_class
+from .discovery.records import PathRun, load_run
+from .discovery.run import discover
+from .discovery.settings import DiscoverySettings
+from .distributed import Dist
+from .errors import UserError
+from .model.adapter import ViTAdapter
+from .model.load import describe_model, load_model
+from .options import CalibrationOptions, Point
+from .prune import COMPENSATIONS
+from .prune.compensate import CalibrationSet, CompensationInputs, Pruned, calibration_set, load_compensation
+from .prune.macs import mask_for_macs
+from .prune.masks import NeuronMask, from_keep_sets, from_scores, keep_label
+
+
+def resolve_model(model: str | nn.Module, arch: str | None = None) -> nn.Module:
+    """A spec (everything ``--model`` takes) or an in-memory timm VisionTransformer, in eval mode."""
+    if isinstance(model, (str, Path)):
+        return load_model(str(model), arch=arch)
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model must be a spec string or a timm VisionTransformer (got {type(model).__name__})")
+    ViTAdapter(model)  # refuses what vitprune cannot handle, with one line
+    if not hasattr(model, "vitprune_source"):
+        model.vitprune_source = describe_model(model)
+        model.vitprune_meta = {}
+    return model.eval()
+
+
+def resolve_data(data: Any, num_classes: int) -> DataPools:
+    """A data spec, the ``DataPools`` of ``load_data``, or a pair ``(calibration, evaluation)`` of torch Datasets
+    yielding ``(image_tensor, int_label)`` already preprocessed for the model."""
+    if isinstance(data, (str, Path)):
+        return load_data(str(data))
+    if isinstance(data, DataPools):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(hasattr(d, "__getitem__") and hasattr(d, "__len__") for d in data):
+        return DataPools.from_datasets(data[0], data[1], tuple(str(c) for c in range(num_classes)))
+    raise UserError(f"data must be a spec string, vitprune.load_data(...) or a (calibration, evaluation) pair of torch "
+                    f"Datasets (got {type(data).__name__})")
+
+
+def check_pairing(pools: DataPools, adapter: ViTAdapter) -> None:
+    """The data's classes and images fit the model: one line naming the mismatch."""
+    if pools.num_classes != adapter.num_classes:
+        raise UserError(
+            f"the data '{pools.spec}' has {pools.num_classes} classes but the model head has {adapter.num_classes}; "
+            "pass data that matches the model, or a model trained on this data"
+        )
+    for name, pool in (("calibration", pools.calibration), ("evaluation", pools.evaluation)):
+        if not isinstance(pool, TensorPool) or not len(pool):
+            continue
+        labels = pool.labels()
+        if labels.min() < 0 or labels.max() >= adapter.num_classes:
+            raise UserError(f"the {name} dataset has labels outside 0..{adapter.num_classes - 1}, the model's classes")
+        image = next(pool.select([0]).batches(None, 1))[1][0]
+        if tuple(image.shape) != adapter.input_size:
+            raise UserError(f"the {name} dataset yields images of shape {tuple(image.shape)} but the model takes "
+                            f"{adapter.input_size}; preprocess them for the model")
+
+
+@dataclass
+class Compressed:
+    """One point through the pipeline: its mask, the per-class units it kept (keep-topk), and the pruned model."""
+
+    point: Point
+    mask: NeuronMask
+    pruned: Pruned
+    critical: dict[int, list[list[int]]] | None
+    seconds: float
+
+
+class Pipeline:
+    """One dense model on one data source; the stages of compression, each computed once."""
+
+    def __init__(self, model: str | nn.Module, data: Any, opts: CalibrationOptions, *, dist: Dist, quiet: bool = False,
+                 run_folder: Callable[[DiscoverySettings], Path | None] = lambda settings: None, paths: str | None = None) -> None:
+        self.opts, self.dist, self.quiet = opts, dist, quiet or not dist.is_main
+        self.dense = resolve_model(model, opts.arch).to(dist.device)
+        self.adapter = ViTAdapter(self.dense)
+        self.pools = resolve_data(data, self.adapter.num_classes)
+        check_pairing(self.pools, self.adapter)
+        self.transform = model_transform(self.dense)
+        self.run_folder = run_folder
+        self.paths_from = paths
+        self.timings: dict[str, float] = {}
+        self._runs: dict[DiscoverySettings, PathRun] = {}
+        self._stats: ActivationStats | None = None
+        self._calibration: CalibrationSet | None = None
+        self._images: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @functools.cached_property
+    def calib(self) -> ImagePool:
+        """The calibration images: the first ``per_class`` of each class of the calibration pool."""
+        return select_per_class(self.pools.calibration, self.opts.per_class, self.opts.classes, num_classes=self.pools.num_classes)
+
+    @property
+    def source(self) -> dict:
+        return self.dense.vitprune_source
+
+    def _timed(self, key: str, start: float) -> None:
+        self.timings[key] = self.timings.get(key, 0.0) + time.time() - start
+
+    # ------------------------------------------------------------------------------ stages
+    def paths(self, settings: DiscoverySettings) -> PathRun:
+        """The path records (and dense importance) of ``settings`` on the calibration images: a discovery run
+        (resumable in ``run_folder(settings)`` when there is one), or the run given as ``paths``."""
+        if settings not in self._runs:
+            t0 = time.time()
+            if self.paths_from is not None:
+                run = load_run(Path(self.paths_from))
+            else:
+                run = discover(self.dense, settings, self.pools, self.calib, pool="calibration", per_class=self.opts.per_class,
+                               classes=self.opts.classes, batch_size=self.opts.batch_size, dist=self.dist,
+                               out=self.run_folder(settings), quiet=self.quiet)
+            run.check_fits(self.adapter.hidden_widths)
+            if run.importance is not None and list(run.importance.widths) != self.adapter.hidden_widths:
+                raise UserError(f"the dense importance in {run.name} is for MLP widths {list(run.importance.widths)}, not this "
+                                f"model's {self.adapter.hidden_widths}; pass paths discovered on this model")
+            self._runs[settings] = run
+            self._timed("discovery_s", t0)
+        return self._runs[settings]
+
+    def stats(self, gradients: bool = False) -> ActivationStats:
+        """Activation statistics of the calibration images (with the Taylor terms when ``gradients``)."""
+        if self._stats is None or (gradients and self._stats.taylor is None):
+            t0 = time.time()
+            self._stats = collect_stats(self.dense, self.calib.batches(self.transform, self.opts.batch_size, shard=self.dist),
+                                        gradients=gradients, total=len(self.calib) // self.dist.world, quiet=self.quiet,
+                                        dist=self.dist, precision=self.opts.precision)
+            self._timed("statistics_s", t0)
+        return self._stats
+
+    def calibration(self) -> CalibrationSet:
+        """This process's preprocessed calibration images (least squares)."""
+        if self._calibration is None:
+            self._calibration = calibration_set(self.calib, self.transform, shard=self.dist)
+        return self._calibration
+
+    def evaluation_pool(self, per_class: int | None) -> ImagePool:
+        """The evaluation images (never calibration images): ``per_class`` per class, or all."""
+        return select_per_class(self.pools.evaluation, per_class, self.opts.classes, num_classes=self.pools.num_classes)
+
+    def selection_pool(self, per_class: int) -> ImagePool:
+        """Held-out images of the calibration pool (never the calibration images) for choosing settings."""
+        return select_holdout_per_class(self.pools.calibration, per_class, self.opts.classes, num_classes=self.pools.num_classes,
+                                        skip=self.opts.per_class)
+
+    def images(self, pool: ImagePool, key: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        """A pool preprocessed once (this process's share), for scoring many models on it."""
+        if key not in self._images:
+            self._images[key] = materialize(pool, self.transform, shard=self.dist)
+        return self._images[key]
+
+    def accuracy(self, models: dict[str, nn.Module], batches: Iterator, total: int, desc: str = "evaluate") -> dict[str, EvalResult]:
+        return evaluate_models(models, batches, class_names=self.pools.class_names, total=total, quiet=self.quiet, desc=desc,
+                               dist=self.dist, precision=self.opts.precision)
+
+    # ---------------------------------------------------------------------------- a point
+    def discovery_settings(self, point: Point, topk: int, label: str = "truth") -> DiscoverySettings:
+        return DiscoverySettings(method="jas", topk=topk, steps=self.opts.steps, token_scope=point.token_scope or "auto",
+                                 label=label, objective=point.objective or "prob", precision=self.opts.precision,
+                                 max_rows=self.opts.max_rows)
+
+    def criterion_inputs(self, point: Point, settings: DiscoverySettings | None, *, keep: bool) -> CriterionInputs:
+        """What ``point.criterion`` declared it needs, computed (or reused) now."""
+        needs = set(criterion_needs(point.criterion, keep=keep))
+        inputs = CriterionInputs(self.dense, self.adapter, self.adapter.sites("mlp"), seed=point.seed,
+                                 options={"aggregation": point.aggregation or "mean"})
+        if needs & {"paths", "importance"}:
+            if settings is None:
+                raise ValueError(f"criterion {point.criterion} needs discovery settings")
+            inputs.paths = self.paths(settings)
+            if "importance" in needs:
+                inputs.paths.require_importance(f"criterion {point.criterion}")
+        if needs & {"stats", "gradients"}:
+            inputs.stats = self.stats(gradients="gradients" in needs)
+        return inputs
+
+    def mask(self, point: Point, settings: DiscoverySettings | None, *, scope: str, min_keep: int, round_to: int
+             ) -> tuple[NeuronMask, dict[int, list[list[int]]] | None]:
+        """The mask of a point, and for a keep-topk budget the per-class units it is the union of."""
+        criterion = load_criterion(point.criterion)
+        budget, widths = point.budget, self.adapter.hidden_widths
+        inputs = self.criterion_inputs(point, settings, keep=budget.keep_topk is not None)
+        if budget.keep_topk is not None:
+            critical = criterion.class_units(inputs, budget.keep_topk)
+            mask = from_keep_sets(widths, union_keep_sets(critical, len(widths)), keep_label(point.criterion, budget.keep_topk))
+            return mask, critical
+        scores = checked_scores(point.criterion, criterion.scores(inputs), inputs.sites)
+        if budget.target_macs is not None:
+            return mask_for_macs(self.dense, scores, budget.target_macs, scope=scope, min_keep=min_keep, round_to=round_to,
+                                 criterion=point.criterion), None
+        return from_scores(scores, budget.sparsity, scope=scope, min_keep=min_keep, round_to=round_to, criterion=point.criterion), None
+
+    def prune(self, mask: NeuronMask, compensate: str, options: dict[str, Any]) -> Pruned:
+        """The sliced model with ``compensate`` applied, on what that compensation declared it needs."""
+        needs = set(COMPENSATIONS.entry(compensate).meta.get("needs", ()))
+        inputs = CompensationInputs(stats=self.stats() if "stats" in needs else None,
+                                    calibration=self.calibration() if "calibration" in needs else None,
+                                    options=options, dist=self.dist, precision=self.opts.precision)
+        t0 = time.time()
+        result = load_compensation(compensate)(self.dense, mask, inputs)
+        self._timed("compensation_s", t0)
+        if isinstance(result, nn.Module):
+            result = Pruned(result)
+        if not isinstance(result, Pruned):
+            raise TypeError(f"compensation '{compensate}' returned {type(result).__name__}, not a Pruned")
+        return result
+
+    def compress(self, point: Point, settings: DiscoverySettings | None, *, scope: str, min_keep: int, round_to: int,
+                 options: dict[str, Any]) -> Compressed:
+        """Mask, slice and compensate one point."""
+        t0 = time.time()
+        mask, critical = self.mask(point, settings, scope=scope, min_keep=min_keep, round_to=round_to)
+        pruned = self.prune(mask, point.compensate, options)
+        return Compressed(point, mask, pruned, critical, time.time() - t0)
+
+
+def needs_paths(criterion: str, keep: bool) -> bool:
+    """Whether a point of ``criterion`` reads a discovery run."""
+    return bool(set(criterion_needs(criterion, keep=keep)) & {"paths", "importance"})
+
+
+__all__ = ["Pipeline", "Compressed", "resolve_model", "resolve_data", "check_pairing", "needs_paths", "CRITERIA"]

@@ -1,0 +1,63 @@
+"""Physical slicing of pruning-site units (for MLP sites: fc1 rows and fc2 columns); per-block widths may differ.
+
+Zeroing unit j at a site's output-projection input (every token) and slicing it away give the
+same logits; ``masked_edits`` is that zeroing, so tests and evaluations can compare both.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..model.adapter import ViTAdapter
+from .masks import NeuronMask
+
+
+def compensation_shift(model: nn.Module, mask: NeuronMask, means: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per site: out_proj.weight[:, removed] @ mean_activation[removed], the bias change of mean-shift compensation."""
+    out = []
+    for b, site in enumerate(ViTAdapter(model).sites("mlp")):
+        removed = torch.as_tensor(mask.removed(b), dtype=torch.long)
+        w2 = site.out_proj.weight.detach()
+        out.append(w2[:, removed].double() @ means[b].to(w2.device).double()[removed])
+    return out
+
+
+@torch.no_grad()
+def slice_mlps(model: nn.Module, mask: NeuronMask, *, bias_shift: list[torch.Tensor] | None = None,
+               fc2_bias: bool = False) -> nn.Module:
+    """A copy of ``model`` whose block-b MLP keeps only ``mask.kept[b]`` (plus optional bias shift).
+
+    ``fc2_bias`` gives every sliced output projection a bias (zero where the original had none), as compensation needs.
+    """
+    adapter = ViTAdapter(model)
+    if tuple(adapter.hidden_widths) != mask.widths:
+        raise UserError(f"mask widths {list(mask.widths)} do not match the model's MLP widths {adapter.hidden_widths}")
+    if any(len(k) == 0 for k in mask.kept):
+        raise UserError("a block would be left with zero units; lower the sparsity or raise --min-keep")
+    pruned = copy.deepcopy(model)
+    for b, site in enumerate(ViTAdapter(pruned).sites("mlp")):
+        site.slice(torch.as_tensor(mask.kept[b], dtype=torch.long), out_bias=bias_shift is not None or fc2_bias)
+        if bias_shift is not None:
+            site.out_proj.bias.add_(bias_shift[b].to(site.out_proj.bias))
+    return pruned
+
+
+def masked_edits(mask: NeuronMask) -> dict:
+    """Edits for ``hooks.edit_ffn`` that zero every removed unit at every token (the masked model)."""
+    removed = {b: torch.as_tensor(mask.removed(b), dtype=torch.long) for b in range(len(mask.widths))}
+
+    def make(idx: torch.Tensor):
+        def edit(hidden: torch.Tensor) -> torch.Tensor:
+            out = hidden.clone()
+            out[..., idx.to(hidden.device)] = 0
+            return out
+
+        return edit
+
+    return {b: make(idx) for b, idx in removed.items() if len(idx)}
+
+
+__all__ = ["slice_mlps", "masked_edits", "compensation_shift"]
