@@ -67,6 +67,14 @@ def _add_int8(g) -> None:
     g.add_argument("--max-int8-drop", type=float, default=1.0, help="top-1 points int8 may lose against fp32 (default: 1)")
 
 
+def _add_output(p: argparse.ArgumentParser, out_help: str, force_help: str, *, required: bool = False) -> None:
+    """--out, --force, --quiet and --config, which every command that writes a result folder takes."""
+    p.add_argument("--out", default=None, required=required, help=out_help)
+    p.add_argument("--force", action="store_true", help=force_help)
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--config", default=None, metavar="RECIPE.yaml", help="options from a recipe (recipes/); flags given here override it")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with the tool's error format: one line naming the fix, exit code 2 (no usage dump)."""
 
@@ -83,11 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_data(d)
     _add_discovery(d, per_class_default=8)
     d.add_argument("--pool", default="calibration", choices=POOLS)
-    d.add_argument("--out", required=True, help="run folder")
     d.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    d.add_argument("--force", action="store_true", help="replace a different run in --out")
-    d.add_argument("--quiet", action="store_true")
-    d.add_argument("--config", default=None, metavar="RECIPE.yaml", help="options from a recipe; flags given here override it")
+    _add_output(d, "run folder", "replace a different run in --out", required=True)
     d.set_defaults(func=cmd_discover)
 
     p = sub.add_parser("compress", help="keep the critical neurons, slice the MLPs, evaluate, export ONNX")
@@ -127,10 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-export", action="store_true", help="skip ONNX export and latency")
     g.add_argument("--latency-rounds", type=int, default=30, help="interleaved onnxruntime timing rounds (default: 30)")
     _add_int8(g)
-    p.add_argument("--out", default=None, help="output folder (default: exported/<name derived from the settings>)")
-    p.add_argument("--force", action="store_true", help="replace a different result in the output folder")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--config", default=None, metavar="RECIPE.yaml", help="options from a recipe (recipes/); flags given here override it")
+    _add_output(p, "output folder (default: exported/<name derived from the settings>)",
+                "replace a different result in the output folder")
     p.set_defaults(func=cmd_compress)
 
     v = sub.add_parser("evaluate", help="accuracy vs FFN sparsity for several criteria (CSV, JSON, Markdown, PNG)")
@@ -170,10 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--finetune-per-class", type=int, default=None, help="training images per class for recovery")
     v.add_argument("--finetune-lr", type=float, default=1e-4)
     v.add_argument("--latency", action="store_true", help="ONNX-export every point and time it with onnxruntime")
-    v.add_argument("--out", required=True, help="sweep folder (resumable)")
-    v.add_argument("--force", action="store_true")
-    v.add_argument("--quiet", action="store_true")
-    v.add_argument("--config", default=None, metavar="RECIPE.yaml", help="options from a recipe; flags given here override it")
+    _add_output(v, "sweep folder (resumable)", "replace a different sweep in --out", required=True)
     v.set_defaults(func=cmd_evaluate)
 
     e = sub.add_parser("export", help="export a pruned (or any vitprune) checkpoint folder to ONNX")

@@ -252,13 +252,20 @@ def _load_vitprune_dir(path: Path, spec: str) -> nn.Module:
 
 def describe_model(model: nn.Module) -> dict[str, Any]:
     """How to rebuild an in-memory timm ViT (the ``vitprune_source`` of a model vitprune did not load): its
-    architecture (timm's ``pretrained_cfg``) and the keyword arguments its structure implies. ``save_checkpoint``
-    rebuilds from them and refuses to write a checkpoint that would not load back to the same outputs."""
+    architecture and arguments as ``timm.create_model`` recorded them (``timm.models.get_model_args``, what timm's
+    own ``save_for_hf`` writes), else as the model's structure implies them. ``save_checkpoint`` rebuilds from
+    them and refuses to write a checkpoint that would not load back to the same outputs."""
+    import json
+
+    from timm.models import get_model_args
+
     from .adapter import ViTAdapter
 
     adapter = ViTAdapter(model)
+    recorded = get_model_args(model) if getattr(model, "_model_args", None) else {}
+    kwargs = json.loads(json.dumps(recorded)) if recorded else adapter.structure()
     return {"spec": f"<in-memory {type(model).__name__}>", "arch": adapter.architecture or "vit_base_patch16_224",
-            "model_kwargs": adapter.structure()}
+            "model_kwargs": kwargs}
 
 
 def resize_mlps(model: nn.Module, widths: list[int]) -> None:
