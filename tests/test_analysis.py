@@ -203,7 +203,8 @@ def runs(tmp_path_factory, fashion_dir):
 def _pngs_valid(folder: Path) -> list[Path]:
     pngs = sorted(folder.glob("*.png"))
     assert pngs and all(p.read_bytes().startswith(PNG) for p in pngs)
-    assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no temp files left behind
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == [".vitprune"]  # the manifest; no temp files left
+    assert not list((folder / ".vitprune").glob("staging-*"))
     return pngs
 
 
@@ -252,9 +253,11 @@ def test_cli_user_errors(runs, tmp_path):
         _analyze(["analyze", "manipulate", "--paths", jas, "--ops", "prune", "--out", str(tmp_path)])
     with pytest.raises(UserError, match="not a folder"):
         _analyze(["analyze", "similarity", "--paths", str(tmp_path / "missing")])
-    with pytest.raises(UserError, match="classes"):
+    with pytest.raises(UserError, match="discovered on another model"):  # another model than the run's is refused
         _analyze(["analyze", "lens", "--paths", jas, "--data", "fashion-mnist", "--model",
-                  str(save_tiny_fashion_model(tmp_path / "m5", num_classes=5)), "--out", str(tmp_path), "--quiet"])
+                  str(save_tiny_fashion_model(tmp_path / "m5", num_classes=5)), "--out", str(tmp_path / "o"), "--quiet"])
+    with pytest.raises(UserError, match="overlaps the input"):  # an output over the model it reads
+        _analyze(["analyze", "lens", "--paths", jas, "--model", str(tmp_path / "m5"), "--out", str(tmp_path), "--quiet"])
 
 
 @pytest.mark.slow

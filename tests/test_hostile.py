@@ -266,10 +266,10 @@ def test_kill_9_during_onnx_export_leaves_no_onnx_file(tmp_path, fashion_dir, mo
     args = ["compress", "--model", model_dir, "--data", "demo", "--per-class", "2", "--sparsity", "0.5", "--criterion", "magnitude",
             "--compensate", "none", "--eval-per-class", "2", "--quiet"]
     proc = _start(args, out)
-    _wait_for(out, "model.safetensors", proc)  # the checkpoint is written just before the export starts
+    _wait_for(out / ".vitprune", "staging-*/model.safetensors", proc)  # staged just before the export starts
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not (out / "model.onnx").exists() and not (out / "report.json").exists()
+    assert not any((out / name).exists() for name in ("model.safetensors", "model.onnx", "report.json"))  # nothing published
     assert main([*args, "--out", str(out)]) == 0  # the same command finishes the job
     report = json.loads((out / "report.json").read_text())
     assert report["onnx"]["parity_max_abs"] <= 1e-4 and (out / "model.onnx").is_file()

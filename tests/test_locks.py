@@ -13,11 +13,19 @@ import pytest
 
 from vitprune.app.cli import main
 from vitprune.errors import UserError
-from vitprune.outdir import lock_path, output_lock
+from vitprune.outdir import LOCK, META, OutputFolder
 from vitprune.discovery.records import PARTIAL, PATHS
 from vitprune.files import read_jsonl
 
 ARGS = ["--data", "demo", "--per-class", "4", "--topk", "2", "--steps", "4", "--batch-size", "2", "--quiet"]
+
+
+def lock_path(out):
+    return out / META / LOCK
+
+
+def output_lock(out, command, dist=None):
+    return OutputFolder(out, command, dist=dist)
 
 
 def _one_line_refusal(err: str) -> None:

@@ -55,29 +55,6 @@ def test_appender_keeps_whole_batches_only(tmp_path):
     assert path.read_text().splitlines() == [json.dumps({"id": str(i)}) for i in range(5)]
 
 
-def test_output_dir_check(tmp_path):
-    from vitprune.errors import UserError
-    from vitprune.files import atomic_write_json
-    from vitprune.outdir import check_output_dir
-
-    out = tmp_path / "run"
-    settings = {"steps": 20, "topk": 5, "device": "cpu"}
-    assert check_output_dir(out, "config.json", settings, what="discover run", force=False) is False  # nothing there
-    out.mkdir()
-    atomic_write_json(out / "config.json", settings)
-    assert check_output_dir(out, "config.json", settings, what="discover run", force=False) is True
-    assert check_output_dir(out, "config.json", {**settings, "device": "cuda"}, what="discover run", force=False,
-                            ignore=("device",)) is True
-    with pytest.raises(UserError, match=r"different settings \(device, topk\); pass --force"):
-        check_output_dir(out, "config.json", {**settings, "topk": 3, "device": "cuda"}, what="discover run", force=False)
-    assert check_output_dir(out, "config.json", {"other": 1}, what="discover run", force=True) is False
-    foreign = tmp_path / "photos"
-    foreign.mkdir()
-    (foreign / "a.jpg").write_bytes(b"")
-    with pytest.raises(UserError, match="is not a vitprune sweep; pass --force"):
-        check_output_dir(foreign, "sweep.json", settings, what="sweep", force=False)
-
-
 def test_safetensors_files_get_the_permissions_of_a_new_file(tmp_path):
     """safetensors creates its files 0600; checkpoints and importance files are shared like any output."""
     import timm

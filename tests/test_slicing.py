@@ -85,8 +85,14 @@ def test_budget_rules():
     m = from_scores(scores, 0.5)
     assert m.kept_counts == [5, 5, 5] and m.kept[0] == (5, 6, 7, 8, 9) and m.kept[2] == (0, 1, 2, 3, 4)
     assert from_scores(scores, 0.5, round_to=4).kept_counts == [4, 4, 4]
-    g = from_scores(scores, 0.9, scope="global", min_keep=2)
+    g = from_scores(scores, 0.8, scope="global", min_keep=2)
     assert min(g.kept_counts) >= 2 and sum(g.kept_counts) == 6
+    with pytest.raises(UserError, match="--min-keep 2 keeps 6 units"):  # 90% leaves 3 units: min-keep would override it
+        from_scores(scores, 0.9, scope="global", min_keep=2)
+    with pytest.raises(UserError, match="0.00% sparsity"):
+        from_scores(scores, 0.5, min_keep=1000)
+    with pytest.raises(UserError, match="--round-to 1000"):
+        from_scores(scores, 0.5, round_to=1000)
     with pytest.raises(UserError, match=r"\[0, 1\)"):
         from_scores(scores, 1.0)
     with pytest.raises(UserError, match="--min-keep"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+from contextlib import nullcontext
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,9 +31,11 @@ from .distributed import Dist, get_dist
 from .errors import UserError
 from .export import INT8_FILE, ONNX_FILE
 from .files import JsonlAppender, atomic_write_json, atomic_write_text, read_jsonl
-from .model.load import save_checkpoint
+from .data import data_location
+from .model.adapter import data_config
+from .model.load import model_location, save_checkpoint
 from .options import CompressOptions, DiscoverOptions, EvaluateOptions, Point, option_fields
-from .outdir import check_output_dir, output_lock, start_output_dir
+from .outdir import OutputFolder, check_inputs, is_vitprune_folder
 from .pipeline import Compressed, Pipeline, needs_paths
 from .prune.macs import count_macs_params
 from .prune.masks import NeuronMask
@@ -71,33 +74,54 @@ def _settings(opts: Any) -> dict[str, Any]:
     return json.loads(json.dumps({**asdict(opts), "vitprune_version": __version__}))
 
 
+# compress options whose default became None ("not given"; --paths then takes the run's own setting)
+_NONE_DEFAULTS = {"steps": 20, "label": "truth"}
+
+
 def _with_defaults(cls: type):
     """Settings of an older run with the options it did not know at their defaults (the same run as before they existed)."""
     defaults = json.loads(json.dumps(option_fields(cls)))
 
     def normalise(old: dict) -> dict:
-        return {**defaults, **old} if isinstance(old, dict) else old
+        if not isinstance(old, dict):
+            return old
+        old = {**defaults, **old}
+        for key, value in _NONE_DEFAULTS.items():
+            if defaults.get(key, 0) is None and old.get(key) == value:
+                old[key] = None
+        return old
 
     return normalise
+
+
+def _inputs(model: Any, data: Any, *more: Any) -> list[Path]:
+    """The files and folders a run reads: an output must not equal, contain or lie inside any of them."""
+    found = [model_location(model) if isinstance(model, (str, Path)) else None,
+             data_location(data) if isinstance(data, (str, Path)) else None, *more]
+    return [Path(p) for p in found if p]
 
 
 def checkpoint_meta(dense: nn.Module, mask: NeuronMask, *, compensate: str, finetune_epochs: int, data: str) -> dict[str, Any]:
     """What a pruned checkpoint records: how to rebuild it (timm architecture, arguments, MLP widths), its data
     configuration and where it came from."""
-    from .model.adapter import data_config
+    from .model.adapter import pretrained_config
 
     source = dense.vitprune_source
-    return {"arch": source["arch"], "model_kwargs": source.get("model_kwargs", {}), "data_config": data_config(dense),
+    return {"arch": source["arch"], "model_args": source.get("model_args", source.get("model_kwargs", {})),
+            "pretrained_cfg": pretrained_config(dense),
             "source_model": source, "mlp_hidden": mask.kept_counts, "kept": [list(k) for k in mask.kept],
             "criterion": mask.criterion, "sparsity": mask.sparsity, "compensate": compensate, "finetune_epochs": finetune_epochs,
             "data": data, "vitprune_version": __version__}
 
 
-def onnx_metadata(meta: dict[str, Any], *, input_size: list[int], class_names: list[str]) -> dict[str, Any]:
-    """The metadata every exported ONNX model carries (one place: compress, the result API and ``vitprune export``)."""
+def onnx_metadata(meta: dict[str, Any], *, input_size: list[int], class_names: list[str], data_config: dict) -> dict[str, Any]:
+    """The metadata every exported ONNX model carries (one place: compress, the result API and ``vitprune export``):
+    where it came from, what was kept, and what a user needs to feed it (input size, mean, std, class names)."""
+    keep = ("mean", "std", "interpolation", "crop_pct", "crop_mode")
     return {"source_model": (meta.get("source_model") or {}).get("spec", ""), "criterion": meta.get("criterion", ""),
             "kept_units": meta.get("mlp_hidden"), "sparsity": round(meta["sparsity"], 6) if meta.get("sparsity") is not None else None,
-            "vitprune_version": __version__, "input_size": list(input_size), "class_names": list(class_names)}
+            "vitprune_version": __version__, "input_size": list(input_size), "class_names": list(class_names),
+            **{k: data_config[k] for k in keep if k in data_config}}
 
 
 # ----------------------------------------------------------------------------------- compress
@@ -137,7 +161,8 @@ class CompressResult:
 
         path = Path(path)
         parity = self.parity_images()
-        metadata = onnx_metadata(self.meta, input_size=list(parity.shape[1:]), class_names=list(self._pipeline.pools.class_names))
+        metadata = onnx_metadata(self.meta, input_size=list(parity.shape[1:]), class_names=list(self._pipeline.pools.class_names),
+                                 data_config=data_config(self.dense))
         info = {"onnx": export_onnx(self.model, path, metadata=metadata, parity_images=parity)}
         if quantize is not None:
             if quantize != "int8":
@@ -184,13 +209,14 @@ def default_output(opts: CompressOptions) -> Path:
 
 def compress(model: str | nn.Module = "demo", data: Any = "demo", *, keep_topk: int | None = None, sparsity: float | None = None,
              target_macs: float | None = None, out: str | Path | None = None, force: bool = False, quiet: bool = False,
-             **options: Any) -> CompressResult | None:
+             recipe: str | None = None, **options: Any) -> CompressResult | None:
     """Prune ``model`` to a budget (exactly one of ``keep_topk``, ``sparsity``, ``target_macs``) and measure it.
 
     ``options`` are ``vitprune compress``'s (``CompressOptions``; ``criterion=None`` / ``compensate=None`` take
-    the zoo's best). With ``out``, everything lands in that folder as on the command line (discovery resumes
-    there). Under torchrun / accelerate launch the work is split over the processes; the main process gets
-    the result, the others None.
+    the zoo's best). With ``out``, everything lands in that folder as on the command line: discovery resumes
+    there, and the result is published only when complete (``recipe``, YAML text, is written beside it as
+    config.yaml). Under torchrun / accelerate launch the work is split over the processes; the main process
+    gets the result, the others None.
     """
     opts = _options(CompressOptions, {**options, "model": _spec(model), "data": _spec(data), "keep_topk": keep_topk,
                                       "sparsity": sparsity, "target_macs": target_macs}, "compress")
@@ -198,34 +224,46 @@ def compress(model: str | nn.Module = "demo", data: Any = "demo", *, keep_topk: 
     t_start = time.time()
     dist = get_dist(opts.device)
     out = Path(out) if out is not None else None
-    pipeline = Pipeline(model, data, opts, dist=dist, quiet=quiet, paths=opts.paths,
+    if out is not None:
+        check_inputs(out, _inputs(model, data, opts.paths))
+    pipeline = Pipeline(model, data, opts, dist=dist, quiet=quiet,
                         run_folder=lambda settings: out / "paths" if out is not None else None)
+    point = opts.point
+    settings = _discovery_settings(opts, pipeline)
+    pipeline.check_point(point, settings, scope=opts.scope, min_keep=opts.min_keep, round_to=opts.round_to)
     if out is None:
-        return _compress(opts, pipeline, None, dist, quiet, t_start)
-    settings = _settings(opts)
-    with output_lock(out, "compress", dist):
-        check_output_dir(out, COMPRESS_SETTINGS, settings, what="compress result", force=force,
-                         normalise=_with_defaults(CompressOptions))
-        dist.barrier()
-        if dist.is_main:
-            start_output_dir(out, COMPRESS_SETTINGS, settings, force=force)
-        dist.barrier()
-        return _compress(opts, pipeline, out, dist, quiet, t_start)
+        return _compress(opts, pipeline, settings, None, dist, quiet, t_start, recipe)
+    with OutputFolder(out, "compress", inputs=_inputs(model, data, opts.paths), dist=dist) as folder:
+        folder.claim(COMPRESS_SETTINGS, _settings(opts), what="compress result", force=force,
+                     normalise=_with_defaults(CompressOptions))
+        if settings is not None and opts.paths is None:
+            folder.own("paths")
+        return _compress(opts, pipeline, settings, folder, dist, quiet, t_start, recipe)
 
 
-def _compress(opts: CompressOptions, pipeline: Pipeline, out: Path | None, dist: Dist, quiet: bool, t_start: float
-              ) -> CompressResult | None:
+def _discovery_settings(opts: CompressOptions, pipeline: Pipeline) -> DiscoverySettings | None:
+    """What the point's criterion reads: a discovery of these settings, or (``--paths``) the given run's own."""
+    point = opts.point
+    if not needs_paths(point.criterion, point.budget.keep_topk is not None):
+        return None
+    if opts.paths is not None:
+        given = DiscoverySettings(topk=opts.topk or 1, steps=opts.steps or 20, label=opts.label or "truth",
+                                  token_scope=opts.token_scope or "auto", objective=opts.objective or "prob")
+        return pipeline.given_run_settings(opts.paths, given=given, given_fields=[
+            f for f in ("topk", "steps", "label", "token_scope", "objective") if getattr(opts, f) is not None])
+    return pipeline.discovery_settings(point, opts.discovery_topk, opts.label or "truth")
+
+
+def _compress(opts: CompressOptions, pipeline: Pipeline, settings: DiscoverySettings | None, folder: OutputFolder | None,
+              dist: Dist, quiet: bool, t_start: float, recipe: str | None) -> CompressResult | None:
     quiet = quiet or not dist.is_main
     point = opts.point
     keep = point.budget.keep_topk is not None
-    settings = pipeline.discovery_settings(point, opts.discovery_topk, opts.label) if needs_paths(point.criterion, keep) else None
     done = pipeline.compress(point, settings, scope=opts.scope, min_keep=opts.min_keep, round_to=opts.round_to,
                              options={"lsq_target": opts.lsq_target, "lsq_weighting": opts.lsq_weighting})
     mask = done.mask
     if keep and mask.sparsity == 0.0:
         raise UserError(f"--keep-topk {opts.keep_topk} keeps every unit of every block: nothing to remove; lower K")
-    if out is not None and dist.is_main:
-        atomic_write_json(out / "mask.json", mask.to_json())
     recon = done.pruned.reconstruction
     if recon is not None and recon.underdetermined and not quiet:
         print(f"vitprune: note: blocks {recon.underdetermined} have fewer calibration tokens than kept units; the least-squares "
@@ -247,26 +285,42 @@ def _compress(opts: CompressOptions, pipeline: Pipeline, out: Path | None, dist:
     macs_dense, params_dense = count_macs_params(pipeline.dense)
     macs_pruned, params_pruned = count_macs_params(pruned)
     onnx_info, latency, int8 = None, None, None
-    if out is not None:
-        save_checkpoint(pruned, out, meta, verify=str(pipeline.source.get("spec", "")).startswith("<in-memory"))
+    stage = folder.staging if folder is not None else None
+    if stage is not None:
+        atomic_write_json(stage / "mask.json", mask.to_json())
+        save_checkpoint(pruned, stage, meta, verify=str(pipeline.source.get("spec", "")).startswith("<in-memory"))
         if opts.export:
-            onnx_info, latency, int8 = _export(opts, pipeline, pruned, meta, evaluation, out)
+            onnx_info, latency, int8 = _export(opts, pipeline, pruned, meta, evaluation, stage)
     timings = {**pipeline.timings, "total_s": time.time() - t_start}
+    run = pipeline.runs.get(settings) if settings is not None else None
     report = CompressReport(
-        options=_settings(opts), output=str(out) if out is not None else None, model=pipeline.source,
-        data=DataSummary(pipeline.pools.spec, list(pipeline.pools.class_names), len(pipeline.calib), len(evaluation), 0),
+        options=_settings(opts), output=str(folder.path) if folder is not None else None, model=pipeline.source,
+        data=DataSummary(pipeline.pools.spec, list(pipeline.pools.class_names), len(pipeline.calib), len(evaluation),
+                         pipeline.overlap(evaluation, run)),
         mask=MaskSummary(mask.criterion, mask.kept_counts, list(mask.widths), mask.sparsity, mask.block_sparsity),
         critical_units={str(c): units for c, units in done.critical.items()} if done.critical else None,
         compensation={"mode": opts.compensate, "reconstruction": recon.to_json() if recon else None},
         params=Counts(params_dense, params_pruned, params_pruned / params_dense),
         macs=Counts(macs_dense, macs_pruned, macs_pruned / macs_dense, opts.target_macs),
         accuracy=results, finetune=finetune, onnx=onnx_info, int8=int8.to_json() if int8 else None, latency=latency,
-        timings=timings,
+        timings=timings, discovery=_discovery_summary(settings, run),
     )
-    if out is not None:
-        atomic_write_json(out / "report.json", report.to_json())
-        atomic_write_text(out / "report.md", report.markdown())
+    if stage is not None:
+        atomic_write_json(stage / "report.json", report.to_json())
+        atomic_write_text(stage / "report.md", report.markdown())
+        if recipe is not None:
+            atomic_write_text(stage / "config.yaml", recipe)
+        atomic_write_json(stage / COMPRESS_SETTINGS, _settings(opts))
+        folder.publish([e.name for e in stage.iterdir() if not e.name.startswith(".")])
     return CompressResult(pruned, mask, report, pipeline.dense, meta, pipeline, evaluation)
+
+
+def _discovery_summary(settings: DiscoverySettings | None, run: PathRun | None) -> dict | None:
+    """The discovery settings the records behind the mask were made with, and where they are."""
+    if settings is None:
+        return None
+    return {**settings.to_json(), "run": str(run.folder) if run is not None and run.folder is not None else None,
+            "images": len(run.records) if run is not None else None}
 
 
 def _recover(opts: CompressOptions, pipeline: Pipeline, pruned: nn.Module, evaluation: ImagePool, results: dict[str, EvalResult],
@@ -294,7 +348,8 @@ def _export(opts: CompressOptions, pipeline: Pipeline, pruned: nn.Module, meta: 
 
     t0 = time.time()
     parity = next(evaluation.select(range(min(16, len(evaluation)))).batches(pipeline.transform, 16))[1]
-    metadata = onnx_metadata(meta, input_size=list(parity.shape[1:]), class_names=list(pipeline.pools.class_names))
+    metadata = onnx_metadata(meta, input_size=list(parity.shape[1:]), class_names=list(pipeline.pools.class_names),
+                             data_config=data_config(pipeline.dense))
     onnx_info = export_onnx(pruned, out / ONNX_FILE, metadata=metadata, parity_images=parity)
     pruned.to(pipeline.dist.device)
     pipeline.timings["export_s"] = time.time() - t0
@@ -306,11 +361,11 @@ def _export(opts: CompressOptions, pipeline: Pipeline, pruned: nn.Module, meta: 
                      max_drop=opts.max_int8_drop)
         pipeline.timings["int8_s"] = time.time() - t0
     timed = {"pruned": out / ONNX_FILE, **({"pruned_int8": out / INT8_FILE} if int8 and int8.written else {})}
-    with tempfile.TemporaryDirectory() as tmp:
-        export_onnx(pipeline.dense, Path(tmp) / "dense.onnx", metadata={"source_model": pipeline.source.get("spec", "")},
-                    parity_images=parity)
-        pipeline.dense.to(pipeline.dist.device)
-        latency = ort_latency({"dense": Path(tmp) / "dense.onnx", **timed}, tuple(parity.shape[1:]), rounds=opts.latency_rounds)
+    dense_onnx = out / ".dense.onnx"  # staged, never published: only for timing
+    export_onnx(pipeline.dense, dense_onnx, metadata={"source_model": pipeline.source.get("spec", "")}, parity_images=parity)
+    pipeline.dense.to(pipeline.dist.device)
+    latency = ort_latency({"dense": dense_onnx, **timed}, tuple(parity.shape[1:]), rounds=opts.latency_rounds)
+    dense_onnx.unlink()
     return onnx_info, latency, int8
 
 
@@ -341,31 +396,43 @@ def run_folder(token_scope: str, objective: str, topk: int) -> str:
 
 
 def evaluate(model: str | nn.Module = "demo", data: Any = "demo", *, out: str | Path | None = None, force: bool = False,
-             quiet: bool = False, **options: Any) -> EvaluateResult | None:
+             quiet: bool = False, recipe: str | None = None, **options: Any) -> EvaluateResult | None:
     """Accuracy vs budget for several criteria and compensations on the same images (``vitprune evaluate``).
 
     ``options`` are ``EvaluateOptions`` (``criteria=None`` / ``compensate=None``: every registered one). With
     ``out`` the points are appended to ``out/points.jsonl`` as they finish, so an interrupted sweep resumes
-    point by point, and results.{csv,json,md} + accuracy_vs_sparsity.png are written at the end.
+    point by point, and results.{csv,json,md} + accuracy_vs_sparsity.png (and ``recipe`` as config.yaml) are
+    published at the end.
     """
     opts = _options(EvaluateOptions, {**options, "model": _spec(model), "data": _spec(data)}, "evaluate").resolve().validate()
     dist = get_dist(opts.device)
     out = Path(out) if out is not None else None
+    if out is not None:
+        check_inputs(out, _inputs(model, data))
+    holder: dict[str, OutputFolder] = {}
 
-    def folder(settings: DiscoverySettings) -> Path | None:
-        return out / run_folder(settings.token_scope, settings.objective, settings.topk) if out is not None else None
+    def run_dir(settings: DiscoverySettings) -> Path | None:
+        if out is None:
+            return None
+        name = run_folder(settings.token_scope, settings.objective, settings.topk)
+        holder["folder"].own(name)
+        return out / name
 
-    pipeline = Pipeline(model, data, opts, dist=dist, quiet=quiet, run_folder=folder)
+    pipeline = Pipeline(model, data, opts, dist=dist, quiet=quiet, run_folder=run_dir)
+    for point in opts.points():
+        if point.criterion != "dense":
+            pipeline.check_point(point, _sweep_settings(opts, pipeline, point), scope=opts.scope, min_keep=opts.min_keep,
+                                 round_to=opts.round_to)
     settings = {**_settings(opts), "format": SWEEP_FORMAT}
     title = f"{opts.model} on {opts.data}"
     if out is None:
-        points = _sweep(opts, pipeline, opts.points(), None, dist, quiet)
+        points = _sweep(opts, pipeline, opts.points(), None, dist, quiet, None)
         return EvaluateResult(points, settings, title)
-    with output_lock(out, "evaluate", dist):
-        check_output_dir(out, SWEEP_SETTINGS, settings, what="sweep", force=force, normalise=_with_defaults(EvaluateOptions))
-        dist.barrier()
-        if dist.is_main:
-            start_output_dir(out, SWEEP_SETTINGS, settings, force=force)
+    with OutputFolder(out, "evaluate", inputs=_inputs(model, data), dist=dist) as folder:
+        holder["folder"] = folder
+        if not folder.claim(SWEEP_SETTINGS, settings, what="sweep", force=force, normalise=_with_defaults(EvaluateOptions)):
+            folder.write_settings(SWEEP_SETTINGS, settings)
+        folder.own(POINTS)
         sink = JsonlAppender(out / POINTS) if dist.is_main else None  # drops a torn last line before the others read
         dist.barrier()
         try:
@@ -374,7 +441,7 @@ def evaluate(model: str | nn.Module = "demo", data: Any = "demo", *, out: str | 
             done = {p.key for p in points}
             todo = [p for p in opts.points() if _key(p) not in done]
             if todo:
-                points += _sweep(opts, pipeline, todo, sink, dist, quiet)
+                points += _sweep(opts, pipeline, todo, sink, dist, quiet, folder.staging if dist.is_main else None)
         finally:
             if sink:
                 sink.close()
@@ -383,8 +450,18 @@ def evaluate(model: str | nn.Module = "demo", data: Any = "demo", *, out: str | 
         points = sorted((p for p in points if p.key in order), key=lambda p: order[p.key])
         result = EvaluateResult(points, settings, title)
         if dist.is_main:
-            result.save(out)
+            result.save(folder.staging)
+            if recipe is not None:
+                atomic_write_text(folder.staging / "config.yaml", recipe)
+            folder.publish([e.name for e in folder.staging.iterdir() if not e.name.startswith(".")])
         return result
+
+
+def _sweep_settings(opts: EvaluateOptions, pipeline: Pipeline, p: Point) -> DiscoverySettings | None:
+    """The discovery behind a point of the sweep: K = its keep-topk, else --topk."""
+    if p.criterion == "dense" or not needs_paths(p.criterion, p.budget.keep_topk is not None):
+        return None
+    return pipeline.discovery_settings(p, p.budget.keep_topk or opts.topk)
 
 
 def _key(p: Point) -> str:
@@ -394,19 +471,16 @@ def _key(p: Point) -> str:
 
 
 def _sweep(opts: EvaluateOptions, pipeline: Pipeline, todo: list[Point], sink: JsonlAppender | None, dist: Dist,
-           quiet: bool) -> list[SweepPoint]:
+           quiet: bool, scratch: Path | None) -> list[SweepPoint]:
     """Every point of ``todo``; what the points share (discovery runs, statistics, calibration and evaluation
-    images) is computed first, once."""
+    images) is computed first, once. ``scratch``: where latency ONNX files go (the run's staging folder)."""
     from .criteria import criterion_needs
     from .prune import COMPENSATIONS
 
     quiet = quiet or not dist.is_main
 
     def settings_of(p: Point) -> DiscoverySettings | None:
-        keep = p.budget.keep_topk is not None
-        if p.criterion == "dense" or not needs_paths(p.criterion, keep):
-            return None
-        return pipeline.discovery_settings(p, p.budget.keep_topk or opts.topk)
+        return _sweep_settings(opts, pipeline, p)
 
     for s in sorted({s for s in map(settings_of, todo) if s is not None}, key=lambda s: (s.token_scope, s.objective, s.topk)):
         pipeline.paths(s)
@@ -424,7 +498,7 @@ def _sweep(opts: EvaluateOptions, pipeline: Pipeline, todo: list[Point], sink: J
     widths = pipeline.adapter.hidden_widths
     new: list[SweepPoint] = []
     dense_onnx = None
-    with tempfile.TemporaryDirectory(prefix="vitprune-sweep-") as tmp:
+    with (nullcontext(scratch) if scratch is not None else tempfile.TemporaryDirectory(prefix="vitprune-sweep-")) as tmp:
         for p in todo:
             t0 = time.time()
             done: Compressed | None = None
@@ -446,8 +520,10 @@ def _sweep(opts: EvaluateOptions, pipeline: Pipeline, todo: list[Point], sink: J
                 extra.update(_sweep_recovery(opts, pipeline, model, images, labels, res, p.seed))
             macs, params = count_macs_params(model)
             if opts.latency and dist.is_main:
-                dense_onnx = dense_onnx or _onnx(pipeline.dense, Path(tmp) / "dense.onnx", images[:8])
-                extra.update(_latency(dense_onnx, _onnx(model, Path(tmp) / "point.onnx", images[:8]), images))
+                dense_onnx = dense_onnx or _onnx(pipeline.dense, Path(tmp) / ".dense.onnx", images[:8])
+                point_onnx = _onnx(model, Path(tmp) / ".point.onnx", images[:8])
+                extra.update(_latency(dense_onnx, point_onnx, images))
+                point_onnx.unlink()
             mask = done.mask if done else None
             top1, prob = res.top1, res.mean_true_prob
             if "top1_recovered" in extra:
@@ -518,9 +594,11 @@ def discover(model: str | nn.Module = "demo", data: Any = "demo", *, out: str | 
     pipeline = Pipeline(model, data, opts, dist=dist, quiet=quiet)
     pool = pipeline.pools.calibration if opts.pool == "calibration" else pipeline.pools.evaluation
     selected = select_per_class(pool, opts.per_class, opts.classes, num_classes=pipeline.pools.num_classes)
+    if out is not None:
+        check_inputs(out, _inputs(model, data))
     run = run_discovery(pipeline.dense, settings, pipeline.pools, selected, pool=opts.pool, per_class=opts.per_class,
                         classes=opts.classes, batch_size=opts.batch_size, dist=dist, out=Path(out) if out is not None else None,
-                        resume=resume, force=force, quiet=quiet or not dist.is_main)
+                        resume=resume, force=force, quiet=quiet or not dist.is_main, inputs=tuple(_inputs(model, data)))
     return run if dist.is_main else None
 
 
@@ -529,9 +607,12 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, *, 
                       quantize: str | None = None, int8_mode: str = "static", max_int8_drop: float = 1.0,
                       per_class: int | None = 16, eval_per_class: int | None = None) -> dict[str, Any]:
     """ONNX of a vitprune checkpoint folder (parity-checked on held-out images of ``data``, default: the data it
-    was pruned on), and with ``quantize="int8"`` the gated int8 model beside it."""
+    was pruned on; its classes must be the model's), and with ``quantize="int8"`` the gated int8 model beside it.
+
+    ``out`` (default ``CHECKPOINT/model.onnx``) never replaces a file vitprune did not write: an existing file is
+    replaced with ``force`` only if it is vitprune's (listed in its folder's manifest, or an ONNX model vitprune
+    produced); never a file the export reads."""
     import math
-    from contextlib import nullcontext
 
     from .data import model_transform
     from .export.onnx import export_onnx
@@ -544,15 +625,20 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, *, 
     if quantize is not None:
         check_choice("--quantize", quantize, ("int8",))
         check_choice("--int8-mode", int8_mode, INT8_MODES)
-    if out.is_dir():
-        raise UserError(f"{out} is a folder; pass --out FILE.onnx")
-    for target in filter(None, (out, int8)):
-        if target.exists() and not force:
-            raise UserError(f"{target} exists; pass --force to replace it")
     if not (isinstance(max_int8_drop, (int, float)) and math.isfinite(max_int8_drop) and max_int8_drop >= 0):
         raise UserError(f"--max-int8-drop must be a number of points >= 0 (got {max_int8_drop})")
-    # the checkpoint folder is read (and by default written): no compress may be writing it meanwhile
-    with output_lock(ckpt, "export"), (output_lock(out, "export") if out.parent.absolute() != ckpt.absolute() else nullcontext()):
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; pass --out FILE.onnx")
+    if out.suffix.lower() != ".onnx":
+        raise UserError(f"--out {out} must name an .onnx file")
+    for read in (ckpt / name for name in ("model.safetensors", "vitprune.json", "config.json", "pytorch_model.bin")):
+        if out.resolve() == read.resolve() or (int8 is not None and int8.resolve() == read.resolve()):
+            raise UserError(f"--out {out} would overwrite {read}, which the export reads; choose another --out")
+    check_inputs(out, [data_location(data)] if data else [], )
+    inside = out.resolve().parent == ckpt.resolve()
+    with (OutputFolder(ckpt, "compress") if inside and is_vitprune_folder(ckpt) else nullcontext()) as folder:
+        for target in filter(None, (out, int8)):
+            _check_replace(target, force, folder)
         model = load_model(str(ckpt))
         meta = model.vitprune_meta
         data = data or meta.get("data")
@@ -562,7 +648,10 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, *, 
         held_out = select_per_class(pipeline.pools.evaluation, 2, None, num_classes=pipeline.pools.num_classes)
         images = next(held_out.batches(pipeline.transform, 16))[1]
         metadata = onnx_metadata({**meta, "source_model": meta.get("source_model") or {"spec": str(ckpt)}},
-                                 input_size=list(images.shape[1:]), class_names=list(pipeline.pools.class_names))
+                                 input_size=list(images.shape[1:]), class_names=list(pipeline.pools.class_names),
+                                 data_config=data_config(pipeline.dense))
+        if folder is not None:
+            folder.own(*(t.name for t in filter(None, (out, int8))))
         result: dict[str, Any] = {"out": str(out), "onnx": export_onnx(model, out, parity_images=images, metadata=metadata)}
         if int8 is not None:
             evaluation = pipeline.evaluation_pool(eval_per_class)
@@ -575,6 +664,27 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, *, 
         return result
 
 
+def _check_replace(target: Path, force: bool, folder: OutputFolder | None) -> None:
+    """An existing file is replaced only with ``force``, and only if vitprune wrote it."""
+    if not target.exists() and not target.is_symlink():
+        return
+    if not force:
+        raise UserError(f"{target} exists; pass --force to replace it")
+    owned = folder is not None and target.name in folder.owned_names()
+    if not owned and not _vitprune_onnx(target):
+        raise UserError(f"{target} exists and is not an ONNX model vitprune wrote; it is never replaced, even with --force: "
+                        "choose another --out")
+
+
+def _vitprune_onnx(path: Path) -> bool:
+    try:
+        import onnx
+
+        return path.is_file() and onnx.load(str(path), load_external_data=False).producer_name == "vitprune"
+    except Exception:
+        return False
+
+
 def convert_run(src: str | Path, dst: str | Path, *, prefix: str | None = None, force: bool = False) -> str:
     """Path records between a vitprune run folder and the reference code's ``{prefix}-{label}.rlt.jsonl`` files."""
     from .discovery.records import CONFIG, PATHS, load_run, write_records, write_reference
@@ -582,20 +692,26 @@ def convert_run(src: str | Path, dst: str | Path, *, prefix: str | None = None, 
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise UserError(f"{src} is not a folder; pass a run folder or a folder of *.rlt.jsonl files")
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())) and not force:
-        raise UserError(f"{dst} is not empty; pass --force to write into it")
+    check_inputs(dst, [src])
     run = load_run(src)
-    if (src / PATHS).is_file():
-        header = run.header
-        args_json = {"ig_total_step": header.discovery.steps if header else None, "topK": header.discovery.topk if header else None,
-                     "model_type": header.model.spec if header else None, "dataset": header.data.spec if header else None,
-                     "vitprune": header.to_json() if header else None}
-        files = write_reference(run.records, dst, prefix=prefix or "imgnet_all", args=args_json)
-        return f"wrote {len(files)} reference files to {dst}"
-    dst.mkdir(parents=True, exist_ok=True)
-    write_records(dst / PATHS, run.records)
-    atomic_write_json(dst / CONFIG, {"command": "convert", "source": str(src), "num_images": len(run.records)})
-    return f"wrote {len(run.records)} records to {dst / PATHS}"
+    settings = {"command": "convert", "source": str(src.resolve()), "prefix": prefix, "to": "reference" if (src / PATHS).is_file() else "run"}
+    with OutputFolder(dst, "convert") as folder:
+        folder.claim("convert.json", settings, what="conversion", force=True if force else False)
+        stage = folder.staging
+        if (src / PATHS).is_file():
+            header = run.header
+            args_json = {"ig_total_step": header.discovery.steps if header else None, "topK": header.discovery.topk if header else None,
+                         "model_type": header.model.spec if header else None, "dataset": header.data.spec if header else None,
+                         "vitprune": header.to_json() if header else None}
+            files = write_reference(run.records, stage, prefix=prefix or "imgnet_all", args=args_json)
+            message = f"wrote {len(files)} reference files to {dst}"
+        else:
+            write_records(stage / PATHS, run.records)
+            atomic_write_json(stage / CONFIG, {"command": "convert", "source": str(src), "num_images": len(run.records)})
+            message = f"wrote {len(run.records)} records to {dst / PATHS}"
+        atomic_write_json(stage / "convert.json", settings)
+        folder.publish()
+        return message
 
 
 __all__ = ["compress", "evaluate", "discover", "export_checkpoint", "convert_run", "CompressResult", "EvaluateResult", "default_output", "checkpoint_meta",

@@ -42,8 +42,18 @@ def replace_atomically(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def safetensors_os_error(exc: Exception, path: Path) -> OSError:
+    """safetensors reports I/O failures (a full disk ...) as its own error type: the OSError behind it, naming ``path``."""
+    import errno
+    import re
+
+    match = re.search(r"code: (\d+)", str(exc))
+    code = int(match.group(1)) if match else errno.EIO
+    return OSError(code, os.strerror(code), str(path))
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def read_json(path: Path) -> Any:
@@ -131,4 +141,4 @@ class JsonlAppender:
         self.close()
 
 
-__all__ = ["atomic_write_text", "atomic_write_json", "replace_atomically", "read_json", "read_jsonl", "JsonlAppender"]
+__all__ = ["atomic_write_text", "atomic_write_json", "safetensors_os_error", "replace_atomically", "read_json", "read_jsonl", "JsonlAppender"]

@@ -69,6 +69,7 @@ class RunOptions:
 
     model: str = "demo"
     arch: str | None = None
+    model_args: dict | None = None  # timm.create_model keyword arguments of a plain state dict (--model-args)
     data: str = "demo"
     device: str = "auto"
     precision: str = "fp32"
@@ -166,12 +167,13 @@ class CompressOptions(CalibrationOptions):
     compensate: str | None = None  # None: the zoo's best
     paths: str | None = None
     topk: int | None = None  # discovery K; defaults to keep_topk, else 5
-    token_scope: str | None = None  # discovery settings of the path criteria; None: defaults.JAS_DEFAULT
+    steps: int | None = None  # discovery settings: None = the default (20), or with --paths the run's own
+    token_scope: str | None = None  # None: defaults.JAS_DEFAULT, or with --paths the run's own
     objective: str | None = None
     jas_aggregation: str | None = None
     lsq_target: str = LSQ_DEFAULT["target"]
     lsq_weighting: str = LSQ_DEFAULT["weighting"]
-    label: str = "truth"
+    label: str | None = None  # None: truth, or with --paths the run's own
     eval_per_class: int | None = None
     finetune_epochs: int = 0
     finetune_lr: float = 1e-4
@@ -200,10 +202,11 @@ class CompressOptions(CalibrationOptions):
         """Fill what is left unset with the zoo's best: criterion and compensation (for --keep-topk or
         --sparsity) and the discovery settings of the path criteria."""
         best = KEEP_DEFAULT if self.keep_topk is not None else SPARSITY_DEFAULT
+        scope = self.token_scope or (JAS_DEFAULT["token_scope"] if self.paths is None else None)
+        objective = self.objective or (JAS_DEFAULT["objective"] if self.paths is None else None)
         return replace(self, criterion=self.criterion or best["criterion"],
                        compensate=self.compensate if self.compensate is not None else best["compensate"],
-                       token_scope=self.token_scope or JAS_DEFAULT["token_scope"], objective=self.objective or JAS_DEFAULT["objective"],
-                       jas_aggregation=self.jas_aggregation or JAS_DEFAULT["aggregation"])
+                       token_scope=scope, objective=objective, jas_aggregation=self.jas_aggregation or JAS_DEFAULT["aggregation"])
 
     def validate(self) -> "CompressOptions":
         """Every check that needs no model or data (call after ``resolve``)."""
@@ -214,10 +217,11 @@ class CompressOptions(CalibrationOptions):
         self.budget.check()
         CRITERIA.check(self.criterion)
         COMPENSATIONS.check(self.compensate)
-        check_choice("--token-scope", self.token_scope, TOKEN_SCOPES)
-        check_choice("--objective", self.objective, OBJECTIVES)
+        for flag, value, choices in (("--token-scope", self.token_scope, TOKEN_SCOPES), ("--objective", self.objective, OBJECTIVES),
+                                     ("--label", self.label, LABEL_SOURCES)):
+            if value is not None:
+                check_choice(flag, value, choices)
         check_choice("--jas-aggregation", self.jas_aggregation, JAS_AGGREGATIONS)
-        check_choice("--label", self.label, LABEL_SOURCES)
         check_choice("--lsq-target", self.lsq_target, LSQ_TARGETS)
         check_choice("--lsq-weighting", self.lsq_weighting, TOKEN_WEIGHTINGS)
         check_choice("--scope", self.scope, MASK_SCOPES)
@@ -225,7 +229,7 @@ class CompressOptions(CalibrationOptions):
             raise UserError(f"--keep-topk keeps path units: --criterion must be {' or '.join(per_class_criteria())} "
                             f"(got '{self.criterion}')")
         check_count("--topk", self.topk, optional=True)
-        check_count("--steps", self.steps)
+        check_count("--steps", self.steps, optional=True)
         check_count("--finetune-epochs", self.finetune_epochs, minimum=0)
         check_count("--eval-per-class", self.eval_per_class, optional=True)
         check_count("--finetune-per-class", self.finetune_per_class, optional=True)

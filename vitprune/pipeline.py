@@ -24,24 +24,25 @@ from .criteria.aggregate import union_keep_sets
 from .criteria.base import CriterionInputs, checked_scores, load_criterion
 from .criteria.stats import ActivationStats, collect_stats
 from .data import DataPools, ImagePool, TensorPool, load_data, materialize, model_transform, select_holdout_per_class, select_per_class
+from .discovery.provenance import check_run
 from .discovery.records import PathRun, load_run
 from .discovery.run import discover
 from .discovery.settings import DiscoverySettings
 from .distributed import Dist
 from .errors import UserError
 from .model.adapter import ViTAdapter
-from .model.load import describe_model, load_model
+from .model.load import describe_model, load_model, model_fingerprint
 from .options import CalibrationOptions, Point
 from .prune import COMPENSATIONS
 from .prune.compensate import CalibrationSet, CompensationInputs, Pruned, calibration_set, load_compensation
-from .prune.macs import mask_for_macs
-from .prune.masks import NeuronMask, from_keep_sets, from_scores, keep_label
+from .prune.macs import mlp_unit_macs
+from .prune.masks import NeuronMask, check_sparsity, from_keep_sets, from_macs, from_scores, keep_label
 
 
-def resolve_model(model: str | nn.Module, arch: str | None = None) -> nn.Module:
+def resolve_model(model: str | nn.Module, arch: str | None = None, model_args: dict | None = None) -> nn.Module:
     """A spec (everything ``--model`` takes) or an in-memory timm VisionTransformer, in eval mode."""
     if isinstance(model, (str, Path)):
-        return load_model(str(model), arch=arch)
+        return load_model(str(model), arch=arch, model_args=model_args)
     if not isinstance(model, nn.Module):
         raise UserError(f"model must be a spec string or a timm VisionTransformer (got {type(model).__name__})")
     ViTAdapter(model)  # refuses what vitprune cannot handle, with one line
@@ -69,7 +70,8 @@ def check_pairing(pools: DataPools, adapter: ViTAdapter) -> None:
     if pools.num_classes != adapter.num_classes:
         raise UserError(
             f"the data '{pools.spec}' has {pools.num_classes} classes but the model head has {adapter.num_classes}; "
-            "pass data that matches the model, or a model trained on this data"
+            "pass data that matches the model, or a model trained on this data (random:NAME: --model-args "
+            f"num_classes={pools.num_classes})"
         )
     for name, pool in (("calibration", pools.calibration), ("evaluation", pools.evaluation)):
         if not isinstance(pool, TensorPool) or not len(pool):
@@ -98,17 +100,19 @@ class Pipeline:
     """One dense model on one data source; the stages of compression, each computed once."""
 
     def __init__(self, model: str | nn.Module, data: Any, opts: CalibrationOptions, *, dist: Dist, quiet: bool = False,
-                 run_folder: Callable[[DiscoverySettings], Path | None] = lambda settings: None, paths: str | None = None) -> None:
+                 run_folder: Callable[[DiscoverySettings], Path | None] = lambda settings: None) -> None:
         self.opts, self.dist, self.quiet = opts, dist, quiet or not dist.is_main
-        self.dense = resolve_model(model, opts.arch).to(dist.device)
+        self.dense = resolve_model(model, opts.arch, opts.model_args)
+        self.fingerprint = model_fingerprint(self.dense)
+        self.dense.to(dist.device)
         self.adapter = ViTAdapter(self.dense)
         self.pools = resolve_data(data, self.adapter.num_classes)
         check_pairing(self.pools, self.adapter)
         self.transform = model_transform(self.dense)
         self.run_folder = run_folder
-        self.paths_from = paths
         self.timings: dict[str, float] = {}
-        self._runs: dict[DiscoverySettings, PathRun] = {}
+        self.runs: dict[DiscoverySettings, PathRun] = {}
+        self._unit_macs: tuple[list[float], int] | None = None
         self._stats: ActivationStats | None = None
         self._calibration: CalibrationSet | None = None
         self._images: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -128,22 +132,77 @@ class Pipeline:
     # ------------------------------------------------------------------------------ stages
     def paths(self, settings: DiscoverySettings) -> PathRun:
         """The path records (and dense importance) of ``settings`` on the calibration images: a discovery run
-        (resumable in ``run_folder(settings)`` when there is one), or the run given as ``paths``."""
-        if settings not in self._runs:
+        (resumable in ``run_folder(settings)`` when there is one), checked against this model and data."""
+        if settings not in self.runs:
             t0 = time.time()
-            if self.paths_from is not None:
-                run = load_run(Path(self.paths_from))
-            else:
-                run = discover(self.dense, settings, self.pools, self.calib, pool="calibration", per_class=self.opts.per_class,
-                               classes=self.opts.classes, batch_size=self.opts.batch_size, dist=self.dist,
-                               out=self.run_folder(settings), quiet=self.quiet)
-            run.check_fits(self.adapter.hidden_widths)
-            if run.importance is not None and list(run.importance.widths) != self.adapter.hidden_widths:
-                raise UserError(f"the dense importance in {run.name} is for MLP widths {list(run.importance.widths)}, not this "
-                                f"model's {self.adapter.hidden_widths}; pass paths discovered on this model")
-            self._runs[settings] = run
+            run = discover(self.dense, settings, self.pools, self.calib, pool="calibration", per_class=self.opts.per_class,
+                           classes=self.opts.classes, batch_size=self.opts.batch_size, dist=self.dist,
+                           out=self.run_folder(settings), quiet=self.quiet, nested=True)
+            self._check(run)
+            self.runs[settings] = run
             self._timed("discovery_s", t0)
-        return self._runs[settings]
+        return self.runs[settings]
+
+    def given_run_settings(self, folder: str | Path, *, given: Any, given_fields: list[str]) -> DiscoverySettings:
+        """Load a finished run (``--paths``), check its provenance against this model, data, the discovery options
+        given and the classes needed, and return the settings it was made with (what the report states)."""
+        run = load_run(Path(folder))
+        header = run.header
+        if header is not None:
+            settings = header.discovery
+        else:  # reference .rlt.jsonl files: the settings their records state
+            first = run.records[0]
+            settings = DiscoverySettings(method=first.method or "jas", topk=first.topk or len(first.path[0]),
+                                         steps=first.steps or 20, token_scope=first.token_scope or "cls")
+        self._check(run, given=given, given_fields=given_fields)
+        self.runs[settings] = run
+        return settings
+
+    def _check(self, run: PathRun, *, given: Any = None, given_fields: list[str] = ()) -> None:
+        needed = self.opts.classes if self.opts.classes is not None else range(self.pools.num_classes)
+        check_run(run, fingerprint=self.fingerprint, widths=self.adapter.hidden_widths, data_spec=self.pools.spec,
+                  given=given, given_fields=given_fields, classes=needed, evaluation_ids=self.evaluation_ids)
+        if run.importance is not None and list(run.importance.widths) != self.adapter.hidden_widths:
+            raise UserError(f"the dense importance in {run.name} is for MLP widths {list(run.importance.widths)}, not this "
+                            f"model's {self.adapter.hidden_widths}; pass paths discovered on this model")
+
+    @functools.cached_property
+    def evaluation_ids(self) -> list[str]:
+        return self.pools.evaluation.ids()
+
+    def overlap(self, evaluation: ImagePool, run: PathRun | None = None) -> int:
+        """Images used for calibration (the records' images, or the calibration selection) that are also evaluated."""
+        used = {r.id for r in run.records} if run is not None else set(self.calib.ids())
+        return len(used & set(evaluation.ids()))
+
+    def unit_macs(self) -> tuple[list[float], int]:
+        """(MACs of one MLP unit per block, MACs of the dense model), counted once."""
+        if self._unit_macs is None:
+            self._unit_macs = mlp_unit_macs(self.dense)
+        return self._unit_macs
+
+    def check_point(self, point: Point, settings: DiscoverySettings | None, *, scope: str, min_keep: int, round_to: int) -> None:
+        """Every check of a point that needs the model but no expensive work: budgets that options would override,
+        path settings the model cannot take, compensations without enough calibration images."""
+        widths = self.adapter.hidden_widths
+        budget = point.budget
+        if settings is not None and settings.topk > min(widths):
+            flag = f"--keep-topk {budget.keep_topk}" if budget.keep_topk == settings.topk else f"--topk {settings.topk}"
+            raise UserError(f"{flag} asks for more path units per block than the narrowest MLP has ({min(widths)}); lower it")
+        if budget.sparsity is not None:
+            check_sparsity(widths, budget.sparsity, scope=scope, min_keep=min_keep, round_to=round_to)
+        if budget.target_macs is not None:
+            cost, total = self.unit_macs()
+            floor = sum(c * min(min_keep, w) for c, w in zip(cost, widths))
+            mlp = sum(c * w for c, w in zip(cost, widths))
+            lowest = (total - mlp + floor) / total
+            if budget.target_macs < lowest:
+                raise UserError(f"--target-macs {budget.target_macs:g} is below what the model can reach by pruning its MLPs "
+                                f"({lowest:.3f} of its MACs with --min-keep {min_keep}); raise --target-macs")
+        needs = set(COMPENSATIONS.entry(point.compensate).meta.get("needs", ())) if point.compensate in COMPENSATIONS else set()
+        if "calibration" in needs and len(self.calib) < 2:
+            raise UserError(f"--compensate {point.compensate} needs at least 2 calibration images (got {len(self.calib)}); "
+                            "raise --per-class")
 
     def stats(self, gradients: bool = False) -> ActivationStats:
         """Activation statistics of the calibration images (with the Taylor terms when ``gradients``)."""
@@ -182,7 +241,8 @@ class Pipeline:
 
     # ---------------------------------------------------------------------------- a point
     def discovery_settings(self, point: Point, topk: int, label: str = "truth") -> DiscoverySettings:
-        return DiscoverySettings(method="jas", topk=topk, steps=self.opts.steps, token_scope=point.token_scope or "auto",
+        steps = self.opts.steps if self.opts.steps is not None else 20
+        return DiscoverySettings(method="jas", topk=topk, steps=steps, token_scope=point.token_scope or "auto",
                                  label=label, objective=point.objective or "prob", precision=self.opts.precision,
                                  max_rows=self.opts.max_rows)
 
@@ -213,8 +273,10 @@ class Pipeline:
             return mask, critical
         scores = checked_scores(point.criterion, criterion.scores(inputs), inputs.sites)
         if budget.target_macs is not None:
-            return mask_for_macs(self.dense, scores, budget.target_macs, scope=scope, min_keep=min_keep, round_to=round_to,
-                                 criterion=point.criterion), None
+            cost, total = self.unit_macs()
+            mlp = sum(c * int(s.numel()) for c, s in zip(cost, scores))
+            return from_macs(scores, cost, mlp - (1.0 - budget.target_macs) * total, scope=scope, min_keep=min_keep,
+                             round_to=round_to, criterion=point.criterion), None
         return from_scores(scores, budget.sparsity, scope=scope, min_keep=min_keep, round_to=round_to, criterion=point.criterion), None
 
     def prune(self, mask: NeuronMask, compensate: str, options: dict[str, Any]) -> Pruned:

@@ -77,6 +77,7 @@ class CompressReport:
     int8: dict[str, Any] | None = None
     latency: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    discovery: dict[str, Any] | None = None  # the settings of the path records behind the mask, and where they are
     vitprune_version: str = __version__
     format: str = REPORT_FORMAT
 
@@ -103,7 +104,7 @@ class CompressReport:
                 macs=Counts(**_known(Counts, obj["macs"])),
                 accuracy={k: EvalResult.from_json(v) for k, v in obj["accuracy"].items()}, finetune=obj.get("finetune"),
                 onnx=obj.get("onnx"), int8=obj.get("int8"), latency=obj.get("latency"), timings=obj.get("timings") or {},
-                vitprune_version=obj.get("vitprune_version", "?"), format=fmt)
+                discovery=obj.get("discovery"), vitprune_version=obj.get("vitprune_version", "?"), format=fmt)
         except (KeyError, TypeError) as exc:
             raise UserError(f"{where} is damaged ({type(exc).__name__}: {exc}); re-create it with vitprune compress") from exc
 

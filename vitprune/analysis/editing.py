@@ -262,7 +262,7 @@ def manipulate(paths: Sequence[str | Path], out: str | Path | None = None, *, mo
             title = f"{mode} paths: true-class probability deviation over classes"
             if "keep-only" in panels:
                 title += f" (keep-only p = {keep_fraction:g})"
-            figures.append(str(deviation_boxplot(panels, out / f"manipulate_{mode}.png", title)))
+            figures.append(deviation_boxplot(panels, out / f"manipulate_{mode}.png", title).name)
     report["figures"] = figures
     atomic_write_json(out / "manipulate.json", report)
     report["out"] = str(out)

@@ -194,7 +194,7 @@ def path_unit_labels(records: Sequence[PathRecord], labels: Sequence[dict[str, t
 
 
 def lens_analysis(path: str | Path, out: str | Path | None = None, *, model: str | None = None,
-                  data: str | None = None, device: str = "auto", per_class: int | None = None, label_topk: int = 5,
+                  data: str | None = None, device: str = "auto", per_class: int | None = None, label_topk: int | None = None,
                   batch_size: int = 64, quiet: bool = False) -> dict:
     """Lens statistics on the run's images and labels of its path units; writes lens.json and PNGs into ``out``."""
     from ..data import model_transform, select_per_class
@@ -214,21 +214,21 @@ def lens_analysis(path: str | Path, out: str | Path | None = None, *, model: str
     count = per_class if per_class is not None else (sel.per_class if sel is not None else 5)
     images = select_per_class(pool, count, sel.classes if sel is not None else None, num_classes=pools.num_classes)
     stats = lens_statistics(net, images.batches(model_transform(net), batch_size), total=len(images), quiet=quiet)
-    units = label_units(net, label_topk)
+    units = label_units(net, label_topk if label_topk is not None else min(5, adapter.num_classes))
     paths = path_unit_labels(run.records, units, adapter.num_classes)
     out = Path(out) if out else default_out(run, "lens")
     out.mkdir(parents=True, exist_ok=True)
     title = f"{Path(resolve_spec([run], 'model', model)).name}"
     figures = [
-        str(block_curves(stats["identifiability"], out / "lens_identifiability.png", f"class identifiability per site — {title}",
-                         ylabel="class identifiability (1 - rank / C)")),
-        str(block_curves(stats["cscr"], out / "lens_cscr.png", f"attention vs MLP class-similarity change rate — {title}",
-                         ylabel="P[p_c(sublayer out) > p_c(block input)]", panel_title="{} tokens", width=4.6)),
+        (block_curves(stats["identifiability"], out / "lens_identifiability.png", f"class identifiability per site — {title}",
+                         ylabel="class identifiability (1 - rank / C)")).name,
+        (block_curves(stats["cscr"], out / "lens_cscr.png", f"attention vs MLP class-similarity change rate — {title}",
+                         ylabel="P[p_c(sublayer out) > p_c(block input)]", panel_title="{} tokens", width=4.6)).name,
     ]
     if paths["classes"]:
-        figures.append(str(label_heatmap(paths["matrix"], [names[c] for c in paths["classes"]], names,
+        figures.append((label_heatmap(paths["matrix"], [names[c] for c in paths["classes"]], names,
                                          out / "lens_path_labels.png",
-                                         f"classes written by path units of block(s) {', '.join(map(str, paths['layers']))}")))
+                                         f"classes written by path units of block(s) {', '.join(map(str, paths['layers']))}")).name)
     report = {
         "path": str(run.folder), "model": resolve_spec([run], "model", model), "data": data_spec,
         "images": len(images), **stats,

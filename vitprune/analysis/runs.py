@@ -49,11 +49,22 @@ def resolve_spec(runs: Sequence[PathRun], key: str, given: str | None) -> str:
 
 
 def load_run_model(runs: Sequence[PathRun], model: str | None, device: str) -> nn.Module:
-    from ..model.load import load_model
+    """``--model`` (default: the runs'), refused when its weights are not the ones the runs were discovered on."""
+    from ..model.load import load_model, model_fingerprint
 
     spec = resolve_spec(runs, "model", model)
-    arch = None if model or runs[0].header is None else runs[0].header.model.source.get("arch")
-    return load_model(spec, arch=arch).to(resolve_device(device)).eval()
+    source = runs[0].header.model.source if runs[0].header is not None else {}
+    is_file = not (spec in ("demo",) or spec.startswith(("zoo:", "random:")))
+    arch = source.get("arch") if not model and is_file and Path(spec).is_file() else None
+    args = (source.get("model_args") or source.get("model_kwargs")) if not model and arch else None
+    net = load_model(spec, arch=arch, model_args=args)
+    mine = model_fingerprint(net)
+    for run in runs:
+        theirs = run.header.model.fingerprint if run.header is not None else None
+        if theirs is not None and theirs != mine:
+            raise UserError(f"{run.folder} was discovered on another model than '{spec}' (their weights differ); pass the "
+                            "model the run was made with (--model)")
+    return net.to(resolve_device(device)).eval()
 
 
 def load_run_data(runs: Sequence[PathRun], data: str | None, num_classes: int):

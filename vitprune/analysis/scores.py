@@ -61,7 +61,7 @@ def compare_scores(paths: Sequence[str | Path], out: str | Path | None = None) -
                 row[f"frac_gt_{c['comparison'].split(' > ')[1]}"] = c["fraction"]
     figure = score_distribution({m: list(v.values()) for m, v in scores.items()}, out / "scores.png",
                                 "JAS of each method's paths")
-    report = {"paths": [str(p) for p in paths], "methods": rows, "comparisons": comparisons, "figures": [str(figure)]}
+    report = {"paths": [str(p) for p in paths], "methods": rows, "comparisons": comparisons, "figures": [Path(figure).name]}
     atomic_write_json(out / "scores.json", report)
     columns = ["method", "n", "mean", "median", "std", "min", "max",
                "frac_gt_activation", "frac_gt_influence-pattern"]

@@ -135,8 +135,8 @@ def run_similarity(path: str | Path, out: str | Path | None = None, *, top: int 
     out = Path(out) if out else default_out(run, "similarity")
     out.mkdir(parents=True, exist_ok=True)
     names, sim = result["class_names"], result["similarity"]
-    figures = [str(similarity_heatmap(sim, names, result["order"], result["linkage"], out / "similarity_heatmap.png",
-                                      f"class similarity of path unit usage ({run.method})"))]
+    figures = [(similarity_heatmap(sim, names, result["order"], result["linkage"], out / "similarity_heatmap.png",
+                                      f"class similarity of path unit usage ({run.method})")).name]
     wanted = list(result["classes"]) if classes is None else sorted(set(classes))
     unknown = [c for c in wanted if c not in result["classes"]]
     if unknown:
@@ -148,8 +148,8 @@ def run_similarity(path: str | Path, out: str | Path | None = None, *, top: int 
             modes = [preferred_position(v) for v in values]
             name = names[result["classes"].index(cls)]
             preferred[str(cls)] = modes
-            figures.append(str(path_violin(values, modes, out / f"paths_{cls}_{_slug(name)}.png",
-                                           f"class {cls} ({name}): path units per layer")))
+            figures.append((path_violin(values, modes, out / f"paths_{cls}_{_slug(name)}.png",
+                                           f"class {cls} ({name}): path units per layer")).name)
             bar.update(1)
     report = {
         "path": str(run.folder), "method": run.method, "widths": widths, "classes": result["classes"],

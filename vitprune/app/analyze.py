@@ -3,16 +3,45 @@ from __future__ import annotations
 
 import argparse
 
+from pathlib import Path
+
 from ..errors import UserError
 from .args import parse_classes
-
-
 
 
 def _paths(p: argparse.ArgumentParser, several: bool) -> None:
     help_text = "finished discover run folder" + (" (repeat to compare a jas and an influence-pattern run)" if several else "")
     p.add_argument("--paths", action="append" if several else "store", required=True, metavar="RUN_DIR", help=help_text)
     p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/analysis/<command>/)")
+    p.add_argument("--force", action="store_true", help="replace an earlier analysis with other settings in --out")
+
+
+def _published(args: argparse.Namespace, command: str, run) -> dict:
+    """Run an analysis into a staged output folder published when complete, with vitprune's ownership rules
+    (vitprune.outdir): reruns replace only what vitprune wrote, other settings need --force. The run folders read
+    are never written, except their own ``analysis/`` folder."""
+    from ..data import data_location
+    from ..files import atomic_write_json
+    from ..model.load import model_location
+    from ..outdir import OutputFolder, check_inputs
+
+    runs = [Path(p) for p in (args.paths if isinstance(args.paths, list) else [args.paths])]
+    for r in runs:
+        if not r.is_dir():
+            raise UserError(f"--paths {r} is not a folder; pass a finished 'vitprune discover' run folder")
+    out = Path(args.out) if args.out else runs[0] / "analysis" / command
+    check_inputs(out, [model_location(args.model) if args.model else None, data_location(args.data) if args.data else None])
+    check_inputs(out, runs, inside_ok=[r / "analysis" for r in runs])  # a run's own analysis/ folder is where analyses go
+    settings = {"command": f"analyze {command}", **{k: v for k, v in sorted(vars(args).items())
+                                                   if k not in ("func", "out", "force", "quiet", "command", "analysis")}}
+    settings = {k: [str(x) for x in v] if isinstance(v, list) else v for k, v in settings.items()}
+    with OutputFolder(out, "analyze") as folder:
+        folder.claim("analysis.json", settings, what=f"{command} analysis", force=args.force)
+        report = run(folder.staging)
+        atomic_write_json(folder.staging / "analysis.json", settings)
+        folder.publish()
+    report["out"] = str(out)
+    return report
 
 
 def _model_data(p: argparse.ArgumentParser, unused: str | None = None) -> None:
@@ -35,9 +64,10 @@ def cmd_manipulate(args: argparse.Namespace) -> int:
     unknown = [o for o in ops if o not in OPERATIONS]
     if unknown or not ops:
         raise UserError(f"--ops takes a comma list from {', '.join(OPERATIONS)} (got '{args.ops}')")
-    report = manipulate(args.paths, args.out, model=args.model, data=args.data, device=args.device, modes=modes,
-                        operations=ops, keep_fraction=args.keep_fraction, eval_per_class=args.eval_per_class,
-                        batch_size=args.batch_size, seed=args.seed, quiet=args.quiet)
+    report = _published(args, "manipulate", lambda out: manipulate(
+        args.paths, out, model=args.model, data=args.data, device=args.device, modes=modes, operations=ops,
+        keep_fraction=args.keep_fraction, eval_per_class=args.eval_per_class, batch_size=args.batch_size, seed=args.seed,
+        quiet=args.quiet))
     for r in report["results"]:
         print(f"{r['mode']:9s} {r['operation']:9s} {r['method']:17s} prob {r['prob_deviation_pct']:+8.2f}%  "
               f"top-1 {100 * r['acc_deviation']:+7.2f} pts  ({r['n_images']} images)")
@@ -48,7 +78,7 @@ def cmd_manipulate(args: argparse.Namespace) -> int:
 def cmd_scores(args: argparse.Namespace) -> int:
     from ..analysis.scores import compare_scores
 
-    report = compare_scores(args.paths, args.out)
+    report = _published(args, "scores", lambda out: compare_scores(args.paths, out))
     for row in report["methods"]:
         print(f"{row['method']:17s} n={row['n']:5d} mean {row['mean']:.4g} median {row['median']:.4g}")
     for c in report["comparisons"]:
@@ -61,8 +91,8 @@ def cmd_scores(args: argparse.Namespace) -> int:
 def cmd_similarity(args: argparse.Namespace) -> int:
     from ..analysis.similarity import run_similarity
 
-    report = run_similarity(args.paths, args.out, top=args.top, classes=parse_classes(args.classes), model=args.model,
-                            quiet=args.quiet)
+    report = _published(args, "similarity", lambda out: run_similarity(
+        args.paths, out, top=args.top, classes=parse_classes(args.classes), model=args.model, quiet=args.quiet))
     print(f"{len(report['classes'])} classes; wrote {report['out']}/similarity.json, similarity.csv, neighbours.csv "
           f"and {len(report['figures'])} figures")
     return 0
@@ -71,9 +101,9 @@ def cmd_similarity(args: argparse.Namespace) -> int:
 def cmd_lens(args: argparse.Namespace) -> int:
     from ..analysis.lens import lens_analysis
 
-    report = lens_analysis(args.paths, args.out, model=args.model, data=args.data, device=args.device,
-                           per_class=args.per_class, label_topk=args.label_topk, batch_size=args.batch_size,
-                           quiet=args.quiet)
+    report = _published(args, "lens", lambda out: lens_analysis(
+        args.paths, out, model=args.model, data=args.data, device=args.device, per_class=args.per_class,
+        label_topk=args.label_topk, batch_size=args.batch_size, quiet=args.quiet))
     last = {g: v[-1] for g, v in report["identifiability"]["resid"].items()}
     print("last-block identifiability: " + ", ".join(f"{g} {v:.3f}" for g, v in last.items() if v is not None))
     print(f"wrote {report['out']}/lens.json and {len(report['figures'])} figures")
@@ -113,5 +143,5 @@ def add_analyze_parser(subparsers) -> None:
     _paths(lens, several=False)
     _model_data(lens)
     lens.add_argument("--per-class", type=int, default=None, help="images per class (default: the run's selection)")
-    lens.add_argument("--label-topk", type=int, default=5, help="classes per unit label (default: 5)")
+    lens.add_argument("--label-topk", type=int, default=None, help="classes per unit label (default: 5, or the class count if smaller)")
     lens.set_defaults(func=cmd_lens)

@@ -22,6 +22,34 @@ def parse_classes(text: str | None) -> tuple[int, ...] | None:
     return tuple(sorted(set(out)))
 
 
+def parse_model_args(text: str | None) -> dict | None:
+    """``'global_pool=avg,fc_norm=false,img_size=96'`` -> keyword arguments for ``timm.create_model`` (YAML values;
+    ``[a, b]`` lists may hold commas)."""
+    import yaml
+
+    if not text:
+        return None
+    parts, depth, current = [], 0, ""
+    for ch in text:
+        depth += 1 if ch in "[(" else -1 if ch in "])" else 0
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    parts.append(current)
+    out: dict = {}
+    for part in (p.strip() for p in parts if p.strip()):
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip().isidentifier():
+            raise UserError(f"--model-args takes key=value pairs like global_pool=avg,img_size=96 (got '{part}')")
+        try:
+            out[key.strip()] = yaml.safe_load(value.strip())
+        except yaml.YAMLError as exc:
+            raise UserError(f"--model-args: cannot read the value of {key.strip()} ('{value.strip()}')") from exc
+    return out
+
+
 def floats(text: str, flag: str) -> tuple[float, ...]:
     try:
         return tuple(float(x) for x in text.split(",") if x.strip())
@@ -40,4 +68,4 @@ def names(text: str) -> tuple[str, ...]:
     return tuple(c.strip() for c in text.split(",") if c.strip())
 
 
-__all__ = ["parse_classes", "floats", "ints", "names"]
+__all__ = ["parse_classes", "parse_model_args", "floats", "ints", "names"]

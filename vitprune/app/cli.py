@@ -6,6 +6,7 @@ it, and prints what came back. Choices of extensible options come from the regis
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,14 +19,18 @@ from ..errors import ExportError, UserError
 from ..options import (INT8_MODES, JAS_AGGREGATIONS, LABEL_SOURCES, LSQ_TARGETS, MASK_SCOPES, OBJECTIVES, POOLS, PRECISIONS,
                        TOKEN_SCOPES, TOKEN_WEIGHTINGS, CompressOptions, DiscoverOptions, EvaluateOptions)
 from ..prune import COMPENSATIONS
-from .args import floats, ints, names, parse_classes
+from .args import floats, ints, names, parse_classes, parse_model_args
 from .recipes import apply_recipe, config_path, load_recipe, resolved_config
 
 
 def _add_model_data(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and data")
     g.add_argument("--model", default="demo", help="demo | zoo:NAME | random:NAME | timm NAME | checkpoint file | vitprune folder (default: demo)")
-    g.add_argument("--arch", default=None, help="timm architecture of a checkpoint file (inferred when omitted)")
+    g.add_argument("--arch", default=None, help="timm architecture of a plain state dict file, with the pretrained tag that "
+                   "names its preprocessing (e.g. vit_base_patch16_224.mae)")
+    g.add_argument("--model-args", default=None, metavar="KEY=VALUE,...",
+                   help="timm.create_model arguments where the state dict differs from --arch (e.g. global_pool=avg,img_size=96) "
+                        "or of a random:NAME model (e.g. num_classes=10)")
     g.add_argument("--data", default="demo", help="demo | fashion-mnist[:DIR] | imagefolder:DIR | hf:NAME (default: demo)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default: auto)")
     g.add_argument("--precision", default="fp32", choices=PRECISIONS,
@@ -42,12 +47,14 @@ def _add_discovery(p: argparse.ArgumentParser, per_class_default: int | None, *,
     else:
         g.add_argument("--topk", type=int, default=1, help="units per layer on each path (default: 1)")
         g.add_argument("--method", default="jas", choices=DISCOVERY_METHODS.names(), help=DISCOVERY_METHODS.help())
-    g.add_argument("--steps", type=int, default=20, help="interpolation steps m, alpha = k/m for k < m (default: 20)")
+    g.add_argument("--steps", type=int, default=None if compress else 20,
+                   help="interpolation steps m, alpha = k/m for k < m (default: 20" + (", or with --paths the run's)" if compress else ")"))
     scope, objective = (JAS_DEFAULT["token_scope"], JAS_DEFAULT["objective"]) if compress else ("auto", "prob")
     g.add_argument("--token-scope", default=None if compress else scope, choices=TOKEN_SCOPES,
                    help="tokens a unit is scaled at: auto = what the head reads (cls, or patches when average-pooled), "
                         f"all = every token, as physical pruning removes it (default: {scope})")
-    g.add_argument("--label", default="truth", choices=LABEL_SOURCES, help="class whose probability is attributed")
+    g.add_argument("--label", default=None if compress else "truth", choices=LABEL_SOURCES,
+                   help="class whose probability is attributed (default: truth" + (", or with --paths the run's)" if compress else ")"))
     g.add_argument("--objective", default=None if compress else objective, choices=OBJECTIVES,
                    help="F whose gradient is integrated: prob (the reference), logprob, or kl (minus the divergence from "
                         f"the clean output; label-free) (default: {objective})")
@@ -207,6 +214,7 @@ def _options(args: argparse.Namespace, cls: type, **overrides) -> dict:
     from dataclasses import fields
 
     values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+    values["model_args"] = parse_model_args(getattr(args, "model_args", None))
     values.update(overrides)
     values.pop("model"), values.pop("data")
     return values
@@ -215,6 +223,7 @@ def _options(args: argparse.Namespace, cls: type, **overrides) -> dict:
 def cmd_discover(args: argparse.Namespace) -> int:
     from ..api import discover
 
+    _check_recipe_input(args, Path(args.out))
     run = discover(args.model, args.data, out=Path(args.out), resume=args.resume, force=args.force, quiet=args.quiet,
                    **_options(args, DiscoverOptions, classes=parse_classes(args.classes)))
     if run is not None:
@@ -226,11 +235,17 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from ..api import compress, default_output
 
     kwargs = _options(args, CompressOptions, classes=parse_classes(args.classes), export=not args.no_export)
+    budgets = [k for k in ("keep_topk", "sparsity", "target_macs") if kwargs.get(k) is not None]
+    from_recipe = [k for k in budgets if k in args.recipe_keys]
+    if len(budgets) > 1 and from_recipe:
+        raise UserError(f"the recipe {args.config} sets {from_recipe[0].replace('_', '-')} and "
+                        f"--{next(k for k in budgets if k != from_recipe[0]).replace('_', '-')} is given too: pass exactly one "
+                        "budget (drop the flag, or the key from the recipe)")
     out = Path(args.out) if args.out else default_output(CompressOptions(model=args.model, data=args.data, **kwargs).resolve())
-    result = compress(args.model, args.data, out=out, force=args.force, quiet=args.quiet, **kwargs)
+    _check_recipe_input(args, out)
+    result = compress(args.model, args.data, out=out, force=args.force, quiet=args.quiet, recipe=_recipe(args), **kwargs)
     if result is None:  # not the main process
         return 0
-    write_resolved(out, args)
     print(result.report.headline())
     return _int8_verdict(result.report.int8)
 
@@ -243,9 +258,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                       keep_topk=ints(args.keep_topk, "--keep-topk"), compensate=names(args.compensate),
                       seeds=ints(args.seeds, "--seeds"), token_scopes=names(args.token_scopes), objectives=names(args.objectives),
                       aggregations=names(args.jas_aggregations), classes=parse_classes(args.classes))
-    result = evaluate(args.model, args.data, out=Path(args.out), force=args.force, quiet=args.quiet, **kwargs)
-    if Path(args.out).is_dir():
-        write_resolved(Path(args.out), args)
+    _check_recipe_input(args, Path(args.out))
+    result = evaluate(args.model, args.data, out=Path(args.out), force=args.force, quiet=args.quiet, recipe=_recipe(args), **kwargs)
+    if result is None:  # not the main process
+        return 0
     print(f"{len(result.points)} points -> {args.out}/results.csv, results.json, results.md, accuracy_vs_sparsity.png")
     return 0
 
@@ -280,27 +296,36 @@ def _int8_verdict(int8: dict | None) -> int:
     return 0
 
 
-def write_resolved(folder: Path, args: argparse.Namespace) -> None:
-    """The run's every option as a recipe, beside its outputs: --config FOLDER/config.yaml repeats it."""
+def _recipe(args: argparse.Namespace) -> str:
+    """The run's every option as a recipe (written beside its outputs as config.yaml: --config config.yaml repeats it)."""
     import yaml
 
-    from ..files import atomic_write_text
-
     resolved = {k: v for k, v in args.resolved.items() if k not in ("out", "force", "quiet", "resume")}
-    atomic_write_text(folder / "config.yaml", "# resolved options of this run: vitprune " + args.command
-                      + " --config config.yaml repeats it\n" + yaml.safe_dump(resolved, sort_keys=True))
+    return ("# resolved options of this run: vitprune " + args.command + " --config config.yaml repeats it\n"
+            + yaml.safe_dump(resolved, sort_keys=True))
+
+
+def _check_recipe_input(args: argparse.Namespace, out: Path) -> None:
+    """The recipe is an input too: --out must not overlap it."""
+    if getattr(args, "config", None):
+        from ..outdir import check_inputs
+
+        check_inputs(out, [args.config])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    recipe_keys: set[str] = set()
     try:
         recipe = config_path(argv)
         if recipe is not None:
             command = next((a for a in argv if not a.startswith("-")), None)
             if command not in parser.commands:
                 raise UserError(f"--config works with {', '.join(parser.commands)}")
-            apply_recipe(parser.commands[command], load_recipe(recipe), recipe)
+            loaded = load_recipe(recipe)
+            apply_recipe(parser.commands[command], loaded, recipe)
+            recipe_keys = {str(k).replace("-", "_") for k in loaded}
     except UserError as exc:
         print(f"vitprune: error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -308,8 +333,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a one-line usage error (exit 2)
         return int(exc.code or 0)
+    args.recipe_keys = recipe_keys
     if args.command in parser.commands:
         args.resolved = resolved_config(args, parser.commands[args.command])
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)
     except UserError as exc:
@@ -318,32 +345,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ExportError as exc:
         print(f"vitprune: export failed: {exc}", file=sys.stderr)
         return 1
+    except Terminated:
+        return _interrupted(args.command, "terminated (SIGTERM)", 143)
     except KeyboardInterrupt:
         return _interrupted(args.command)
+    except OSError as exc:
+        print(f"vitprune: error: {_os_error(exc)}", file=sys.stderr)
+        return 2
     except Exception as exc:
-        if not _caused_by_interrupt(exc):
+        cause = _interrupt_cause(exc)
+        if cause is None:
             raise
-        return _interrupted(args.command)
+        return _interrupted(args.command, *((("terminated (SIGTERM)", 143),) if isinstance(cause, Terminated) else ()))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
-def _caused_by_interrupt(exc: BaseException) -> bool:
-    """Whether a KeyboardInterrupt lies behind ``exc``: a library interrupted mid-way may turn Ctrl-C into its
-    own error (onnxruntime's import raises ImportError "initialization failed" from it)."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the run stops cleanly (outputs stay as they were) with one line."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
+def _os_error(exc: OSError) -> str:
+    """An operating-system error as one line naming the path and what to do."""
+    import errno
+
+    where = exc.filename or "a file"
+    advice = {errno.ENOSPC: "free some space or write elsewhere", errno.EROFS: "the file system is read-only: write elsewhere",
+              errno.EACCES: "no permission: write elsewhere or fix the permissions", errno.EPERM: "not permitted: write elsewhere",
+              errno.ENOENT: "it does not exist (a dangling link or a removed folder?)", errno.EDQUOT: "over quota: free some space"}
+    return f"cannot use {where}: {exc.strerror or exc}; {advice.get(exc.errno, 'check the path and try again')}"
+
+
+def _interrupt_cause(exc: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt (Ctrl-C or SIGTERM) behind ``exc``, if any: a library interrupted mid-way may turn it into
+    its own error (onnxruntime's import raises ImportError "initialization failed" from it)."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, KeyboardInterrupt):
-            return True
+            return exc
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
-    return False
+    return None
 
 
-def _interrupted(command: str) -> int:
+def _interrupted(command: str, what: str = "interrupted", code: int = 130) -> int:
     again = {"discover": "rerun the same command with --resume to continue",
-             "compress": "rerun the same command to continue (finished steps are reused)",
+             "compress": "rerun the same command to continue (finished discovery is reused)",
              "evaluate": "rerun the same command to continue (finished points are kept)"}
-    print(f"vitprune: interrupted; {again.get(command, 'nothing was written; rerun the same command')}", file=sys.stderr)
-    return 130
+    print(f"vitprune: {what}; {again.get(command, 'nothing was written; rerun the same command')}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -33,10 +33,14 @@ def load_recipe(path: str) -> dict[str, Any]:
     import yaml
 
     file = Path(path)
+    if file.is_dir():
+        raise UserError(f"recipe {file} is a folder; pass a YAML file (see recipes/)")
     if not file.is_file():
         raise UserError(f"recipe {file} does not exist; pass a YAML file (see recipes/)")
     try:
-        data = yaml.safe_load(file.read_text())
+        data = yaml.load(file.read_text(), Loader=_unique_key_loader())
+    except _DuplicateKey as exc:
+        raise UserError(f"recipe {file} sets '{exc}' twice; keep one") from exc
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise UserError(f"cannot read recipe {file} ({type(exc).__name__}); it must be a YAML mapping of option names to values") from exc
     if data is None:
@@ -44,6 +48,28 @@ def load_recipe(path: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError(f"recipe {file} must be a YAML mapping of option names to values, not {type(data).__name__}")
     return data
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_key_loader():
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """YAML that refuses a key given twice (safe_load lets the last one win silently)."""
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise _DuplicateKey(key)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
 
 
 def apply_recipe(parser: argparse.ArgumentParser, recipe: dict[str, Any], source: str) -> None:
@@ -67,6 +93,8 @@ def _convert(action: argparse.Action, value: Any, where: str) -> Any:
             raise UserError(f"{where} must be true or false (got {value!r})")
         return value
     if value is None:
+        if action.default is not None:
+            raise UserError(f"{where} is null; give it a value like {flag} takes on the command line, or drop the key")
         return None
     if isinstance(value, list):  # comma-list options (--sparsities, --criteria, ...) may be YAML lists
         value = ",".join(str(v) for v in value)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,12 +135,17 @@ def _fashion_mnist_pools(spec: str, root: Path) -> DataPools:
             features=features,
         )
         tmp = target.with_name(f"{split}.tmp-{os.getpid()}")
-        ds.save_to_disk(str(tmp))
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            ds.save_to_disk(str(tmp))
+        except OSError:  # the cache cannot be written (read-only, full, no permission): work from memory, uncached
+            shutil.rmtree(tmp, ignore_errors=True)
+            datasets.enable_progress_bars()
+            pools[split] = ds
+            continue
         try:
             os.replace(tmp, target)
         except OSError:  # another process won the race; use its copy
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
         datasets.enable_progress_bars()
         pools[split] = datasets.load_from_disk(str(target))
@@ -246,5 +252,15 @@ def load_data(spec: str, *, calib_fraction: float = DEFAULT_CALIB_FRACTION) -> D
     raise UserError(f"unknown data spec '{spec}'; use demo, fashion-mnist[:DIR], imagefolder:DIR or hf:NAME")
 
 
-__all__ = ["DataPools", "load_data", "fashion_mnist_arrays", "read_idx", "scan_image_folder", "cache_dir", "FASHION_MNIST_DIR",
+def data_location(spec: str) -> Path | None:
+    """The folder a data spec reads from (what an output must never overlap); None for hub datasets."""
+    kind, _, arg = str(spec).partition(":")
+    if kind in ("demo", "fashion-mnist"):
+        return Path(arg or FASHION_MNIST_DIR).expanduser()
+    if kind == "imagefolder" and arg:
+        return Path(arg).expanduser()
+    return None
+
+
+__all__ = ["data_location", "DataPools", "load_data", "fashion_mnist_arrays", "read_idx", "scan_image_folder", "cache_dir", "FASHION_MNIST_DIR",
            "FASHION_MNIST_CLASSES"]

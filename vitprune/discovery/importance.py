@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..files import atomic_write_json, read_json, replace_atomically
+from ..files import atomic_write_json, read_json, replace_atomically, safetensors_os_error
 
 STATS = ("sum", "abs", "norm", "ig")  # S, |S|, S / sum_j |S_j|, |I|
 AGGREGATIONS = {"mean": "sum", "abs": "abs", "norm": "norm", "ig": "ig"}  # criterion option -> statistic
@@ -116,7 +116,11 @@ class ImportanceSums:
                 tensors[f"{s}/{b}"] = torch.stack(rows) if rows else torch.zeros(0, w, dtype=torch.float64)
         path = Path(path)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        save_file(tensors, str(tmp), metadata={"vitprune": json.dumps({**meta, "widths": list(self.widths)}, sort_keys=True)})
+        try:
+            save_file(tensors, str(tmp), metadata={"vitprune": json.dumps({**meta, "widths": list(self.widths)}, sort_keys=True)})
+        except Exception as exc:  # safetensors reports a full disk as its own error type
+            tmp.unlink(missing_ok=True)
+            raise safetensors_os_error(exc, tmp) from exc
         replace_atomically(tmp, path)
 
     @classmethod

@@ -50,6 +50,7 @@ class PathRecord:
     base_score: float | None = None
     pred: int | None = None
     prob: float | None = None
+    dense_path: list[list[int]] | None = None  # on a pruned model: the path's units as indices of the dense model
     method: str | None = None
     steps: int | None = None
     token_scope: str | None = None
@@ -71,6 +72,7 @@ class PathRecord:
             rec.id, rec.label, rec.target = str(rec.id), int(rec.label), int(rec.target)
             rec.path = _unit_lists(rec.path)
             rec.base_path = _unit_lists(rec.base_path) if rec.base_path is not None else None
+            rec.dense_path = _unit_lists(rec.dense_path) if rec.dense_path is not None else None
         except (TypeError, ValueError, KeyError) as exc:
             raise UserError(f"{where} is not a vitprune path record ({type(exc).__name__}: {exc}); "
                             "re-create the run with 'vitprune discover'") from exc
@@ -94,10 +96,13 @@ def _unit_lists(path: Any) -> list[list[int]]:
 # ------------------------------------------------------------------------------------- header
 @dataclass(frozen=True)
 class ModelInfo:
-    """The model a run was made on: how to rebuild it (``source``, as ``load_model`` recorded it) and its MLP widths."""
+    """The model a run was made on: how to rebuild it (``source``, as ``load_model`` recorded it), its MLP widths, a
+    fingerprint of its weights as loaded, and for a pruned model the dense index of every kept unit (``unit_map``)."""
 
     source: dict[str, Any]
     widths: tuple[int, ...]
+    fingerprint: str | None = None  # None: a version-1 header
+    unit_map: tuple[tuple[int, ...], ...] | None = None
 
     @property
     def spec(self) -> str | None:
@@ -118,6 +123,7 @@ class DataInfo:
     classes: tuple[int, ...] | None = None
     class_names: tuple[str, ...] = ()
     num_images: int = 0
+    image_ids: str | None = None  # sha256 of the selected image ids, in order; None: a version-1 header
 
 
 @dataclass(frozen=True)
@@ -146,13 +152,15 @@ class RunHeader:
             if obj["format"] not in (RUN_FORMAT, "vitprune.discover-run/1"):
                 raise UserError(f"{where} has format '{obj['format']}', which this vitprune {__version__} does not read; "
                                 "upgrade vitprune or re-create the run")
-            data = obj["data"]
+            data, model = obj["data"], obj["model"]
+            unit_map = model.get("unit_map")
             return cls(
                 discovery=DiscoverySettings.from_json(obj["discovery"]),
-                model=ModelInfo(dict(obj["model"]["source"]), tuple(int(w) for w in obj["model"]["widths"])),
+                model=ModelInfo(dict(model["source"]), tuple(int(w) for w in model["widths"]), model.get("fingerprint"),
+                                tuple(tuple(int(u) for u in k) for k in unit_map) if unit_map is not None else None),
                 data=DataInfo(data["spec"], data.get("pool", "calibration"), data.get("per_class"),
                               tuple(data["classes"]) if data.get("classes") is not None else None,
-                              tuple(data.get("class_names") or ()), int(data.get("num_images") or 0)),
+                              tuple(data.get("class_names") or ()), int(data.get("num_images") or 0), data.get("image_ids")),
                 batch_size=int(obj.get("batch_size", 16)), command=obj.get("command", "discover"),
                 vitprune_version=obj.get("vitprune_version", "?"), format=obj["format"],
             )
@@ -354,5 +362,12 @@ def write_reference(records: list[PathRecord], folder: Path, prefix: str = "imgn
     return written
 
 
-__all__ = ["PathRecord", "RunHeader", "ModelInfo", "DataInfo", "PathRun", "load_run", "read_records", "write_records",
+def ids_digest(ids: list[str]) -> str:
+    """sha256 of image ids in order: what a run header records of its selection."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
+
+
+__all__ = ["ids_digest", "PathRecord", "RunHeader", "ModelInfo", "DataInfo", "PathRun", "load_run", "read_records", "write_records",
            "read_header", "read_reference", "write_reference", "CONFIG", "PATHS", "PARTIAL", "RUN_FORMAT"]

@@ -9,53 +9,64 @@ and the main process merges them in image order; in memory the records and sums 
 from __future__ import annotations
 
 import os
+import shutil
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
 from torch import nn
 
 from ..data import DataPools, ImagePool, model_transform
+from ..model.load import model_fingerprint
 from ..distributed import Dist
 from ..errors import UserError
-from ..files import JsonlAppender, atomic_write_text
-from ..outdir import check_output_dir, output_lock, start_output_dir
+from ..files import JsonlAppender, atomic_write_json, atomic_write_text, read_json
+from ..outdir import OutputFolder, differing
 from ..progress import progress_bar
 from .finder import PathFinder
 from .importance import IMPORTANCE, ImportanceLog, ImportanceSums
-from .records import CONFIG, PARTIAL, PATHS, DataInfo, ModelInfo, PathRecord, PathRun, RunHeader, load_run
+from .records import CONFIG, PARTIAL, PATHS, DataInfo, ModelInfo, PathRecord, PathRun, RunHeader, ids_digest, load_run
 from .settings import DiscoverySettings
 
-# what a run writes in its folder (--force replaces these and nothing else)
-RUN_FILES = (CONFIG, PATHS, "paths.partial*.jsonl", IMPORTANCE, "importance.partial*", "reference")
 
 
-def run_header(finder: PathFinder, source: dict, pools: DataPools, pool: str, per_class: int | None,
-               classes: tuple[int, ...] | None, num_images: int, batch_size: int) -> RunHeader:
-    """The header of a run of ``finder`` over the selected images (token scope resolved)."""
+def run_header(finder: PathFinder, model: nn.Module, pools: DataPools, pool: str, per_class: int | None,
+               classes: tuple[int, ...] | None, ids: list[str], batch_size: int) -> RunHeader:
+    """The header of a run of ``finder`` over the selected images (token scope resolved): the weights' fingerprint,
+    the MLP widths (and a pruned model's dense unit indices), the settings, the data and the image ids' digest."""
+    kept = (getattr(model, "vitprune_meta", None) or {}).get("kept")
     return RunHeader(
         discovery=replace(finder.settings, token_scope=finder.scope),
-        model=ModelInfo(dict(source), tuple(finder.adapter.hidden_widths)),
+        model=ModelInfo(dict(getattr(model, "vitprune_source", {"spec": f"<in-memory {type(model).__name__}>"})),
+                        tuple(finder.adapter.hidden_widths), model_fingerprint(model),
+                        tuple(tuple(int(u) for u in k) for k in kept) if kept else None),
         data=DataInfo(pools.spec, pool, per_class, tuple(classes) if classes is not None else None, tuple(pools.class_names),
-                      num_images),
+                      len(ids), ids_digest(ids)),
         batch_size=batch_size,
     )
 
 
 def discover(model: nn.Module, settings: DiscoverySettings, pools: DataPools, selected: ImagePool, *, pool: str,
              per_class: int | None, classes: tuple[int, ...] | None, batch_size: int, dist: Dist,
-             out: Path | None = None, resume: bool = True, force: bool = False, quiet: bool = False) -> PathRun:
-    """Paths of every image of ``selected`` (the chosen images of ``pools``'s pool ``pool``)."""
+             out: Path | None = None, resume: bool = True, force: bool = False, quiet: bool = False,
+             inputs: tuple = (), nested: bool = False) -> PathRun:
+    """Paths of every image of ``selected`` (the chosen images of ``pools``'s pool ``pool``).
+
+    ``out``: the run folder (resumable); ``nested``: it lies inside a result folder that owns and locks it (compress,
+    evaluate); else it is an output folder of its own (``inputs`` are what it must not overlap)."""
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1 (got {batch_size})")
     finder = PathFinder(model, settings)
     selected.verify()
     ids = selected.ids()
-    header = run_header(finder, getattr(model, "vitprune_source", {"spec": "<in-memory model>"}), pools, pool, per_class, classes,
-                        len(ids), batch_size)
+    header = run_header(finder, model, pools, pool, per_class, classes, ids, batch_size)
     transform = model_transform(model)
     if out is None:
         return _in_memory(finder, header, selected, transform, dist, quiet)
-    return _on_disk(finder, header, selected, transform, Path(out), dist, resume=resume, force=force, quiet=quiet)
+    folder = nullcontext() if nested else OutputFolder(out, "discover", inputs=inputs, dist=dist)
+    with folder:
+        return _on_disk(finder, header, selected, transform, Path(out), dist, resume=resume, force=force, quiet=quiet,
+                        folder=None if nested else folder)
 
 
 def _in_memory(finder: PathFinder, header: RunHeader, selected: ImagePool, transform, dist: Dist, quiet: bool) -> PathRun:
@@ -65,6 +76,7 @@ def _in_memory(finder: PathFinder, header: RunHeader, selected: ImagePool, trans
     with progress_bar(total=len(selected) // dist.world, desc="discover", unit="img", disable=quiet or not dist.is_main) as bar:
         for batch_ids, images, labels in selected.batches(transform, batch, shard=dist):
             found = finder.find_batch(images, labels, batch_ids)
+            _map_to_dense(found.records, header.model.unit_map)
             records += found.records
             if sums is not None:
                 sums.add([r.target for r in found.records], found.step_scores, found.step_own)
@@ -81,70 +93,117 @@ def _identity(header_json: dict) -> dict:
     return RunHeader.from_json(header_json).to_json()
 
 
+def _claim(out: Path, config: dict, *, force: bool, folder: OutputFolder | None, dist: Dist) -> bool:
+    """Whether ``out`` holds this very run (to resume); a run of other settings is refused unless ``force``, which
+    replaces it. A run folder of its own is claimed through its OutputFolder; one inside a result folder directly."""
+    if folder is not None:
+        return folder.claim(CONFIG, config, what="discover run", force=force, normalise=_identity)
+    error, same = None, False
+    if dist.is_main and (out / CONFIG).is_file():
+        changed = differing(_identity(read_json(out / CONFIG)), config)
+        same = not changed
+        if changed and not force:
+            error = f"{out} holds a discover run with different settings ({', '.join(changed)}); pass --force to replace it"
+        elif changed:
+            shutil.rmtree(out)
+    if dist.world > 1:
+        error, same = dist.gather((error, same))[0]
+    if error:
+        raise UserError(error)
+    return same
+
+
 def _on_disk(finder: PathFinder, header: RunHeader, selected: ImagePool, transform, out: Path, dist: Dist, *, resume: bool,
-             force: bool, quiet: bool) -> PathRun:
+             force: bool, quiet: bool, folder: OutputFolder | None) -> PathRun:
     config = header.to_json()
     ids = selected.ids()
-    with output_lock(out, "discover", dist):
-        if (out / CONFIG).is_file() and not force and not resume:
-            raise UserError(f"{out} already holds a run; pass --resume to continue it or --force to replace it")
-        same = check_output_dir(out, CONFIG, config, what="discover run", force=force, normalise=_identity)
-        if same and (out / PATHS).is_file():
-            if not quiet and dist.is_main:
-                print(f"{out / PATHS} is already complete ({len(ids)} images)")
-            return load_run(out)
-        if not force:
-            _check_shards(out, dist.world)
-        dist.barrier()
-        if dist.is_main and not same:
-            start_output_dir(out, CONFIG, config, force=force, owned=RUN_FILES)
-        dist.barrier()
-
-        batch = header.batch_size
-        n_batches = (len(ids) + batch - 1) // batch
-        mine = dist.mine(n_batches)
-        my_ids = [ids[k * batch : (k + 1) * batch] for k in mine]
-        widths = list(header.model.widths)
-        dense_log = ImportanceLog(out / importance_dir(dist.rank, dist.world), widths) if finder.dense_importance else None
-        with JsonlAppender(out / shard_file(dist.rank, dist.world), batch=batch) as sink:
-            if dense_log is not None:
-                if dense_log.records > len(sink.records):
-                    raise UserError(f"{out} is damaged (the dense importance covers more images than the records); "
-                                    "pass --force to start over")
-                sink.truncate(dense_log.records)  # records whose importance was not committed are redone
-            done = len(sink.records)
-            expected = [i for chunk in my_ids for i in chunk]
-            if [r.get("id") for r in sink.records] != expected[:done]:
-                raise UserError(f"{sink.path} does not match the selected images; pass --force to start over")
-            finished = set(expected[:done])  # whole batches only (the appender keeps batch-aligned prefixes)
-            todo = [k for k, chunk in zip(mine, my_ids) if chunk[-1] not in finished]
-            total = sum(len(c) for c in my_ids)
-            with progress_bar(total=total, initial=done, desc="discover", unit="img", disable=quiet or not dist.is_main) as bar:
-                for k in todo:
-                    chunk = selected.select(range(k * batch, min((k + 1) * batch, len(ids))))
-                    for batch_ids, images, labels in chunk.batches(transform, batch):
-                        found = finder.find_batch(images, labels, batch_ids)
-                        sink.append(r.to_json() for r in found.records)
-                        done += len(found.records)
-                        if dense_log is not None:
-                            touched = dense_log.sums.add([r.target for r in found.records], found.step_scores, found.step_own)
-                            dense_log.commit(touched, done)
-                        if finder.memory is not None and k == todo[0]:
-                            bar.set_postfix_str(finder.memory.describe(finder.settings.steps * len(batch_ids)), refresh=False)
-                        bar.update(len(batch_ids))
-        dist.barrier()
-        if dist.is_main:
-            logs = [ImportanceLog(out / importance_dir(r, dist.world), widths) for r in range(dist.world)] if dense_log else []
-            if logs:  # before paths.jsonl marks the run finished
-                d = header.discovery
-                ImportanceSums.merged([log.sums for log in logs]).save(out / IMPORTANCE, {
-                    "method": d.method, "steps": d.steps, "token_scope": d.token_scope, "topk": d.topk, "objective": d.objective,
-                    "label": d.label, "num_images": header.data.num_images})
-            _merge_shards(out, dist.world, ids)
-            for log in logs:
-                log.remove()
-        dist.barrier()
+    if folder is not None and (out / CONFIG).is_file() and not force and not resume:
+        raise UserError(f"{out} already holds a run; pass --resume to continue it or --force to replace it")
+    same = _claim(out, config, force=force, folder=folder, dist=dist)
+    if same and (out / PATHS).is_file():
+        if not quiet and dist.is_main:
+            print(f"{out / PATHS} is already complete ({len(ids)} images)")
         return load_run(out)
+    if not force:
+        _check_shards(out, dist.world)
+    dist.barrier()
+    if dist.is_main and not same:
+        if folder is not None:
+            folder.own(*run_files(dist.world))
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / CONFIG, config)
+    dist.barrier()
+    batch = header.batch_size
+    n_batches = (len(ids) + batch - 1) // batch
+    mine = dist.mine(n_batches)
+    my_ids = [ids[k * batch : (k + 1) * batch] for k in mine]
+    widths = list(header.model.widths)
+    dense_log = ImportanceLog(out / importance_dir(dist.rank, dist.world), widths) if finder.dense_importance else None
+    with JsonlAppender(out / shard_file(dist.rank, dist.world), batch=batch) as sink:
+        if dense_log is not None:
+            if dense_log.records > len(sink.records):
+                raise UserError(f"{out} is damaged (the dense importance covers more images than the records); "
+                                "pass --force to start over")
+            sink.truncate(dense_log.records)  # records whose importance was not committed are redone
+        done = len(sink.records)
+        expected = [i for chunk in my_ids for i in chunk]
+        if [r.get("id") for r in sink.records] != expected[:done]:
+            raise UserError(f"{sink.path} does not match the selected images; pass --force to start over")
+        _check_resumed(sink.records, header, sink.path)
+        finished = set(expected[:done])  # whole batches only (the appender keeps batch-aligned prefixes)
+        todo = [k for k, chunk in zip(mine, my_ids) if chunk[-1] not in finished]
+        total = sum(len(c) for c in my_ids)
+        with progress_bar(total=total, initial=done, desc="discover", unit="img", disable=quiet or not dist.is_main) as bar:
+            for k in todo:
+                chunk = selected.select(range(k * batch, min((k + 1) * batch, len(ids))))
+                for batch_ids, images, labels in chunk.batches(transform, batch):
+                    found = finder.find_batch(images, labels, batch_ids)
+                    _map_to_dense(found.records, header.model.unit_map)
+                    sink.append(r.to_json() for r in found.records)
+                    done += len(found.records)
+                    if dense_log is not None:
+                        touched = dense_log.sums.add([r.target for r in found.records], found.step_scores, found.step_own)
+                        dense_log.commit(touched, done)
+                    if finder.memory is not None and k == todo[0]:
+                        bar.set_postfix_str(finder.memory.describe(finder.settings.steps * len(batch_ids)), refresh=False)
+                    bar.update(len(batch_ids))
+    dist.barrier()
+    if dist.is_main:
+        logs = [ImportanceLog(out / importance_dir(r, dist.world), widths) for r in range(dist.world)] if dense_log else []
+        if logs:  # before paths.jsonl marks the run finished
+            d = header.discovery
+            ImportanceSums.merged([log.sums for log in logs]).save(out / IMPORTANCE, {
+                "method": d.method, "steps": d.steps, "token_scope": d.token_scope, "topk": d.topk, "objective": d.objective,
+                "label": d.label, "num_images": header.data.num_images})
+        _merge_shards(out, dist.world, ids)
+        for log in logs:
+            log.remove()
+    dist.barrier()
+    return load_run(out)
+
+
+def _map_to_dense(records: list[PathRecord], unit_map) -> None:
+    """On a pruned model: each record also names its path units by their index in the dense model."""
+    if unit_map:
+        for rec in records:
+            rec.dense_path = [[unit_map[layer][u] for u in units] for layer, units in enumerate(rec.path)]
+
+
+def _check_resumed(records: list[dict], header: RunHeader, path: Path) -> None:
+    """Records already in a partial file must be of this run's settings (a file from another run is refused)."""
+    d = header.discovery
+    want = {"method": d.method, "topk": d.topk, "steps": d.steps, "token_scope": d.token_scope, "objective": d.objective}
+    for n, rec in enumerate(records, 1):
+        other = {k: rec.get(k) for k in want if rec.get(k) != want[k]}
+        if other:
+            raise UserError(f"{path} line {n} holds a record of other settings ({', '.join(f'{k}={v}' for k, v in other.items())}) "
+                            "than the run's; pass --force to start over")
+
+
+def run_files(world: int) -> tuple[str, ...]:
+    """What a run writes in its folder, for ``world`` processes (``analysis`` is where analyses of it go)."""
+    return (CONFIG, PATHS, IMPORTANCE, *(shard_file(r, world) for r in range(world)),
+            *(importance_dir(r, world) for r in range(world)), "analysis")
 
 
 def shard_file(rank: int, world: int) -> str:
@@ -188,4 +247,4 @@ def _lines(path: Path):
                 yield json.loads(line), line
 
 
-__all__ = ["discover", "run_header", "shard_file", "importance_dir", "RUN_FILES"]
+__all__ = ["discover", "run_header", "shard_file", "importance_dir", "run_files"]

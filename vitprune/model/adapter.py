@@ -8,6 +8,7 @@ projection: for the MLP sites, hidden unit j of block b's MLP, read at the input
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import torch
@@ -60,6 +61,21 @@ def data_config(model: nn.Module) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items() if k in DATA_CONFIG_KEYS}
 
 
+def pretrained_config(model: nn.Module) -> dict:
+    """timm's ``pretrained_cfg`` of the model, the JSON-able part (architecture, tag, preprocessing, classifier ...)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    out = {}
+    for key, value in cfg.items():
+        value = list(value) if isinstance(value, tuple) else value
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            continue
+        if key not in ("state_dict", "file", "hf_hub_id", "url", "source") or key in DATA_CONFIG_KEYS:
+            out[key] = value
+    return out
+
+
 def set_data_config(model: nn.Module, cfg: dict) -> None:
     """Override the preprocessing of ``model``'s timm ``pretrained_cfg`` (mean, std, input size ...)."""
     cfg = {k: tuple(v) if k == "input_size" else v for k, v in cfg.items()}
@@ -80,6 +96,63 @@ def set_position_embedding(model: nn.Module, pos: torch.Tensor) -> None:
     prefix = 0 if model.no_embed_class else model.num_prefix_tokens
     model.pos_embed.copy_(resample_abs_pos_embed(pos.float(), new_size=list(model.patch_embed.grid_size), num_prefix_tokens=prefix,
                                                  interpolation="bilinear", antialias=False, verbose=False, **align))
+
+
+def state_dict_mismatch(sd: dict[str, torch.Tensor], model: nn.Module) -> str | None:
+    """What in a timm-format state dict does not fit ``model`` that timm's loader would paper over (it resamples
+    patch kernels and position grids), named with the ``--model-args`` that fixes it; None when nothing does."""
+    mine = model.state_dict()
+    stem = "patch_embed.backbone."
+    if any(k.startswith(stem) for k in sd) != any(k.startswith(stem) for k in mine):
+        has = "has" if any(k.startswith(stem) for k in sd) else "has no"
+        return f"the checkpoint {has} a convolutional stem (hybrid ViT); pass the matching --arch (vit_*_r_*)"
+    kernel, want = sd.get("patch_embed.proj.weight"), mine.get("patch_embed.proj.weight")
+    if kernel is not None and want is not None and kernel.shape != want.shape:
+        if kernel.shape[2:] != want.shape[2:]:
+            return (f"its patches are {kernel.shape[2]}x{kernel.shape[3]}, the architecture's {want.shape[2]}x{want.shape[3]}; "
+                    f"pass --model-args patch_size={kernel.shape[2]}")
+        if kernel.shape[1] != want.shape[1]:
+            return f"it takes {kernel.shape[1]}-channel images, the architecture {want.shape[1]}; pass --model-args in_chans={kernel.shape[1]}"
+    depth, want_depth = ({int(k.split(".")[1]) for k in d if k.startswith("blocks.")} for d in (sd, mine))
+    if depth and len(depth) != len(want_depth):
+        return f"it has {len(depth)} blocks, the architecture {len(want_depth)}; pass --model-args depth={len(depth)}"
+    for key in ("cls_token", "reg_token", "dist_token", "fc_norm.weight"):
+        if (key in sd) == (key in mine):
+            continue
+        has = "has" if key in sd else "has no"
+        if key == "cls_token":
+            advice = f"pass --model-args class_token={str(key in sd).lower()}"
+        elif key == "reg_token":
+            advice = f"pass --model-args reg_tokens={sd[key].shape[1] if key in sd else 0}"
+        elif key == "fc_norm.weight":
+            advice = ("pass --model-args global_pool=avg (an average-pooled head with fc_norm, e.g. MAE fine-tuned)" if key in sd
+                      else "pass --model-args global_pool=token")
+        else:
+            advice = "pass a distilled --arch (deit_*_distilled_*)"
+        return f"the checkpoint {has} {key.split('.')[0]}; {advice}"
+    if "reg_token" in sd and sd["reg_token"].shape != mine["reg_token"].shape:
+        return f"it has {sd['reg_token'].shape[1]} register tokens; pass --model-args reg_tokens={sd['reg_token'].shape[1]}"
+    pos, want_pos = sd.get("pos_embed"), mine.get("pos_embed")
+    if pos is not None and want_pos is not None and pos.shape != want_pos.shape:
+        grid = model.patch_embed.grid_size
+        prefix = want_pos.shape[1] - grid[0] * grid[1]
+        side = int(max(pos.shape[1] - prefix, 0) ** 0.5)
+        hint = (f"pass --model-args img_size={side * model.patch_embed.patch_size[0]}" if side * side == pos.shape[1] - prefix
+                else "pass the --model-args of the checkpoint's image size")
+        return f"its position grid is {pos.shape[1] - prefix} patches, the architecture's {grid[0]}x{grid[1]}; {hint}"
+    return None
+
+
+def npz_mismatch(sd: dict[str, torch.Tensor], model: nn.Module) -> str | None:
+    """The same for a Google .npz checkpoint (its position grid may differ: that one is resampled as the reference does)."""
+    head = sd.get("head/kernel")
+    if head is not None and head.shape[-1] != model.num_classes:
+        return f"it has a {head.shape[-1]}-class head, the architecture {model.num_classes}; pass --model-args num_classes={head.shape[-1]}"
+    kernel = sd.get("embedding/kernel")  # (patch, patch, in, width)
+    want = model.patch_embed.proj.weight.shape
+    if kernel is not None and tuple(kernel.shape[:2]) != tuple(want[2:]):
+        return f"its patches are {kernel.shape[0]}x{kernel.shape[1]}, the architecture's {want[2]}x{want[3]}; pass --model-args patch_size={kernel.shape[0]}"
+    return None
 
 
 class ViTAdapter:
@@ -263,4 +336,4 @@ class ViTAdapter:
         return slice(None)
 
 
-__all__ = ["ViTAdapter", "TokenLayout", "Readout", "data_config", "set_data_config", "set_position_embedding", "DATA_CONFIG_KEYS"]
+__all__ = ["ViTAdapter", "TokenLayout", "Readout", "state_dict_mismatch", "npz_mismatch", "data_config", "pretrained_config", "set_data_config", "set_position_embedding", "DATA_CONFIG_KEYS"]

@@ -5,15 +5,24 @@ Specs:
   ``zoo:NAME``                 a bundled zoo model (Fashion-MNIST ViTs of other shapes; ``zoo_models()``)
   ``random:NAME``              timm architecture NAME, random init (no network)
   ``NAME``                     timm model with its pretrained hub weights (needs network or HF cache)
-  ``DIR``                      a vitprune checkpoint folder (model.safetensors + vitprune.json),
-                               e.g. a pruned model written by ``vitprune compress``
+  ``DIR``                      a vitprune checkpoint folder (model.safetensors + vitprune.json), e.g. a pruned
+                               model written by ``vitprune compress``; or a folder in timm's Hugging Face layout
+                               (config.json + model.safetensors or pytorch_model.bin), loaded as timm loads it
   ``FILE.npz``                 Google ViT checkpoint (ViT-B_16 / B_32 / L_32 ...)
   ``FILE.pth|.pt|.bin``        torch state dict (MAE fine-tuned ``{'model': ...}`` included)
   ``FILE.safetensors``         state dict
-For files, ``arch`` names the timm architecture; when omitted it is inferred from tensor shapes.
+
+The model is built from timm's configuration, never guessed: a checkpoint folder stores the timm
+architecture, its model arguments and its pretrained config (mean, std, input size); plain state
+dicts take ``arch`` (a timm name, with a pretrained tag for its preprocessing, e.g.
+``vit_base_patch16_224.mae``) and ``model_args`` (``--model-args key=value,...``). A state dict that
+does not fit the architecture (patch size, position grid, depth, tokens, stem, widths) is one line
+naming the difference and the argument that fixes it; only a Google ``.npz`` position grid is
+resampled (as the reference code does). Non-finite weights are refused.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -23,54 +32,86 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .adapter import set_data_config, set_position_embedding
+from .adapter import data_config, npz_mismatch, set_data_config, set_position_embedding, state_dict_mismatch
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEMO_DIR = ASSETS / "demo"
 ZOO_DIR = ASSETS / "zoo"
 CHECKPOINT_WEIGHTS = "model.safetensors"
 CHECKPOINT_CONFIG = "vitprune.json"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-_SIZE_BY_WIDTH_DEPTH = {(192, 12): "tiny", (384, 12): "small", (768, 12): "base", (1024, 24): "large", (1280, 32): "huge"}
+HF_CONFIG = "config.json"
+HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+STATE_DICT_SUFFIXES = (".npz", ".pth", ".pt", ".bin", ".safetensors")
 
 
-def load_model(spec: str, *, arch: str | None = None, img_size: int | None = None) -> nn.Module:
+def load_model(spec: str, *, arch: str | None = None, model_args: dict[str, Any] | None = None) -> nn.Module:
     """Build a timm ViT from a spec (see module docstring), in eval mode on the CPU.
 
-    The model carries ``model.vitprune_source``: a JSON-able dict that rebuilds it
-    (what pruned checkpoints record as their origin).
+    The model carries ``model.vitprune_source`` (a JSON-able dict that rebuilds it: what pruned
+    checkpoints record as their origin) and ``model.vitprune_fingerprint`` (of its weights as loaded).
     """
-    import timm
-
     spec = str(spec)
-    if spec == "demo":
-        return _load_vitprune_dir(DEMO_DIR, spec)
-    if spec.startswith("zoo:"):
-        name = spec.split(":", 1)[1]
-        if name not in zoo_models():
+    args = dict(model_args or {})
+    if spec == "demo" or spec.startswith("zoo:"):
+        name = spec.split(":", 1)[1] if spec.startswith("zoo:") else None
+        if name is not None and name not in zoo_models():
             raise UserError(f"unknown zoo model '{name}'; the zoo has {', '.join(zoo_models()) or 'no models'}")
-        return _load_vitprune_dir(ZOO_DIR / name, spec)
+        _no_args(spec, arch, args)
+        return _load_vitprune_dir(ZOO_DIR / name if name else DEMO_DIR, spec)
     if spec.startswith("random:"):
         name = spec.split(":", 1)[1]
         _check_timm_name(name)
-        kwargs = {"img_size": img_size} if img_size else {}
-        model = timm.create_model(name, pretrained=False, **kwargs)
-        return _finish(model, {"spec": spec, "arch": name, "model_kwargs": kwargs})
+        model = _create(name, args, f"'{name}'")
+        return _finish(model, {"spec": spec, "arch": name, "model_args": args})
     path = Path(spec).expanduser()
     if path.is_dir():
-        return _load_vitprune_dir(path, spec)
-    if path.suffix.lower() in (".npz", ".pth", ".pt", ".bin", ".safetensors") or path.exists() or "/" in spec:
+        if (path / CHECKPOINT_CONFIG).is_file() or _has_vitprune_meta(path / CHECKPOINT_WEIGHTS):
+            _no_args(spec, arch, args)
+            return _load_vitprune_dir(path, spec)
+        if (path / HF_CONFIG).is_file():
+            return _load_hf_dir(path, spec, args)
+        raise UserError(f"{path} is a folder without a vitprune checkpoint (model.safetensors + vitprune.json) or timm's "
+                        "Hugging Face layout (config.json + model.safetensors); pass a checkpoint folder or a file")
+    if path.suffix.lower() in STATE_DICT_SUFFIXES or path.exists() or "/" in spec:
         if not path.is_file():
             raise UserError(f"checkpoint {path} does not exist; check the path")
-        return _load_checkpoint_file(path, arch, img_size)
+        return _load_checkpoint_file(path, arch, args)
     _check_timm_name(spec)
-    return _load_hub(spec, img_size)
+    return _load_hub(spec, args)
+
+
+def model_location(spec: str) -> Path | None:
+    """The file or folder a model spec reads from (what an output must never overlap); None for hub and random models."""
+    spec = str(spec)
+    if spec == "demo":
+        return DEMO_DIR
+    if spec.startswith("zoo:"):
+        return ZOO_DIR / spec.split(":", 1)[1]
+    if spec.startswith("random:"):
+        return None
+    path = Path(spec).expanduser()
+    return path if path.exists() or "/" in spec or path.suffix.lower() in STATE_DICT_SUFFIXES else None
 
 
 def zoo_models() -> list[str]:
     """Names of the bundled zoo models (``--model zoo:NAME``)."""
     return sorted(d.name for d in ZOO_DIR.iterdir() if (d / CHECKPOINT_WEIGHTS).is_file()) if ZOO_DIR.is_dir() else []
+
+
+def _no_args(spec: str, arch: str | None, args: dict) -> None:
+    if arch or args:
+        raise UserError(f"'{spec}' carries its own timm configuration; --arch and --model-args are for plain state dicts")
+
+
+def _create(name: str, args: dict[str, Any], what: str, **extra: Any) -> nn.Module:
+    import timm
+
+    try:
+        return timm.create_model(name, **{"pretrained": False, **extra}, **args)
+    except TypeError as exc:
+        raise UserError(f"cannot build {what} with model args {args}: {str(exc).splitlines()[0][:160]}; check --model-args") from exc
+    except (AssertionError, RuntimeError, ValueError, KeyError) as exc:
+        raise UserError(f"cannot build {what}: {str(exc).splitlines()[0][:200]}") from exc
 
 
 # ------------------------------------------------------------------------------------- hub
@@ -81,20 +122,40 @@ def _check_timm_name(name: str) -> None:
         raise UserError(f"'{name}' is neither a file, a folder nor a timm model name; see timm.list_models('vit_*')")
 
 
-def _load_hub(name: str, img_size: int | None) -> nn.Module:
+def _load_hub(name: str, args: dict[str, Any]) -> nn.Module:
     import timm
 
-    kwargs = {"img_size": img_size} if img_size else {}
     try:
-        model = timm.create_model(name, pretrained=True, **kwargs)
+        model = timm.create_model(name, pretrained=True, **args)
     except Exception as exc:  # hub errors come as many types (OSError, LocalEntryNotFoundError, HTTPError ...)
         if isinstance(exc, (RuntimeError, ValueError)) and "size mismatch" in str(exc):
             raise UserError(f"pretrained weights of '{name}' do not fit: {str(exc).splitlines()[0]}") from exc
+        if isinstance(exc, TypeError):
+            raise UserError(f"cannot build '{name}' with model args {args}: {str(exc).splitlines()[0][:160]}") from exc
         raise UserError(
             f"cannot fetch pretrained weights for '{name}' ({type(exc).__name__}: no network or not in the HF cache); "
-            f"download the checkpoint and pass its file with --arch {name.split('.')[0]}, or use random:{name.split('.')[0]}"
+            f"download the checkpoint and pass its file with --arch {name}, or use random:{name.split('.')[0]}"
         ) from exc
-    return _finish(model, {"spec": name, "arch": name, "model_kwargs": kwargs})
+    return _finish(model, {"spec": name, "arch": name, "model_args": args})
+
+
+def _load_hf_dir(path: Path, spec: str, args: dict[str, Any]) -> nn.Module:
+    """A folder in timm's Hugging Face layout, loaded as ``timm.create_model('local-dir:PATH', pretrained=True)`` does."""
+    import timm
+
+    if not any((path / w).is_file() for w in HF_WEIGHTS):
+        raise UserError(f"{path} has {HF_CONFIG} but no weights ({' or '.join(HF_WEIGHTS)}); restore them")
+    try:
+        model = timm.create_model(f"local-dir:{path}", pretrained=True, **args)
+    except Exception as exc:
+        raise UserError(f"cannot load {path} as a timm Hugging Face folder ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:200]})") from exc
+    from .adapter import ViTAdapter
+
+    arch = ViTAdapter(model).architecture or ""
+    from timm.models import get_model_args
+
+    return _finish(model, {"spec": spec, "arch": arch, "model_args": json.loads(json.dumps(get_model_args(model)))})
 
 
 # ------------------------------------------------------------------------------ checkpoints
@@ -117,78 +178,38 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise UserError(f"{path} is not a state dict of tensors; save model.state_dict() or pass a timm checkpoint")
     return {re.sub(r"^module\.", "", k): v for k, v in obj.items()}
 
 
-def infer_arch(sd: dict[str, torch.Tensor], path: Path) -> tuple[str | None, dict[str, Any]]:
-    """Guess (timm name or None, kwargs) of a ViT from its state dict (timm or Google npz keys).
-
-    The kwargs (class count, pooling, input channels) always come from the tensors; the name
-    only for the standard widths/depths (tiny ... huge).
-    """
-    if "embedding/kernel" in sd:
-        patch, _, in_chans, width = sd["embedding/kernel"].shape
-        depth = len({k.split("/")[1] for k in sd if k.startswith("Transformer/encoderblock_")})
-        num_classes = sd["head/kernel"].shape[-1] if "head/kernel" in sd else 0
-        global_pool = "token"
-    elif "patch_embed.proj.weight" in sd:
-        width, in_chans, patch, _ = sd["patch_embed.proj.weight"].shape
-        depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
-        num_classes = sd["head.weight"].shape[0] if "head.weight" in sd else 0
-        global_pool = "avg" if "fc_norm.weight" in sd and "norm.weight" not in sd else "token"
-    else:
-        raise UserError(f"{path} does not look like a ViT checkpoint (no patch embedding); pass another file")
-    size = _SIZE_BY_WIDTH_DEPTH.get((int(width), depth))
-    name = f"vit_{size}_patch{int(patch)}_224" if size else None
-    kwargs: dict[str, Any] = {"num_classes": int(num_classes), "global_pool": global_pool}
-    if int(in_chans) != 3:
-        kwargs["in_chans"] = int(in_chans)
-    return (name if name and _is_timm_model(name) else None), kwargs
-
-
-def _is_timm_model(name: str) -> bool:
-    import timm
-
-    return timm.is_model(name)
-
-
-def _load_checkpoint_file(path: Path, arch: str | None, img_size: int | None) -> nn.Module:
-    import timm
+def _load_checkpoint_file(path: Path, arch: str | None, args: dict[str, Any]) -> nn.Module:
     from timm.models.vision_transformer import checkpoint_filter_fn
 
     sd = _read_state_dict(path)
-    inferred, kwargs = infer_arch(sd, path)
-    name = arch or inferred
-    if name is None:
-        raise UserError(f"cannot infer the architecture of {path} (non-standard width/depth); pass --arch <timm name>")
-    _check_timm_name(name)
-    if img_size:
-        kwargs["img_size"] = img_size
-    try:
-        model = timm.create_model(name, pretrained=False, **kwargs)
-    except Exception as exc:
-        raise UserError(f"cannot build '{name}' for {path}: {str(exc).splitlines()[0]}") from exc
-    source = {"spec": str(path), "arch": name, "model_kwargs": kwargs}
+    head = sd.get("head/kernel", sd.get("head.weight"))
+    if head is not None and "num_classes" not in args:  # the class count is the checkpoint's head, whatever the architecture's
+        args = {**args, "num_classes": int(head.shape[-1] if "head/kernel" in sd else head.shape[0])}
+    if not arch:
+        raise UserError(f"{path} is a plain state dict: pass --arch <timm name> (and --model-args key=value,... where it "
+                        "differs from that architecture, e.g. global_pool=avg for MAE fine-tuned checkpoints)")
+    _check_timm_name(arch)
+    model = _create(arch, args, f"'{arch}' for {path}")
+    source = {"spec": str(path), "arch": arch, "model_args": args}
     if path.suffix.lower() == ".npz":
-        _load_npz(model, path, sd)
+        _load_npz(model, path, sd, arch)
         return _finish(model, source)
-    if "fc_norm.weight" in sd:  # MAE fine-tuned checkpoints are trained with ImageNet statistics
-        set_data_config(model, {"mean": IMAGENET_MEAN, "std": IMAGENET_STD})
-        source["data_config"] = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    mismatch = state_dict_mismatch(sd, model)
+    if mismatch:
+        raise UserError(f"checkpoint {path} does not fit architecture '{arch}': {mismatch}")
     try:
-        filtered = checkpoint_filter_fn(sd, model)
-        missing, unexpected = model.load_state_dict(filtered, strict=False)
+        missing, unexpected = model.load_state_dict(checkpoint_filter_fn(sd, model), strict=False)
     except RuntimeError as exc:
-        raise UserError(
-            f"checkpoint {path} does not fit architecture '{name}' ({_first_mismatch(str(exc))}); pass the right --arch"
-        ) from exc
+        raise UserError(f"checkpoint {path} does not fit architecture '{arch}' ({_first_mismatch(str(exc))}); "
+                        "pass the right --arch / --model-args") from exc
     if missing or unexpected:
-        raise UserError(
-            f"checkpoint {path} does not fit architecture '{name}' (missing {missing[:3]}, unexpected {unexpected[:3]}); "
-            "pass the right --arch"
-        )
+        raise UserError(f"checkpoint {path} does not fit architecture '{arch}' (missing {missing[:3]}, unexpected "
+                        f"{unexpected[:3]}); pass the right --arch / --model-args")
     return _finish(model, source)
 
 
@@ -197,56 +218,93 @@ def _first_mismatch(message: str) -> str:
     return (lines[0] if lines else message.splitlines()[0])[:200]
 
 
-def _load_npz(model: nn.Module, path: Path, sd: dict[str, torch.Tensor]) -> None:
+def _load_npz(model: nn.Module, path: Path, sd: dict[str, torch.Tensor], arch: str) -> None:
     """Google .npz through timm's loader; position embeddings resampled like the reference.
 
     timm resamples a different grid with align_corners=False; the NeuronPath reference uses
     scipy.ndimage.zoom(order=1), which equals bilinear with align_corners=True. We overwrite
     timm's result with the latter so B/32 and L/32 (384 checkpoints run at 224) match the reference.
     """
-    head_key = "head/kernel"
-    if head_key in sd and sd[head_key].shape[-1] != model.num_classes:
-        raise UserError(f"{path} has a {sd[head_key].shape[-1]}-class head but the model has {model.num_classes}; pass the right --arch")
+    mismatch = npz_mismatch(sd, model)
+    if mismatch:
+        raise UserError(f"checkpoint {path} does not fit architecture '{arch}': {mismatch}")
     try:
         model.load_pretrained(str(path))
     except Exception as exc:
-        raise UserError(f"checkpoint {path} does not fit architecture '{type(model).__name__}': {str(exc).splitlines()[0][:200]}") from exc
+        raise UserError(f"checkpoint {path} does not fit architecture '{arch}': {str(exc).splitlines()[0][:200]}") from exc
     pos = sd.get("Transformer/posembed_input/pos_embedding")
     if pos is not None:
         set_position_embedding(model, pos)
 
 
 # --------------------------------------------------------------------------- vitprune dirs
+def _has_vitprune_meta(weights: Path) -> bool:
+    if not weights.is_file():
+        return False
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(weights), "pt") as f:
+            return "vitprune" in (f.metadata() or {})
+    except Exception:
+        return True  # a damaged file is reported when it is read
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    """The folder's configuration: vitprune.json when present (the file people read and edit), else the copy in
+    the safetensors metadata."""
+    config, weights = path / CHECKPOINT_CONFIG, path / CHECKPOINT_WEIGHTS
+    if config.is_file():
+        try:
+            meta = json.loads(config.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UserError(f"cannot read {config} ({type(exc).__name__}); restore it or re-create the checkpoint") from exc
+    else:
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(weights), "pt") as f:
+                meta = json.loads((f.metadata() or {}).get("vitprune", "null") or "null")
+        except Exception as exc:
+            raise UserError(f"cannot read {weights} ({type(exc).__name__}); the file is corrupt, restore or re-create it") from exc
+    if not isinstance(meta, dict) or not isinstance(meta.get("arch"), str):
+        raise UserError(f"{config if config.is_file() else weights} carries no timm architecture ('arch'); re-create the "
+                        "checkpoint, or load a plain state dict as a file with --arch")
+    args = meta.get("model_args", meta.get("model_kwargs", {}))
+    if not isinstance(args, dict):
+        raise UserError(f"{config}: model_args must be a mapping of timm.create_model keyword arguments (got "
+                        f"{type(args).__name__}); restore the file")
+    widths = meta.get("mlp_hidden")
+    if widths is not None and (not isinstance(widths, list) or not all(isinstance(w, int) and w > 0 for w in widths)):
+        raise UserError(f"{config}: mlp_hidden must list one positive width per block (got {widths!r}); restore the file")
+    return meta
+
+
 def _load_vitprune_dir(path: Path, spec: str) -> nn.Module:
-    """A folder with model.safetensors whose metadata (or vitprune.json) says how to rebuild it."""
-    import timm
-    from safetensors import safe_open
+    """A vitprune checkpoint folder: timm architecture + model args + pretrained config, pruned widths, weights."""
     from safetensors.torch import load_file
 
     weights = path / CHECKPOINT_WEIGHTS
     if not weights.is_file():
         raise UserError(f"{path} is a folder without {CHECKPOINT_WEIGHTS}; pass a vitprune checkpoint folder or a file")
+    meta = _read_meta(path)
     try:
-        with safe_open(str(weights), "pt") as f:
-            meta = json.loads((f.metadata() or {}).get("vitprune", "null") or "null")
-        if meta is None and (path / CHECKPOINT_CONFIG).is_file():
-            meta = json.loads((path / CHECKPOINT_CONFIG).read_text())
         sd = load_file(str(weights))
     except Exception as exc:
         raise UserError(f"cannot read {weights} ({type(exc).__name__}); the file is corrupt, restore or re-create it") from exc
-    if not meta or "arch" not in meta:
-        raise UserError(f"{weights} carries no vitprune metadata; load plain state dicts as files with --arch")
-    model = timm.create_model(meta["arch"], pretrained=False, **meta.get("model_kwargs", {}))
-    widths = meta.get("mlp_hidden")
-    if widths is not None:
-        resize_mlps(model, widths)
+    args = dict(meta.get("model_args", meta.get("model_kwargs", {})))
+    model = _create(meta["arch"], args, f"'{meta['arch']}' from {path / CHECKPOINT_CONFIG}")
+    if meta.get("mlp_hidden") is not None:
+        resize_mlps(model, meta["mlp_hidden"])
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as exc:
-        raise UserError(f"{weights} does not match its own metadata ({_first_mismatch(str(exc))}); re-create the checkpoint") from exc
-    if meta.get("data_config"):
-        set_data_config(model, dict(meta["data_config"]))
-    source = {"spec": spec, **{k: v for k, v in meta.items() if k in ("arch", "model_kwargs", "data_config", "source")}}
+        raise UserError(f"{weights} does not match its own configuration ({_first_mismatch(str(exc))}); re-create the checkpoint") from exc
+    cfg = meta.get("pretrained_cfg") or meta.get("data_config")
+    if cfg:
+        set_data_config(model, dict(cfg))
+    source = {"spec": spec, "arch": meta["arch"], "model_args": args, "data_config": data_config(model),
+              **({"source": meta["source"]} if "source" in meta else {})}
     return _finish(model, source, meta)
 
 
@@ -255,8 +313,6 @@ def describe_model(model: nn.Module) -> dict[str, Any]:
     architecture and arguments as ``timm.create_model`` recorded them (``timm.models.get_model_args``, what timm's
     own ``save_for_hf`` writes), else as the model's structure implies them. ``save_checkpoint`` rebuilds from
     them and refuses to write a checkpoint that would not load back to the same outputs."""
-    import json
-
     from timm.models import get_model_args
 
     from .adapter import ViTAdapter
@@ -265,7 +321,7 @@ def describe_model(model: nn.Module) -> dict[str, Any]:
     recorded = get_model_args(model) if getattr(model, "_model_args", None) else {}
     kwargs = json.loads(json.dumps(recorded)) if recorded else adapter.structure()
     return {"spec": f"<in-memory {type(model).__name__}>", "arch": adapter.architecture or "vit_base_patch16_224",
-            "model_kwargs": kwargs}
+            "model_args": kwargs, "data_config": data_config(model)}
 
 
 def resize_mlps(model: nn.Module, widths: list[int]) -> None:
@@ -282,13 +338,13 @@ def resize_mlps(model: nn.Module, widths: list[int]) -> None:
 def save_checkpoint(model: nn.Module, folder: Path, meta: dict[str, Any], *, verify: bool = False) -> Path:
     """Write ``model.safetensors`` (metadata key 'vitprune' = ``meta``) and ``vitprune.json``, atomically.
 
-    ``meta`` needs ``arch`` and ``model_kwargs``; ``mlp_hidden`` (per-block widths) makes
-    ``load_model(folder)`` rebuild a pruned model without the original weights. ``verify`` rebuilds the
-    model from ``meta`` first and refuses (one line) when it would not give the same outputs.
+    ``meta`` needs ``arch`` and ``model_args`` (timm's), ``pretrained_cfg`` (its preprocessing) and ``mlp_hidden``
+    (per-block widths), so ``load_model(folder)`` rebuilds a pruned model without the original weights. ``verify``
+    rebuilds the model from ``meta`` first and refuses (one line) when it would not give the same outputs.
     """
     from safetensors.torch import save_file
 
-    from ..files import atomic_write_json, replace_atomically
+    from ..files import atomic_write_json, replace_atomically, safetensors_os_error
 
     if verify:
         _check_rebuilds(model, meta)
@@ -296,7 +352,11 @@ def save_checkpoint(model: nn.Module, folder: Path, meta: dict[str, Any], *, ver
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tmp = folder / f".{CHECKPOINT_WEIGHTS}.tmp"
-    save_file(state, str(tmp), metadata={"vitprune": json.dumps(meta, sort_keys=True)})
+    try:
+        save_file(state, str(tmp), metadata={"vitprune": json.dumps(meta, sort_keys=True)})
+    except Exception as exc:  # safetensors reports a full disk as its own error type
+        tmp.unlink(missing_ok=True)
+        raise safetensors_os_error(exc, tmp) from exc
     replace_atomically(tmp, folder / CHECKPOINT_WEIGHTS)
     atomic_write_json(folder / CHECKPOINT_CONFIG, meta)
     return folder / CHECKPOINT_WEIGHTS
@@ -308,9 +368,9 @@ def _check_rebuilds(model: nn.Module, meta: dict[str, Any]) -> None:
 
     from .adapter import ViTAdapter
 
-    what = f"timm.create_model('{meta['arch']}', **{meta.get('model_kwargs', {})})"
+    what = f"timm.create_model('{meta['arch']}', **{meta.get('model_args', {})})"
     try:
-        rebuilt = timm.create_model(meta["arch"], pretrained=False, **meta.get("model_kwargs", {}))
+        rebuilt = timm.create_model(meta["arch"], pretrained=False, **meta.get("model_args", {}))
         if meta.get("mlp_hidden") is not None:
             resize_mlps(rebuilt, meta["mlp_hidden"])
         rebuilt.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()}, strict=True)
@@ -327,11 +387,32 @@ def _check_rebuilds(model: nn.Module, meta: dict[str, Any]) -> None:
                         "architecture")
 
 
+def fingerprint(model: nn.Module) -> str:
+    """sha256 of a model's weights: the names, dtypes, shapes and bytes of its state dict."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """The fingerprint of a model as loaded (``load_model`` keeps it with the model; in-memory models are hashed now)."""
+    cached = getattr(model, "vitprune_fingerprint", None)
+    return cached if cached else fingerprint(model)
+
+
 def _finish(model: nn.Module, source: dict[str, Any], meta: dict[str, Any] | None = None) -> nn.Module:
     model.eval()
+    bad = next((name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
+    if bad is not None:
+        raise UserError(f"'{source['spec']}' has non-finite weights (NaN or inf in {bad}); the checkpoint is damaged")
     model.vitprune_source = source
     model.vitprune_meta = meta or {}
+    model.vitprune_fingerprint = fingerprint(model)
     return model
 
 
-__all__ = ["load_model", "save_checkpoint", "resize_mlps", "describe_model", "infer_arch", "zoo_models", "DEMO_DIR", "ZOO_DIR"]
+__all__ = ["load_model", "model_location", "save_checkpoint", "fingerprint", "model_fingerprint", "resize_mlps",
+           "describe_model", "zoo_models", "DEMO_DIR", "ZOO_DIR"]

@@ -85,15 +85,40 @@ def from_scores(
     global-raw: one ranking over all blocks of the raw scores.
     Ties keep the lower index.
     """
-    if not 0.0 <= sparsity < 1.0:
-        raise UserError(f"--sparsity must be in [0, 1) (got {sparsity})")
-    _check_allocation(scope, min_keep, round_to)
     widths = [int(s.numel()) for s in scores]
+    check_sparsity(widths, sparsity, scope=scope, min_keep=min_keep, round_to=round_to)
     if scope == "per-block":
         counts = [_rounded(w * (1.0 - sparsity), w, min_keep, round_to) for w in widths]
     else:
         counts = _global_counts(scores, [1.0] * len(widths), round(sum(widths) * (1.0 - sparsity)), scope, min_keep, round_to)
+    _check_achieved(widths, counts, 1.0 - sparsity, min_keep, round_to)
     return _top_units(scores, counts, criterion)
+
+
+def check_sparsity(widths: list[int], sparsity: float, *, scope: str = "per-block", min_keep: int = 1, round_to: int = 1) -> None:
+    """Refuse (one line, with the number it would give) a sparsity budget that --min-keep or --round-to would override;
+    needs only the widths, so it runs before any expensive work."""
+    if not (isinstance(sparsity, (int, float)) and 0.0 <= sparsity < 1.0):
+        raise UserError(f"--sparsity must be in [0, 1) (got {sparsity})")
+    _check_allocation(scope, min_keep, round_to)
+    keep = 1.0 - sparsity
+    if scope == "per-block":
+        _check_achieved(widths, [_rounded(w * keep, w, min_keep, round_to) for w in widths], keep, min_keep, round_to)
+    elif sum(min(min_keep, w) for w in widths) > round(sum(widths) * keep) + 0.5 * round_to * len(widths):
+        floor = sum(min(min_keep, w) for w in widths)
+        raise UserError(f"--min-keep {min_keep} keeps {floor} units in all, more than --sparsity {sparsity:g} leaves "
+                        f"({round(sum(widths) * keep)}); lower --min-keep or the sparsity")
+
+
+def _check_achieved(widths: list[int], counts: list[int], keep: float, min_keep: int, round_to: int) -> None:
+    """Kept counts may differ from the asked fraction by rounding only (to a whole unit, or half of --round-to)."""
+    asked, got, total = sum(w * keep for w in widths), sum(counts), sum(widths)
+    if round_to > 1 and any(round_to > w * keep + 1e-9 for w in widths):
+        raise UserError(f"--round-to {round_to} is more than the {min(w * keep for w in widths):.0f} units a block keeps at "
+                        f"{1 - keep:.2%} sparsity (it would keep {got} of {total} units, {1 - got / total:.2%}); lower --round-to")
+    if abs(got - asked) > sum(max(0.5, round_to / 2) for _ in widths) + 1e-9:
+        raise UserError(f"--min-keep {min_keep} and --round-to {round_to} keep {got} of {total} units ({1 - got / total:.2%} "
+                        f"sparsity) where {1 - keep:.2%} was asked; lower --min-keep / --round-to")
 
 
 def _check_allocation(scope: str, min_keep: int, round_to: int) -> None:
@@ -152,12 +177,13 @@ def from_macs(
     floor = sum(c * min(min_keep, w) for c, w in zip(unit_macs, widths))
     if budget < floor:
         raise UserError("the MAC target leaves less than --min-keep units per block; raise --target-macs or lower --min-keep")
+    frac = min(1.0, budget / sum(c * w for c, w in zip(unit_macs, widths)))
     if scope == "per-block":
-        frac = min(1.0, budget / sum(c * w for c, w in zip(unit_macs, widths)))
         counts = [_rounded(w * frac, w, min_keep, round_to) for w in widths]
+        _check_achieved(widths, counts, frac, min_keep, round_to)
     else:
         counts = _global_counts(scores, list(unit_macs), budget, scope, min_keep, round_to)
     return _top_units(scores, counts, criterion)
 
 
-__all__ = ["NeuronMask", "from_keep_sets", "from_scores", "from_macs", "keep_label", "SCOPES"]
+__all__ = ["NeuronMask", "from_keep_sets", "from_scores", "from_macs", "check_sparsity", "keep_label", "SCOPES"]
