@@ -109,16 +109,15 @@ def test_hub_name_without_network_is_one_line(monkeypatch):
     "kwargs,fragment",
     [
         (dict(global_pool="map"), "unsupported pooling"),
-        (dict(mlp_layer="swiglu"), "gated MLPs"),
-        (dict(scale_mlp_norm=True), "normalises its MLP hidden"),
+        (dict(mlp_layer="gated"), "no MLP layout handles"),
         (dict(num_classes=0), "no classification head"),
     ],
 )
 def test_adapter_refusals(kwargs, fragment):
-    from timm.layers import SwiGLUPacked
+    from timm.layers import GatedMlp
 
-    if kwargs.get("mlp_layer") == "swiglu":
-        kwargs = dict(mlp_layer=SwiGLUPacked)
+    if kwargs.get("mlp_layer") == "gated":  # timm's GatedMlp (a spatial gate): no layout maps it to units
+        kwargs = dict(mlp_layer=GatedMlp)
     model = tiny_vit(**kwargs)
     with pytest.raises(UserError, match=fragment):
         ViTAdapter(model)

@@ -14,6 +14,12 @@ from ..registry import Registry
 MLP_LAYOUTS = Registry("MLP layout", "MLP layout")
 MLP_LAYOUTS.add("mlp", "vitprune.model.layouts:PlainMlp",
                 help="timm Mlp (fc1 -> act -> fc2): unit j = fc1 row j = fc2 column j")
+MLP_LAYOUTS.add("mlp-norm", "vitprune.model.layouts:NormedMlp",
+                help="timm Mlp with a norm over its hidden vector (scale_mlp_norm): the norm then runs over the kept units")
+MLP_LAYOUTS.add("glu", "vitprune.model.layouts:PackedGluMlp",
+                help="timm GluMlp / SwiGLUPacked: value and gate rows j and j+H of fc1 together, fc2 column j")
+MLP_LAYOUTS.add("swiglu", "vitprune.model.layouts:SplitGluMlp",
+                help="timm SwiGLU: rows j of fc1_g and fc1_x together, fc2 column j")
 
 SITE_KINDS = Registry("pruning site", "--prune")
 SITE_KINDS.add("mlp", "vitprune.model.sites:MlpSites", help="the hidden units of every block's MLP (sites blocks.N.mlp)")

@@ -3,9 +3,11 @@
 A layout answers, for one MLP module, every question the tool asks about its units:
 how many there are (``width``), which linear layer reads them (``out_proj``: its input is the
 unit vector, where hooks tap, clamp and zero units and where least squares refits), what removing
-a unit removes (``slice``), the per-unit weight norm (``unit_sq_norms``, for magnitude pruning) and
-how to rebuild a pruned width (``resize``). Zeroing unit j at ``out_proj``'s input is exactly
-``slice`` without unit j: the invariant every test of the tool rests on.
+a unit removes (``slice``), the per-unit weight norm (``unit_sq_norms``, for magnitude pruning),
+how to rebuild a pruned width (``resize``) and the masked module that equals the slice
+(``masked``). A unit is one channel of ``out_proj``'s input: for a gated MLP the product of its
+value and gate channels (both rows go together), for an MLP that normalises its hidden vector
+(timm ``scale_mlp_norm``) the normalised channel, the norm then running over the kept channels only.
 """
 from __future__ import annotations
 
@@ -42,6 +44,21 @@ class MlpLayout:
         """Give the MLP ``width`` units with fresh weights (a state dict is loaded next)."""
         raise NotImplementedError
 
+    # whether the kept units' values equal the dense model's at those channels (no norm over the hidden vector)
+    hidden_is_subset: bool = True
+
+    @classmethod
+    def masked(cls, mlp: nn.Module, kept: torch.Tensor) -> list:
+        """Hooks that make ``mlp`` compute what its slice to ``kept`` computes (zeroed elsewhere); remove them after."""
+        removed = _removed(cls.width(mlp), kept)
+
+        def zero(_module, args):
+            out = args[0].clone()
+            out[..., removed.to(out.device)] = 0
+            return (out, *args[1:])
+
+        return [cls.out_proj(mlp).register_forward_pre_hook(zero)]
+
 
 def new_linear(src: nn.Linear, in_features: int, out_features: int, *, bias: bool | None = None) -> nn.Linear:
     """An ``nn.Linear`` like ``src`` (device, dtype, bias unless told) with other sizes."""
@@ -69,6 +86,48 @@ def sliced_rows(fc: nn.Linear, idx: torch.Tensor) -> nn.Linear:
     return new
 
 
+def _removed(width: int, kept: torch.Tensor) -> torch.Tensor:
+    keep = torch.zeros(width, dtype=torch.bool)
+    keep[kept.cpu()] = True
+    return torch.nonzero(~keep).flatten()
+
+
+def _is_identity(module: nn.Module | None) -> bool:
+    return module is None or isinstance(module, nn.Identity)
+
+
+@torch.no_grad()
+def sliced_norm(norm: nn.Module, idx: torch.Tensor) -> nn.Module:
+    """A copy of a norm over the hidden vector (LayerNorm, RmsNorm ...) normalising only the channels ``idx``."""
+    import copy
+
+    width = next((p.shape[0] for p in norm.parameters()), None) or norm.normalized_shape[-1]
+    new = copy.deepcopy(norm)
+    for name, param in list(new.named_parameters(recurse=False)):
+        if param.dim() == 1 and param.shape[0] == width:
+            setattr(new, name, nn.Parameter(param.detach()[idx.to(param.device)].clone(), requires_grad=param.requires_grad))
+    if hasattr(new, "normalized_shape"):
+        new.normalized_shape = (len(idx),)
+    return new
+
+
+def resized_norm(norm: nn.Module, width: int) -> nn.Module:
+    """The norm for a pruned width (its values are loaded from a state dict next)."""
+    return sliced_norm(norm, torch.arange(width))
+
+
+def _norm_masked(norm: nn.Module, kept: torch.Tensor) -> list:
+    """The norm over the kept channels only, the others zero: what the sliced norm computes."""
+    small = sliced_norm(norm, kept)
+
+    def hook(_module, args, out):
+        result = torch.zeros_like(out)
+        result[..., kept.to(out.device)] = small.to(out.device)(args[0][..., kept.to(out.device)])
+        return result
+
+    return [norm.register_forward_hook(hook)]
+
+
 class PlainMlp(MlpLayout):
     """timm ``Mlp``: fc1 -> act -> fc2 (no norm on the hidden vector). Unit j = fc1 row j = fc2 column j."""
 
@@ -77,7 +136,7 @@ class PlainMlp(MlpLayout):
         from timm.layers import Mlp
 
         return (isinstance(mlp, Mlp) and isinstance(getattr(mlp, "fc1", None), nn.Linear)
-                and isinstance(getattr(mlp, "fc2", None), nn.Linear) and isinstance(getattr(mlp, "norm", nn.Identity()), nn.Identity))
+                and isinstance(getattr(mlp, "fc2", None), nn.Linear) and _is_identity(getattr(mlp, "norm", None)))
 
     @staticmethod
     def width(mlp: nn.Module) -> int:
@@ -89,10 +148,7 @@ class PlainMlp(MlpLayout):
 
     @staticmethod
     def unit_sq_norms(mlp: nn.Module) -> torch.Tensor:
-        sq = mlp.fc1.weight.detach().double().pow(2).sum(1) + mlp.fc2.weight.detach().double().pow(2).sum(0)
-        if mlp.fc1.bias is not None:
-            sq = sq + mlp.fc1.bias.detach().double().pow(2)
-        return sq.cpu()
+        return _row_sq(mlp.fc1) + _column_sq(mlp.fc2)
 
     @staticmethod
     def slice(mlp: nn.Module, kept: torch.Tensor, *, out_bias: bool = False) -> None:
@@ -105,15 +161,142 @@ class PlainMlp(MlpLayout):
         mlp.fc2 = new_linear(mlp.fc2, width, mlp.fc2.out_features)
 
 
+class NormedMlp(PlainMlp):
+    """timm ``Mlp`` with a norm over its hidden vector (``scale_mlp_norm``): fc1 -> act -> norm -> fc2. A unit is one
+    normalised channel; removing it removes fc1 row j, the norm's channel j (it then normalises the kept channels
+    only) and fc2 column j."""
+
+    hidden_is_subset = False
+
+    @staticmethod
+    def matches(mlp: nn.Module) -> bool:
+        from timm.layers import Mlp
+
+        return isinstance(mlp, Mlp) and isinstance(getattr(mlp, "fc1", None), nn.Linear) and not _is_identity(getattr(mlp, "norm", None))
+
+    @staticmethod
+    def slice(mlp: nn.Module, kept: torch.Tensor, *, out_bias: bool = False) -> None:
+        PlainMlp.slice(mlp, kept, out_bias=out_bias)
+        mlp.norm = sliced_norm(mlp.norm, kept)
+
+    @staticmethod
+    def resize(mlp: nn.Module, width: int) -> None:
+        PlainMlp.resize(mlp, width)
+        mlp.norm = resized_norm(mlp.norm, width)
+
+    @classmethod
+    def masked(cls, mlp: nn.Module, kept: torch.Tensor) -> list:
+        return _norm_masked(mlp.norm, kept) + super().masked(mlp, kept)
+
+
+class PackedGluMlp(MlpLayout):
+    """timm ``GluMlp`` (and ``SwiGLUPacked``): fc1 makes value and gate halves, their product (optionally normed) feeds
+    fc2. Unit j = fc1 rows j and j + H (both halves together) = fc2 column j."""
+
+    @staticmethod
+    def matches(mlp: nn.Module) -> bool:
+        from timm.layers import GluMlp
+
+        return isinstance(mlp, GluMlp) and isinstance(mlp.fc1, nn.Linear) and mlp.chunk_dim == -1
+
+    @staticmethod
+    def width(mlp: nn.Module) -> int:
+        return mlp.fc2.in_features
+
+    @staticmethod
+    def out_proj(mlp: nn.Module) -> nn.Linear:
+        return mlp.fc2
+
+    @staticmethod
+    def unit_sq_norms(mlp: nn.Module) -> torch.Tensor:
+        rows, width = _row_sq(mlp.fc1), mlp.fc2.in_features
+        return rows[:width] + rows[width:] + _column_sq(mlp.fc2)
+
+    @staticmethod
+    def slice(mlp: nn.Module, kept: torch.Tensor, *, out_bias: bool = False) -> None:
+        idx = kept.to(mlp.fc1.weight.device)
+        width = mlp.fc2.in_features
+        mlp.fc1 = sliced_rows(mlp.fc1, torch.cat([idx, idx + width]))  # the halves stay aligned: chunk(2) still pairs j with j
+        if not _is_identity(mlp.norm):
+            mlp.norm = sliced_norm(mlp.norm, idx)
+        mlp.fc2 = sliced_out_proj(mlp.fc2, idx, bias=out_bias)
+
+    @staticmethod
+    def resize(mlp: nn.Module, width: int) -> None:
+        mlp.fc1 = new_linear(mlp.fc1, mlp.fc1.in_features, 2 * width)
+        if not _is_identity(mlp.norm):
+            mlp.norm = resized_norm(mlp.norm, width)
+        mlp.fc2 = new_linear(mlp.fc2, width, mlp.fc2.out_features)
+
+    @classmethod
+    def masked(cls, mlp: nn.Module, kept: torch.Tensor) -> list:
+        extra = [] if _is_identity(mlp.norm) else _norm_masked(mlp.norm, kept)
+        return extra + super().masked(mlp, kept)
+
+
+class SplitGluMlp(MlpLayout):
+    """timm ``SwiGLU``: separate gate and value projections (fc1_g, fc1_x), act(gate) * value (optionally normed) feeds
+    fc2. Unit j = row j of both = fc2 column j."""
+
+    @staticmethod
+    def matches(mlp: nn.Module) -> bool:
+        from timm.layers import SwiGLU
+
+        return isinstance(mlp, SwiGLU)
+
+    @staticmethod
+    def width(mlp: nn.Module) -> int:
+        return mlp.fc2.in_features
+
+    @staticmethod
+    def out_proj(mlp: nn.Module) -> nn.Linear:
+        return mlp.fc2
+
+    @staticmethod
+    def unit_sq_norms(mlp: nn.Module) -> torch.Tensor:
+        return _row_sq(mlp.fc1_g) + _row_sq(mlp.fc1_x) + _column_sq(mlp.fc2)
+
+    @staticmethod
+    def slice(mlp: nn.Module, kept: torch.Tensor, *, out_bias: bool = False) -> None:
+        idx = kept.to(mlp.fc2.weight.device)
+        mlp.fc1_g, mlp.fc1_x = sliced_rows(mlp.fc1_g, idx), sliced_rows(mlp.fc1_x, idx)
+        if not _is_identity(mlp.norm):
+            mlp.norm = sliced_norm(mlp.norm, idx)
+        mlp.fc2 = sliced_out_proj(mlp.fc2, idx, bias=out_bias)
+
+    @staticmethod
+    def resize(mlp: nn.Module, width: int) -> None:
+        mlp.fc1_g = new_linear(mlp.fc1_g, mlp.fc1_g.in_features, width)
+        mlp.fc1_x = new_linear(mlp.fc1_x, mlp.fc1_x.in_features, width)
+        if not _is_identity(mlp.norm):
+            mlp.norm = resized_norm(mlp.norm, width)
+        mlp.fc2 = new_linear(mlp.fc2, width, mlp.fc2.out_features)
+
+    @classmethod
+    def masked(cls, mlp: nn.Module, kept: torch.Tensor) -> list:
+        extra = [] if _is_identity(mlp.norm) else _norm_masked(mlp.norm, kept)
+        return extra + super().masked(mlp, kept)
+
+
+def _row_sq(fc: nn.Linear) -> torch.Tensor:
+    sq = fc.weight.detach().double().pow(2).sum(1)
+    if fc.bias is not None:
+        sq = sq + fc.bias.detach().double().pow(2)
+    return sq.cpu()
+
+
+def _column_sq(fc: nn.Linear) -> torch.Tensor:
+    return fc.weight.detach().double().pow(2).sum(0).cpu()
+
+
 def refusal(b: int, mlp: nn.Module) -> str:
     """Why no layout handles block b's MLP, as one line naming the cause."""
-    from timm.layers import Mlp
+    from . import MLP_LAYOUTS
 
-    if isinstance(mlp, Mlp) and not isinstance(getattr(mlp, "norm", nn.Identity()), nn.Identity):
-        return (f"block {b} normalises its MLP hidden vector (scale_mlp_norm); zeroing a unit there is not "
-                "the same as removing it, so it is not supported")
-    return (f"block {b} uses {type(mlp).__name__}: gated MLPs (GLU/SwiGLU) and other MLP modules are not supported; "
-            "vitprune handles timm's plain Mlp (fc1 -> act -> fc2)")
+    return (f"block {b} uses {type(mlp).__name__}, which no MLP layout handles ({', '.join(MLP_LAYOUTS.names())}: "
+            "timm Mlp, GluMlp, SwiGLUPacked, SwiGLU, with or without a norm over the hidden vector); register one with "
+            "vitprune.register_mlp_layout")
 
 
-__all__ = ["MlpLayout", "PlainMlp", "new_linear", "sliced_out_proj", "sliced_rows", "refusal"]
+__all__ = ["MlpLayout", "PlainMlp", "NormedMlp", "PackedGluMlp", "SplitGluMlp", "new_linear", "sliced_out_proj", "sliced_rows",
+           "sliced_norm", "refusal"]

@@ -319,9 +319,22 @@ def describe_model(model: nn.Module) -> dict[str, Any]:
 
     adapter = ViTAdapter(model)
     recorded = get_model_args(model) if getattr(model, "_model_args", None) else {}
-    kwargs = json.loads(json.dumps(recorded)) if recorded else adapter.structure()
+    kwargs = _json_args(recorded) if recorded else adapter.structure()
     return {"spec": f"<in-memory {type(model).__name__}>", "arch": adapter.architecture or "vit_base_patch16_224",
             "model_args": kwargs, "data_config": data_config(model)}
+
+
+def _json_args(recorded: dict[str, Any]) -> dict[str, Any]:
+    """The JSON-representable part of timm's recorded arguments. Layer classes (``mlp_layer=SwiGLU``,
+    ``norm_layer=partial(RmsNorm)``) are left out: an architecture's entry point passes them itself, and
+    ``save_checkpoint(verify=True)`` refuses a checkpoint whose rebuild would then differ."""
+    kept = {}
+    for key, value in recorded.items():
+        try:
+            kept[key] = json.loads(json.dumps(value))
+        except (TypeError, ValueError):
+            continue
+    return kept
 
 
 def resize_mlps(model: nn.Module, widths: list[int]) -> None:

@@ -222,6 +222,17 @@ def _fit_block(mom: _Moments, w2: torch.Tensor, b2: torch.Tensor, kept: list[int
     return theta, None if math.isinf(best) else best, held_err, errors(problem, total.moments()[0], theta), problem.const
 
 
+def _target_residual(dense: torch.Tensor, pruned: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, kept: list[int],
+                     drift: torch.Tensor | None) -> torch.Tensor:
+    """What the plain slice (W_K, c) misses on the pruned units z_K, as the correction d of the fit's target:
+    (W z + c + drift) - (W_K z_K + c), so that fitting theta z_K ~ W_K z_K + c + d fits the dense target itself."""
+    w = weight.double()
+    target = dense.double() @ w.T
+    if drift is not None:
+        target = target + drift.double()
+    return target - pruned.double() @ w[:, kept].T
+
+
 def token_weights(adapter: ViTAdapter, tokens: int, weighting: str) -> torch.Tensor:
     """Per token position: 1, or for ``readout`` on a CLS-pooled model, the read tokens together as heavy as the rest."""
     check_choice("--lsq-weighting", weighting, TOKEN_WEIGHTINGS)
@@ -268,7 +279,10 @@ def reconstruct(
         fits, refit = [], []
         for b, (site, out) in enumerate(zip(src.sites("mlp"), dst.sites("mlp"))):
             fc2 = site.out_proj
-            mom = _Moments(site.width, fc2.out_features, device)
+            bias = fc2.bias if fc2.bias is not None else torch.zeros(fc2.out_features, device=device)
+            kept = list(mask.kept[b])
+            subset = site.layout.hidden_is_subset
+            mom = _Moments(site.width if subset else len(kept), fc2.out_features, device)
             for i, (x, (_, held)) in enumerate(zip(xs, chunks)):
                 taps: dict[int, torch.Tensor] = {}
                 with ffn_hooks(src, lambda _b, hidden: taps.__setitem__(_b, hidden), blocks=[b]):
@@ -278,11 +292,17 @@ def reconstruct(
                     out_dense = src.blocks[b](xd[i])
                     drift = src.residual_scale_inverse(b, out_dense - out_here)
                     xd[i] = out_dense
-                mom.add(taps[b], drift, held, weights)
+                if subset:  # the kept units' values are the dense hidden's at those channels
+                    mom.add(taps[b], drift, held, weights)
+                else:  # a norm over the hidden vector: the pruned block's own units, fitted to the dense target
+                    own: dict[int, torch.Tensor] = {}
+                    with ffn_hooks(dst, lambda _b, hidden: own.__setitem__(_b, hidden), blocks=[b]):
+                        dst.blocks[b](x)
+                    mom.add(own[b], _target_residual(taps[b], own[b], fc2.weight, bias, kept, drift), held, weights)
             mom = mom.gathered(dist)
-            bias = fc2.bias if fc2.bias is not None else torch.zeros(fc2.out_features, device=device)
-            kept = list(mask.kept[b])
-            theta, ridge, held_err, calib_err, energy = _fit_block(mom, fc2.weight, bias, kept, ridges)
+            weight = fc2.weight if subset else fc2.weight[:, kept]
+            theta, ridge, held_err, calib_err, energy = _fit_block(mom, weight, bias, kept if subset else list(range(len(kept))),
+                                                                   ridges)
             proj = out.out_proj
             proj.weight.copy_(theta[:, :-1].to(proj.weight))
             proj.bias.copy_(theta[:, -1].to(proj.bias))
