@@ -146,7 +146,9 @@ def test_zoo_models_load_with_their_recipes():
         model = load_model(f"zoo:{name}")
         kw = recipe["model_kwargs"]
         adapter = ViTAdapter(model)
-        assert adapter.depth == kw["depth"] and adapter.hidden_widths == [int(kw["embed_dim"] * kw["mlp_ratio"])] * kw["depth"]
+        packed = adapter.sites()[0].layout.__name__ == "PackedGluMlp"  # fc1 holds value and gate halves
+        units = int(kw["embed_dim"] * kw["mlp_ratio"]) // (2 if packed else 1)
+        assert adapter.depth == kw["depth"] and adapter.hidden_widths == [units] * kw["depth"]
         assert adapter.layout.pool == kw["global_pool"]
         log = json.loads((ZOO_DIR / name / "train_log.json").read_text())
         assert log["epochs"] == recipe["train"]["epochs"] and 0.5 < log["test_top1"] <= 1
