@@ -110,6 +110,7 @@ def checkpoint_meta(dense: nn.Module, mask: NeuronMask, *, compensate: str, fine
     return {"arch": source["arch"], "model_args": source.get("model_args", source.get("model_kwargs", {})),
             "pretrained_cfg": pretrained_config(dense),
             "source_model": source, "mlp_hidden": mask.kept_counts, "kept": [list(k) for k in mask.kept],
+            **({"attn_heads": mask.heads.kept_counts, "kept_heads": [list(k) for k in mask.heads.kept]} if mask.heads else {}),
             "criterion": mask.criterion, "sparsity": mask.sparsity, "compensate": compensate, "finetune_epochs": finetune_epochs,
             "data": data, "vitprune_version": __version__}
 
@@ -119,7 +120,8 @@ def onnx_metadata(meta: dict[str, Any], *, input_size: list[int], class_names: l
     where it came from, what was kept, and what a user needs to feed it (input size, mean, std, class names)."""
     keep = ("mean", "std", "interpolation", "crop_pct", "crop_mode")
     return {"source_model": (meta.get("source_model") or {}).get("spec", ""), "criterion": meta.get("criterion", ""),
-            "kept_units": meta.get("mlp_hidden"), "sparsity": round(meta["sparsity"], 6) if meta.get("sparsity") is not None else None,
+            "kept_units": meta.get("mlp_hidden"), **({"kept_heads": meta["attn_heads"]} if meta.get("attn_heads") else {}),
+            "sparsity": round(meta["sparsity"], 6) if meta.get("sparsity") is not None else None,
             "vitprune_version": __version__, "input_size": list(input_size), "class_names": list(class_names),
             **{k: data_config[k] for k in keep if k in data_config}}
 
@@ -202,6 +204,8 @@ def default_output(opts: CompressOptions) -> Path:
         name = f"{model}-{opts.criterion}-{budget}"
     if opts.compensate != best["compensate"]:
         name += f"-{opts.compensate}"
+    if "heads" in opts.prune:
+        name += f"-heads-{opts.head_criterion}"
     if opts.finetune_epochs:
         name += f"-ft{opts.finetune_epochs}"
     return Path("exported") / name
@@ -297,7 +301,8 @@ def _compress(opts: CompressOptions, pipeline: Pipeline, settings: DiscoverySett
         options=_settings(opts), output=str(folder.path) if folder is not None else None, model=pipeline.source,
         data=DataSummary(pipeline.pools.spec, list(pipeline.pools.class_names), len(pipeline.calib), len(evaluation),
                          pipeline.overlap(evaluation, run)),
-        mask=MaskSummary(mask.criterion, mask.kept_counts, list(mask.widths), mask.sparsity, mask.block_sparsity),
+        mask=MaskSummary(mask.criterion, mask.kept_counts, list(mask.widths), mask.sparsity, mask.block_sparsity,
+                         *((mask.heads.criterion, mask.heads.kept_counts, list(mask.heads.widths)) if mask.heads else ())),
         critical_units={str(c): units for c, units in done.critical.items()} if done.critical else None,
         compensation={"mode": opts.compensate, "reconstruction": recon.to_json() if recon else None},
         params=Counts(params_dense, params_pruned, params_pruned / params_dense),
@@ -467,7 +472,7 @@ def _sweep_settings(opts: EvaluateOptions, pipeline: Pipeline, p: Point) -> Disc
 def _key(p: Point) -> str:
     return point_key({"criterion": p.criterion, "compensate": p.compensate, "seed": p.seed, "target": p.budget.sparsity,
                       "keep_topk": p.budget.keep_topk, "target_macs": p.budget.target_macs, "token_scope": p.token_scope,
-                      "objective": p.objective, "aggregation": p.aggregation})
+                      "objective": p.objective, "aggregation": p.aggregation, "head_criterion": p.head_criterion})
 
 
 def _sweep(opts: EvaluateOptions, pipeline: Pipeline, todo: list[Point], sink: JsonlAppender | None, dist: Dist,
@@ -532,13 +537,16 @@ def _sweep(opts: EvaluateOptions, pipeline: Pipeline, todo: list[Point], sink: J
                                keep_topk=p.budget.keep_topk, target_macs=p.budget.target_macs, token_scope=p.token_scope,
                                objective=p.objective, aggregation=p.aggregation, sparsity=mask.sparsity if mask else 0.0,
                                kept=mask.kept_counts if mask else widths, top1=top1, mean_true_prob=prob, compensation_s=seconds,
-                               macs=macs, params=params, macs_ratio=macs / macs_dense, params_ratio=params / params_dense, **extra)
+                               macs=macs, params=params, macs_ratio=macs / macs_dense, params_ratio=params / params_dense,
+                               head_criterion=p.head_criterion,
+                               kept_heads=mask.heads.kept_counts if mask is not None and mask.heads else None, **extra)
             if sink:
                 sink.append([point.to_json()])
             new.append(point)
             if not quiet:
                 label = p.criterion + (f"[{','.join(v for v in (p.token_scope, p.objective, p.aggregation) if v)}]"
-                                       if p.token_scope else "") + ("" if p.compensate == "none" else f" + {p.compensate}")
+                                       if p.token_scope else "") + ("" if p.compensate == "none" else f" + {p.compensate}") + (
+                    f" + heads:{p.head_criterion}" if p.head_criterion else "")
                 print(f"  {label:<32} seed={p.seed} budget={p.budget.describe()} sparsity={point.sparsity:.3f} "
                       f"top-1={point.top1:.4f}", flush=True)
     return new

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, fields, replace
 from typing import Any, TypeVar
 
-from .defaults import JAS_DEFAULT, KEEP_DEFAULT, LSQ_DEFAULT, PER_CLASS_DEFAULT, SPARSITY_DEFAULT
+from .defaults import HEAD_DEFAULT, JAS_DEFAULT, KEEP_DEFAULT, LSQ_DEFAULT, PER_CLASS_DEFAULT, SPARSITY_DEFAULT
 from .errors import UserError
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
@@ -151,6 +151,28 @@ class Point:
     token_scope: str | None = None
     objective: str | None = None
     aggregation: str | None = None
+    prune: tuple[str, ...] = ("mlp",)  # the site kinds pruned (SITE_KINDS): mlp, or mlp and heads
+    head_criterion: str | None = None  # with heads: the head criterion (HEAD_CRITERIA)
+
+
+def check_prune(prune: Any, head_criterion: str | None, keep_topk: Any) -> tuple[str, ...]:
+    """``--prune``: site kinds, the MLPs always among them; heads need a budget (no per-class head sets) and a head criterion."""
+    from .criteria import HEAD_CRITERIA
+    from .model import SITE_KINDS
+
+    kinds = tuple(prune.split(",")) if isinstance(prune, str) else tuple(prune)
+    for kind in kinds:
+        if kind not in SITE_KINDS:
+            raise UserError(f"--prune: unknown site kind '{kind}'; choose from {', '.join(SITE_KINDS.names())}")
+    if "mlp" not in kinds or len(set(kinds)) != len(kinds):
+        raise UserError(f"--prune takes mlp or mlp,heads (got {','.join(kinds)})")
+    if "heads" in kinds:
+        if keep_topk:
+            raise UserError("--keep-topk keeps per-class path units, which heads have none of: prune heads with --sparsity "
+                            "or --target-macs, or drop heads from --prune")
+        if head_criterion is not None:
+            HEAD_CRITERIA.check(head_criterion)
+    return kinds
 
 
 @dataclass(frozen=True)
@@ -184,6 +206,8 @@ class CompressOptions(CalibrationOptions):
     max_int8_drop: float = 1.0  # points of top-1
     latency_rounds: int = 30
     seed: int = 0
+    prune: tuple[str, ...] = ("mlp",)  # site kinds: mlp, or mlp,heads
+    head_criterion: str | None = None  # None: the zoo's best (defaults.HEAD_DEFAULT) when heads are pruned
 
     @property
     def budget(self) -> Budget:
@@ -196,7 +220,7 @@ class CompressOptions(CalibrationOptions):
     @property
     def point(self) -> Point:
         return Point(self.criterion or "", self.budget, self.compensate or "none", self.seed, self.token_scope, self.objective,
-                     self.jas_aggregation)
+                     self.jas_aggregation, tuple(self.prune), self.head_criterion)
 
     def resolve(self) -> "CompressOptions":
         """Fill what is left unset with the zoo's best: criterion and compensation (for --keep-topk or
@@ -204,9 +228,12 @@ class CompressOptions(CalibrationOptions):
         best = KEEP_DEFAULT if self.keep_topk is not None else SPARSITY_DEFAULT
         scope = self.token_scope or (JAS_DEFAULT["token_scope"] if self.paths is None else None)
         objective = self.objective or (JAS_DEFAULT["objective"] if self.paths is None else None)
+        prune = tuple(self.prune.split(",")) if isinstance(self.prune, str) else tuple(self.prune)
+        head = self.head_criterion or (HEAD_DEFAULT["criterion"] if "heads" in prune else None)
         return replace(self, criterion=self.criterion or best["criterion"],
                        compensate=self.compensate if self.compensate is not None else best["compensate"],
-                       token_scope=scope, objective=objective, jas_aggregation=self.jas_aggregation or JAS_DEFAULT["aggregation"])
+                       token_scope=scope, objective=objective, jas_aggregation=self.jas_aggregation or JAS_DEFAULT["aggregation"],
+                       prune=prune, head_criterion=head)
 
     def validate(self) -> "CompressOptions":
         """Every check that needs no model or data (call after ``resolve``)."""
@@ -225,6 +252,7 @@ class CompressOptions(CalibrationOptions):
         check_choice("--lsq-target", self.lsq_target, LSQ_TARGETS)
         check_choice("--lsq-weighting", self.lsq_weighting, TOKEN_WEIGHTINGS)
         check_choice("--scope", self.scope, MASK_SCOPES)
+        check_prune(self.prune, self.head_criterion, self.keep_topk)
         if self.keep_topk is not None and self.criterion not in per_class_criteria():
             raise UserError(f"--keep-topk keeps path units: --criterion must be {' or '.join(per_class_criteria())} "
                             f"(got '{self.criterion}')")
@@ -272,14 +300,19 @@ class EvaluateOptions(CalibrationOptions):
     finetune_per_class: int | None = None
     finetune_lr: float = 1e-4
     latency: bool = False
+    prune: tuple[str, ...] = ("mlp",)  # site kinds: mlp, or mlp,heads
+    head_criteria: tuple[str, ...] | None = None  # with heads: every budget point once per head criterion (None: the default)
 
     def resolve(self) -> "EvaluateOptions":
         """Every registered criterion / compensation where none was named."""
         from .criteria import CRITERIA
         from .prune import COMPENSATIONS
 
+        prune = tuple(self.prune.split(",")) if isinstance(self.prune, str) else tuple(self.prune)
+        heads = (tuple(self.head_criteria) if self.head_criteria else (HEAD_DEFAULT["criterion"],)) if "heads" in prune else ()
         return replace(self, criteria=tuple(self.criteria) if self.criteria is not None else CRITERIA.names(),
-                       compensate=tuple(self.compensate) if self.compensate is not None else COMPENSATIONS.names())
+                       compensate=tuple(self.compensate) if self.compensate is not None else COMPENSATIONS.names(),
+                       prune=prune, head_criteria=heads)
 
     def validate(self) -> "EvaluateOptions":
         from .criteria import CRITERIA, per_class_criteria
@@ -315,6 +348,9 @@ class EvaluateOptions(CalibrationOptions):
         check_choice("--lsq-target", self.lsq_target, LSQ_TARGETS)
         check_choice("--lsq-weighting", self.lsq_weighting, TOKEN_WEIGHTINGS)
         check_choice("--scope", self.scope, MASK_SCOPES)
+        check_prune(self.prune, None, None)
+        for c in self.head_criteria or ():
+            check_prune(self.prune, c, None)
         check_count("--finetune-epochs", self.finetune_epochs, minimum=0)
         if not (isinstance(self.finetune_lr, (int, float)) and math.isfinite(self.finetune_lr) and self.finetune_lr > 0):
             raise UserError(f"--finetune-lr must be a positive number (got {self.finetune_lr})")
@@ -334,7 +370,11 @@ class EvaluateOptions(CalibrationOptions):
                 for var in self._variants(crit, meta):
                     for budget in budgets:
                         for seed in self.seeds if crit == "random" else (0,):
-                            pts.append(Point(crit, budget, comp, seed, **var))
+                            if budget.keep_topk is None and "heads" in self.prune:
+                                pts += [Point(crit, budget, comp, seed, **var, prune=self.prune, head_criterion=h)
+                                        for h in self.head_criteria or ()]
+                            else:
+                                pts.append(Point(crit, budget, comp, seed, **var))
         return pts
 
     def _variants(self, criterion: str, meta: dict) -> list[dict]:
@@ -346,7 +386,7 @@ class EvaluateOptions(CalibrationOptions):
         return [{"token_scope": s, "objective": o, "aggregation": a} for s in self.token_scopes for o in self.objectives for a in aggs]
 
 
-__all__ = ["RunOptions", "CalibrationOptions", "DiscoverOptions", "CompressOptions", "EvaluateOptions", "Budget", "Point",
+__all__ = ["RunOptions", "CalibrationOptions", "DiscoverOptions", "CompressOptions", "EvaluateOptions", "Budget", "Point", "check_prune",
            "check_choice", "check_count", "check_fraction", "shared_fields", "option_fields", "PRECISIONS", "OBJECTIVES",
            "LABEL_SOURCES", "TOKEN_SCOPES", "MASK_SCOPES", "JAS_AGGREGATIONS", "LSQ_TARGETS", "TOKEN_WEIGHTINGS", "INT8_MODES",
            "POOLS"]

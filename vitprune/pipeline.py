@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from .accuracy import EvalResult, evaluate_models
-from .criteria import CRITERIA, criterion_needs
+from .criteria import CRITERIA, HEAD_CRITERIA, criterion_needs
 from .criteria.aggregate import union_keep_sets
 from .criteria.base import CriterionInputs, checked_scores, load_criterion
+from .criteria.heads import HeadStats, collect_head_stats, head_scores
 from .criteria.stats import ActivationStats, collect_stats
 from .data import DataPools, ImagePool, TensorPool, load_data, materialize, model_transform, select_holdout_per_class, select_per_class
 from .discovery.provenance import check_run
@@ -35,8 +36,10 @@ from .model.load import describe_model, load_model, model_fingerprint
 from .options import CalibrationOptions, Point
 from .prune import COMPENSATIONS
 from .prune.compensate import CalibrationSet, CompensationInputs, Pruned, calibration_set, load_compensation
-from .prune.macs import mlp_unit_macs
-from .prune.masks import NeuronMask, check_sparsity, from_keep_sets, from_macs, from_scores, keep_label
+from .defaults import HEAD_DEFAULT
+from .prune.macs import head_unit_macs, mlp_unit_macs
+from .prune.masks import (NeuronMask, check_sparsity, from_keep_sets, from_macs, from_scores, heads_from_scores, joint_from_macs,
+                          keep_label)
 
 
 def resolve_model(model: str | nn.Module, arch: str | None = None, model_args: dict | None = None) -> nn.Module:
@@ -113,7 +116,9 @@ class Pipeline:
         self.timings: dict[str, float] = {}
         self.runs: dict[DiscoverySettings, PathRun] = {}
         self._unit_macs: tuple[list[float], int] | None = None
+        self._head_macs: list[float] | None = None
         self._stats: ActivationStats | None = None
+        self._head_stats: HeadStats | None = None
         self._calibration: CalibrationSet | None = None
         self._images: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -181,6 +186,28 @@ class Pipeline:
             self._unit_macs = mlp_unit_macs(self.dense)
         return self._unit_macs
 
+    def head_macs(self) -> list[float]:
+        """MACs of one attention head per block, counted once."""
+        if self._head_macs is None:
+            self._head_macs = head_unit_macs(self.dense)
+        return self._head_macs
+
+    def head_stats(self) -> HeadStats:
+        """Head statistics of the calibration images (``--prune heads``), collected once."""
+        if self._head_stats is None:
+            t0 = time.time()
+            self._head_stats = collect_head_stats(self.dense, self.calib.batches(self.transform, self.opts.batch_size, shard=self.dist),
+                                                  total=len(self.calib) // self.dist.world, quiet=self.quiet, dist=self.dist,
+                                                  precision=self.opts.precision)
+            self._timed("head_statistics_s", t0)
+        return self._head_stats
+
+    def head_scores(self, point: Point) -> list[torch.Tensor]:
+        """One score per head per block by ``point.head_criterion``."""
+        name = point.head_criterion or HEAD_DEFAULT["criterion"]
+        needs = HEAD_CRITERIA.entry(name).meta.get("needs", ())
+        return head_scores(name, self.head_stats() if "head_stats" in needs else None, self.adapter.sites("heads"), point.seed)
+
     def check_point(self, point: Point, settings: DiscoverySettings | None, *, scope: str, min_keep: int, round_to: int) -> None:
         """Every check of a point that needs the model but no expensive work: budgets that options would override,
         path settings the model cannot take, compensations without enough calibration images."""
@@ -191,14 +218,23 @@ class Pipeline:
             raise UserError(f"{flag} asks for more path units per block than the narrowest MLP has ({min(widths)}); lower it")
         if budget.sparsity is not None:
             check_sparsity(widths, budget.sparsity, scope=scope, min_keep=min_keep, round_to=round_to)
+        heads = "heads" in point.prune
+        if heads:
+            self.adapter.sites("heads")  # refuses attention it cannot slice by head, before any work
         if budget.target_macs is not None:
             cost, total = self.unit_macs()
             floor = sum(c * min(min_keep, w) for c, w in zip(cost, widths))
-            mlp = sum(c * w for c, w in zip(cost, widths))
-            lowest = (total - mlp + floor) / total
+            prunable = sum(c * w for c, w in zip(cost, widths))
+            if heads:
+                head_cost = self.head_macs()
+                floor += sum(head_cost)
+                prunable += sum(c * n for c, n in zip(head_cost, self.adapter.head_counts))
+            lowest = (total - prunable + floor) / total
             if budget.target_macs < lowest:
-                raise UserError(f"--target-macs {budget.target_macs:g} is below what the model can reach by pruning its MLPs "
-                                f"({lowest:.3f} of its MACs with --min-keep {min_keep}); raise --target-macs")
+                what = "its MLPs and heads (one head per block)" if heads else "its MLPs"
+                raise UserError(f"--target-macs {budget.target_macs:g} is below what the model can reach by pruning {what} "
+                                f"({lowest:.3f} of its MACs with --min-keep {min_keep}); raise --target-macs"
+                                + ("" if heads else " or add heads: --prune mlp,heads"))
         needs = set(COMPENSATIONS.entry(point.compensate).meta.get("needs", ())) if point.compensate in COMPENSATIONS else set()
         if "calibration" in needs and len(self.calib) < 2:
             raise UserError(f"--compensate {point.compensate} needs at least 2 calibration images (got {len(self.calib)}); "
@@ -272,12 +308,22 @@ class Pipeline:
             mask = from_keep_sets(widths, union_keep_sets(critical, len(widths)), keep_label(point.criterion, budget.keep_topk))
             return mask, critical
         scores = checked_scores(point.criterion, criterion.scores(inputs), inputs.sites)
+        heads = self.head_scores(point) if "heads" in point.prune else None
         if budget.target_macs is not None:
             cost, total = self.unit_macs()
-            mlp = sum(c * int(s.numel()) for c, s in zip(cost, scores))
-            return from_macs(scores, cost, mlp - (1.0 - budget.target_macs) * total, scope=scope, min_keep=min_keep,
-                             round_to=round_to, criterion=point.criterion), None
-        return from_scores(scores, budget.sparsity, scope=scope, min_keep=min_keep, round_to=round_to, criterion=point.criterion), None
+            prunable = sum(c * int(s.numel()) for c, s in zip(cost, scores))
+            if heads is None:
+                return from_macs(scores, cost, prunable - (1.0 - budget.target_macs) * total, scope=scope, min_keep=min_keep,
+                                 round_to=round_to, criterion=point.criterion), None
+            head_cost = self.head_macs()
+            prunable += sum(c * int(s.numel()) for c, s in zip(head_cost, heads))
+            return joint_from_macs(scores, cost, heads, head_cost, prunable - (1.0 - budget.target_macs) * total, scope=scope,
+                                   min_keep=min_keep, round_to=round_to, criterion=point.criterion,
+                                   head_criterion=point.head_criterion or ""), None
+        mask = from_scores(scores, budget.sparsity, scope=scope, min_keep=min_keep, round_to=round_to, criterion=point.criterion)
+        if heads is not None:
+            mask = mask.with_heads(heads_from_scores(heads, budget.sparsity, scope=scope, criterion=point.head_criterion or ""))
+        return mask, None
 
     def prune(self, mask: NeuronMask, compensate: str, options: dict[str, Any]) -> Pruned:
         """The sliced model with ``compensate`` applied, on what that compensation declared it needs."""

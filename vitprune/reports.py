@@ -46,6 +46,9 @@ class MaskSummary:
     widths: list[int]
     sparsity: float
     block_sparsity: list[float]
+    head_criterion: str | None = None  # with --prune heads: how heads were ranked, and the heads kept of each block's
+    kept_heads: list[int] | None = None
+    heads: list[int] | None = None
 
 
 @dataclass
@@ -87,6 +90,9 @@ class CompressReport:
         if self.macs.target is None:
             out["macs"]["target"] = None
         out["params"].pop("target")
+        if self.mask.kept_heads is None:  # MLP-only masks read as before heads existed
+            for key in ("head_criterion", "kept_heads", "heads"):
+                out["mask"].pop(key)
         return json.loads(json.dumps(out))
 
     @classmethod
@@ -145,6 +151,9 @@ def render_report(r: dict) -> str:
                          f"{d['median_ms']:.3f} | {p['median_ms']:.3f} | {p['median_ms'] / d['median_ms']:.3f} |")
     lines += ["", "## Kept units per block", "", "| block | kept | of | sparsity |", "|---|---|---|---|"]
     lines += [f"| {b} | {k} | {w} | {_pct(s)} |" for b, (k, w, s) in enumerate(zip(m["kept_counts"], m["widths"], m["block_sparsity"]))]
+    if m.get("kept_heads"):
+        lines += ["", f"## Kept attention heads per block (ranked by {m['head_criterion']})", "", "| block | kept | of |", "|---|---|---|"]
+        lines += [f"| {b} | {k} | {n} |" for b, (k, n) in enumerate(zip(m["kept_heads"], m["heads"]))]
     if r.get("finetune"):
         f = r["finetune"]
         lines += ["", f"## Recovery: {f['epochs']} epoch(s) of distillation on {f['images']} training images", "",
@@ -190,7 +199,8 @@ def headline(r: dict) -> str:
              "mask.json", "report.json", "report.md"]
     parts = [
         f"wrote {r['output']}/ ({', '.join(files)})",
-        f"FFN sparsity {_pct(m['sparsity'])}: kept {m['kept_counts']} of {m['widths']}",
+        f"FFN sparsity {_pct(m['sparsity'])}: kept {m['kept_counts']} of {m['widths']}"
+        + (f"; heads kept {m['kept_heads']} of {m['heads']}" if m.get("kept_heads") else ""),
         f"params {r['params']['dense']:,} -> {r['params']['pruned']:,}; MACs {r['macs']['dense']:,} -> {r['macs']['pruned']:,} "
         f"(x{r['macs']['ratio']:.3f})",
         f"top-1 {_pct(acc['dense']['top1'])} -> {_pct(acc['pruned']['top1'])} on {r['data']['evaluation_images']} held-out images",
@@ -208,7 +218,8 @@ def headline(r: dict) -> str:
 
 
 # --------------------------------------------------------------------------------- sweep points
-KEY_FIELDS = ("criterion", "compensate", "seed", "target", "keep_topk", "target_macs", "token_scope", "objective", "aggregation")
+KEY_FIELDS = ("criterion", "compensate", "seed", "target", "keep_topk", "target_macs", "token_scope", "objective", "aggregation",
+              "head_criterion")
 
 
 @dataclass
@@ -241,6 +252,8 @@ class SweepPoint:
     finetune_epochs: int | None = None
     ort_b1_ms: float | None = None
     ort_b1_dense_ms: float | None = None
+    head_criterion: str | None = None  # points that prune heads too (--prune mlp,heads)
+    kept_heads: list[int] | None = None
 
     @property
     def key(self) -> str:

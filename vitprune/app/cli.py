@@ -12,10 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .. import __version__
-from ..criteria import CRITERIA
-from ..defaults import JAS_DEFAULT, KEEP_DEFAULT, LSQ_DEFAULT, PER_CLASS_DEFAULT, SPARSITY_DEFAULT
+from ..criteria import CRITERIA, HEAD_CRITERIA
+from ..defaults import HEAD_DEFAULT, JAS_DEFAULT, KEEP_DEFAULT, LSQ_DEFAULT, PER_CLASS_DEFAULT, SPARSITY_DEFAULT
 from ..discovery import DISCOVERY_METHODS
 from ..errors import ExportError, UserError
+from ..model import SITE_KINDS
 from ..options import (INT8_MODES, JAS_AGGREGATIONS, LABEL_SOURCES, LSQ_TARGETS, MASK_SCOPES, OBJECTIVES, POOLS, PRECISIONS,
                        TOKEN_SCOPES, TOKEN_WEIGHTINGS, CompressOptions, DiscoverOptions, EvaluateOptions)
 from ..prune import COMPENSATIONS
@@ -117,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--scope", default="per-block", choices=MASK_SCOPES,
                    help="per-block: the same fraction in every block; global: one ranking over all blocks of scores divided by "
                         "their block mean (per MAC for --target-macs); global-raw: of the raw scores (default: per-block)")
+    _add_prune(g)
+    g.add_argument("--head-criterion", default=None, choices=HEAD_CRITERIA.names(),
+                   help=f"with --prune mlp,heads: how heads are ranked; {HEAD_CRITERIA.help()} (default: the zoo's best, "
+                        f"{HEAD_DEFAULT['criterion']})")
     g.add_argument("--min-keep", type=int, default=1, help="units kept in every block at least (default: 1)")
     g.add_argument("--round-to", type=int, default=1, help="round kept counts to a multiple of this (default: 1)")
     g.add_argument("--compensate", default=None, choices=COMPENSATIONS.names(),
@@ -150,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(allocated by --scope; default: none)")
     v.add_argument("--criteria", default=",".join(CRITERIA.names()), help=f"comma list from {', '.join(CRITERIA.names())} (default: all)")
     v.add_argument("--keep-topk", default="", help="K values of keep-topk points for the path criteria, e.g. 1,5,20 (default: none)")
+    _add_prune(v)
+    v.add_argument("--head-criteria", default=None,
+                   help=f"with --prune mlp,heads: comma list from {', '.join(HEAD_CRITERIA.names())}; every budget point once per "
+                        f"head criterion (keep-topk points prune MLPs only; default: {HEAD_DEFAULT['criterion']})")
     v.add_argument("--compensate", default=",".join(COMPENSATIONS.names()),
                    help=f"comma list of compensations from {', '.join(COMPENSATIONS.names())} (default: all)")
     v.add_argument("--seeds", default="0,1,2", help="seeds of the random criterion (default: 0,1,2)")
@@ -220,6 +229,13 @@ def _options(args: argparse.Namespace, cls: type, **overrides) -> dict:
     return values
 
 
+def _add_prune(parser) -> None:
+    parser.add_argument("--prune", default="mlp", type=names,
+                        help=f"what is pruned, a comma list of {', '.join(SITE_KINDS.names())} with mlp always in it: mlp (the "
+                             "MLP hidden units) or mlp,heads (also whole attention heads; --target-macs then spends one budget "
+                             "over both, see --scope) (default: mlp)")
+
+
 def cmd_discover(args: argparse.Namespace) -> int:
     from ..api import discover
 
@@ -257,7 +273,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                       target_macs=floats(args.target_macs, "--target-macs"), criteria=names(args.criteria),
                       keep_topk=ints(args.keep_topk, "--keep-topk"), compensate=names(args.compensate),
                       seeds=ints(args.seeds, "--seeds"), token_scopes=names(args.token_scopes), objectives=names(args.objectives),
-                      aggregations=names(args.jas_aggregations), classes=parse_classes(args.classes))
+                      aggregations=names(args.jas_aggregations), classes=parse_classes(args.classes),
+                      head_criteria=names(args.head_criteria) if args.head_criteria else None)
     _check_recipe_input(args, Path(args.out))
     result = evaluate(args.model, args.data, out=Path(args.out), force=args.force, quiet=args.quiet, recipe=_recipe(args), **kwargs)
     if result is None:  # not the main process

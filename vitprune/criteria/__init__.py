@@ -29,6 +29,16 @@ CRITERIA.add("taylor", _B + "taylor", needs=("gradients",), help="mean over imag
 CRITERIA.add("variance", _B + "variance", needs=("stats",), help="Var(a) over images and tokens (VBP; pair it with --compensate)")
 CRITERIA.add("wanda", _B + "wanda", needs=("stats",), help="||a||_2 * ||output-projection column||_2 (structured Wanda)")
 
+# --prune heads: one score per attention head, from the head statistics (criteria.heads); needs: what they read
+HEAD_CRITERIA = Registry("head criterion", "--head-criterion")
+_H = "vitprune.criteria.heads:"
+HEAD_CRITERIA.add("ig", _H + "ig", needs=("head_stats",),
+                  help="mean |integrated gradient| of the target probability along the head's output (m = 20 steps)")
+HEAD_CRITERIA.add("taylor", _H + "taylor", needs=("head_stats",), help="mean over images of |<head output, dCE/d output>|")
+HEAD_CRITERIA.add("magnitude", _H + "magnitude", needs=("head_stats",), help="mean L2 norm of the head's output")
+HEAD_CRITERIA.add("weight", _H + "weight", needs=(), help="L2 norm of the head's q, k, v rows and proj columns")
+HEAD_CRITERIA.add("random", _H + "random", needs=(), help="uniform, seeded")
+
 
 def register_criterion(name: str, *, needs: Sequence[str] = (), help: str = "", replace: bool = False,
                        per_class: bool = False, keep_needs: Sequence[str] = ()):
@@ -53,4 +63,4 @@ def per_class_criteria() -> tuple[str, ...]:
     return tuple(e.name for e in CRITERIA if e.meta.get("per_class"))
 
 
-__all__ = ["CRITERIA", "NEEDS", "register_criterion", "criterion_needs", "per_class_criteria"]
+__all__ = ["CRITERIA", "HEAD_CRITERIA", "NEEDS", "register_criterion", "criterion_needs", "per_class_criteria"]

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model.adapter import ViTAdapter
-from ..model.hooks import ffn_hooks
+from ..model.hooks import ffn_hooks, frozen_parameters
 from ..precision import precision_context
 from ..progress import progress_bar
 
@@ -42,40 +42,33 @@ def collect_stats(model: nn.Module, batches: Iterable[tuple[list[str], torch.Ten
     s2 = [torch.zeros_like(t) for t in s1]
     tay = [torch.zeros_like(t) for t in s1]
     n_tok = n_img = 0
-    requires = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    try:
-        with progress_bar(total=total, desc="statistics", unit="img", disable=quiet) as bar:
-            for _, images, labels in batches:
-                images, labels = images.to(device), labels.to(device)
-                taps: dict[int, torch.Tensor] = {}
+    with frozen_parameters(model), progress_bar(total=total, desc="statistics", unit="img", disable=quiet) as bar:
+        for _, images, labels in batches:
+            images, labels = images.to(device), labels.to(device)
+            taps: dict[int, torch.Tensor] = {}
 
-                def tap(b: int, hidden: torch.Tensor) -> torch.Tensor:
-                    hidden = hidden.detach().requires_grad_(gradients)
-                    taps[b] = hidden
-                    return hidden
+            def tap(b: int, hidden: torch.Tensor) -> torch.Tensor:
+                hidden = hidden.detach().requires_grad_(gradients)
+                taps[b] = hidden
+                return hidden
 
-                with ExitStack() as stack:
-                    stack.enter_context(torch.enable_grad() if gradients else torch.no_grad())
-                    stack.enter_context(ffn_hooks(adapter, tap))
-                    stack.enter_context(precision_context(precision, device))
-                    logits = model(images)
-                    grads = (torch.autograd.grad(F.cross_entropy(logits.float(), labels, reduction="sum"),
-                                                 [taps[b] for b in range(adapter.depth)]) if gradients else [None] * adapter.depth)
-                for b, g in enumerate(grads):
-                    a = taps[b].detach().double()
-                    s1[b] += a.sum((0, 1))
-                    s_abs[b] += a.abs().sum((0, 1))
-                    s2[b] += (a * a).sum((0, 1))
-                    if g is not None:
-                        tay[b] += (a * g.double()).sum(1).abs().sum(0)
-                n_tok += images.shape[0] * taps[0].shape[1]
-                n_img += images.shape[0]
-                bar.update(images.shape[0])
-    finally:
-        for p, r in zip(model.parameters(), requires):
-            p.requires_grad_(r)
+            with ExitStack() as stack:
+                stack.enter_context(torch.enable_grad() if gradients else torch.no_grad())
+                stack.enter_context(ffn_hooks(adapter, tap))
+                stack.enter_context(precision_context(precision, device))
+                logits = model(images)
+                grads = (torch.autograd.grad(F.cross_entropy(logits.float(), labels, reduction="sum"),
+                                             [taps[b] for b in range(adapter.depth)]) if gradients else [None] * adapter.depth)
+            for b, g in enumerate(grads):
+                a = taps[b].detach().double()
+                s1[b] += a.sum((0, 1))
+                s_abs[b] += a.abs().sum((0, 1))
+                s2[b] += (a * a).sum((0, 1))
+                if g is not None:
+                    tay[b] += (a * g.double()).sum(1).abs().sum(0)
+            n_tok += images.shape[0] * taps[0].shape[1]
+            n_img += images.shape[0]
+            bar.update(images.shape[0])
     if dist is not None and dist.world > 1:
         parts = dist.gather({"s1": [t.cpu() for t in s1], "s_abs": [t.cpu() for t in s_abs], "s2": [t.cpu() for t in s2],
                              "tay": [t.cpu() for t in tay], "n_tok": n_tok, "n_img": n_img})

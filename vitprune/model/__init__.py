@@ -5,7 +5,8 @@ Two registries live here (torch-free, so the command line lists them without imp
 - ``MLP_LAYOUTS``: how a timm MLP class maps to prunable units (``vitprune.model.layouts.MlpLayout``).
   The adapter picks, for every block, the first registered layout whose ``matches(mlp)`` is true.
 - ``SITE_KINDS``: named kinds of pruning sites (``vitprune.model.sites.SiteKind``): ``mlp`` = the hidden
-  units of every block's MLP, site ``blocks.N.mlp``.
+  units of every block's MLP, site ``blocks.N.mlp``; ``heads`` = the heads of every block's attention,
+  site ``blocks.N.attn``.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ MLP_LAYOUTS.add("swiglu", "vitprune.model.layouts:SplitGluMlp",
 
 SITE_KINDS = Registry("pruning site", "--prune")
 SITE_KINDS.add("mlp", "vitprune.model.sites:MlpSites", help="the hidden units of every block's MLP (sites blocks.N.mlp)")
+SITE_KINDS.add("heads", "vitprune.model.sites:HeadSites", help="the heads of every block's attention (sites blocks.N.attn)")
 
 
 def register_mlp_layout(name: str, *, help: str = "", replace: bool = False):

@@ -218,6 +218,36 @@ class ViTAdapter:
         """The MLP site of block b."""
         return Site(f"blocks.{b}.mlp", "mlp", b, self.mlp(b), self._layouts[b])
 
+    def head_site(self, b: int) -> Site:
+        """The attention-heads site of block b; refuses (one line) attention modules it cannot slice by head,
+        and blocks that are not timm's pre-norm ``Block`` (the halves least squares refits one after the other)."""
+        from .heads import AttentionHeads, refusal as head_refusal
+
+        block = self.blocks[b]
+        attn = getattr(block, "attn", None)
+        if attn is None or not AttentionHeads.matches(attn):
+            raise UserError(head_refusal(b, attn if attn is not None else block))
+        from timm.models.vision_transformer import Block
+
+        if type(block) is not Block:
+            raise UserError(f"block {b} ({type(block).__name__}) is not a pre-norm timm Block; --prune heads needs one "
+                            "(prune its MLPs only: --prune mlp)")
+        return Site(f"blocks.{b}.attn", "heads", b, attn, AttentionHeads)
+
+    @property
+    def head_counts(self) -> list[int]:
+        return [int(block.attn.num_heads) for block in self.blocks]
+
+    def attention_half(self, b: int, x: torch.Tensor) -> torch.Tensor:
+        """The residual stream after block b's attention branch (timm Block's first line, in eval mode)."""
+        block = self.blocks[b]
+        return x + block.drop_path1(block.ls1(block.attn(block.norm1(x))))
+
+    def mlp_half(self, b: int, x: torch.Tensor) -> torch.Tensor:
+        """The residual stream after block b's MLP branch, from the stream after its attention."""
+        block = self.blocks[b]
+        return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+
     def unit_input(self, b: int) -> nn.Linear:
         """The layer whose input is block b's MLP unit vector (hooks tap, clamp and zero units there)."""
         return self._layouts[b].out_proj(self.mlp(b))
@@ -226,10 +256,10 @@ class ViTAdapter:
     def hidden_widths(self) -> list[int]:
         return [self._layouts[b].width(self.mlp(b)) for b in range(self.depth)]
 
-    def residual_scale_inverse(self, b: int, delta: torch.Tensor) -> torch.Tensor:
-        """Map a change of block b's output back to its MLP output space: undo the MLP branch's layer scale
-        (timm ``ls2``, identity in most ViTs; channels whose scale is zero get no correction)."""
-        gamma = getattr(getattr(self.blocks[b], "ls2", None), "gamma", None)
+    def residual_scale_inverse(self, b: int, delta: torch.Tensor, branch: str = "mlp") -> torch.Tensor:
+        """Map a change of block b's output back to its MLP (or ``branch="attn"``: attention) output space: undo the
+        branch's layer scale (timm ``ls2`` / ``ls1``, identity in most ViTs; channels whose scale is zero get no correction)."""
+        gamma = getattr(getattr(self.blocks[b], "ls2" if branch == "mlp" else "ls1", None), "gamma", None)
         if gamma is None:
             return delta
         safe = gamma.abs() > 1e-12

@@ -1,4 +1,4 @@
-"""Scoped hooks on the MLP hidden units (the input of each block's MLP output projection).
+"""Scoped hooks on the MLP hidden units (the input of each block's MLP output projection) and on any pruning site's unit vector.
 
 Every context manager registers hooks on stock timm modules (found through the adapter) and
 removes them on exit, also when the body raises. Nothing else about the model is touched.
@@ -30,6 +30,38 @@ def ffn_hooks(adapter: ViTAdapter, fn: HiddenFn, blocks: Iterable[int] | None = 
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def site_input_hooks(sites, fn: HiddenFn) -> Iterator[None]:
+    """Call ``fn(i, x)`` on the input of ``sites[i].out_proj`` (its unit vector: MLP hidden units, or the heads'
+    concatenated outputs); a returned tensor replaces it."""
+    handles = []
+    try:
+        for i, site in enumerate(sites):
+            def pre_hook(_module, args, _i=i):
+                out = fn(_i, args[0])
+                return None if out is None else (out, *args[1:])
+
+            handles.append(site.out_proj.register_forward_pre_hook(pre_hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def frozen_parameters(model: torch.nn.Module) -> Iterator[None]:
+    """No parameter of ``model`` needs a gradient inside (backward passes reach only the tapped activations); each
+    parameter's flag is restored on exit."""
+    requires = [p.requires_grad for p in model.parameters()]
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, r in zip(model.parameters(), requires):
+            p.requires_grad_(r)
 
 
 class _Stop(Exception):

@@ -48,6 +48,16 @@ class MlpLayout:
     hidden_is_subset: bool = True
 
     @classmethod
+    def subset(cls, mlp: nn.Module) -> bool:
+        """``hidden_is_subset`` for this module (least squares fits the dense hidden at the kept channels when true)."""
+        return cls.hidden_is_subset
+
+    @staticmethod
+    def channels(mlp: nn.Module, units: torch.Tensor) -> torch.Tensor:
+        """The ``out_proj`` input channels of ``units``: a unit is one channel."""
+        return torch.as_tensor(units, dtype=torch.long).reshape(-1)
+
+    @classmethod
     def masked(cls, mlp: nn.Module, kept: torch.Tensor) -> list:
         """Hooks that make ``mlp`` compute what its slice to ``kept`` computes (zeroed elsewhere); remove them after."""
         removed = _removed(cls.width(mlp), kept)
@@ -92,7 +102,7 @@ def _removed(width: int, kept: torch.Tensor) -> torch.Tensor:
     return torch.nonzero(~keep).flatten()
 
 
-def _is_identity(module: nn.Module | None) -> bool:
+def is_identity(module: nn.Module | None) -> bool:
     return module is None or isinstance(module, nn.Identity)
 
 
@@ -116,7 +126,7 @@ def resized_norm(norm: nn.Module, width: int) -> nn.Module:
     return sliced_norm(norm, torch.arange(width))
 
 
-def _norm_masked(norm: nn.Module, kept: torch.Tensor) -> list:
+def norm_masked(norm: nn.Module, kept: torch.Tensor) -> list:
     """The norm over the kept channels only, the others zero: what the sliced norm computes."""
     small = sliced_norm(norm, kept)
 
@@ -136,7 +146,7 @@ class PlainMlp(MlpLayout):
         from timm.layers import Mlp
 
         return (isinstance(mlp, Mlp) and isinstance(getattr(mlp, "fc1", None), nn.Linear)
-                and isinstance(getattr(mlp, "fc2", None), nn.Linear) and _is_identity(getattr(mlp, "norm", None)))
+                and isinstance(getattr(mlp, "fc2", None), nn.Linear) and is_identity(getattr(mlp, "norm", None)))
 
     @staticmethod
     def width(mlp: nn.Module) -> int:
@@ -148,7 +158,7 @@ class PlainMlp(MlpLayout):
 
     @staticmethod
     def unit_sq_norms(mlp: nn.Module) -> torch.Tensor:
-        return _row_sq(mlp.fc1) + _column_sq(mlp.fc2)
+        return row_sq(mlp.fc1) + column_sq(mlp.fc2)
 
     @staticmethod
     def slice(mlp: nn.Module, kept: torch.Tensor, *, out_bias: bool = False) -> None:
@@ -172,7 +182,7 @@ class NormedMlp(PlainMlp):
     def matches(mlp: nn.Module) -> bool:
         from timm.layers import Mlp
 
-        return isinstance(mlp, Mlp) and isinstance(getattr(mlp, "fc1", None), nn.Linear) and not _is_identity(getattr(mlp, "norm", None))
+        return isinstance(mlp, Mlp) and isinstance(getattr(mlp, "fc1", None), nn.Linear) and not is_identity(getattr(mlp, "norm", None))
 
     @staticmethod
     def slice(mlp: nn.Module, kept: torch.Tensor, *, out_bias: bool = False) -> None:
@@ -186,7 +196,7 @@ class NormedMlp(PlainMlp):
 
     @classmethod
     def masked(cls, mlp: nn.Module, kept: torch.Tensor) -> list:
-        return _norm_masked(mlp.norm, kept) + super().masked(mlp, kept)
+        return norm_masked(mlp.norm, kept) + super().masked(mlp, kept)
 
 
 class PackedGluMlp(MlpLayout):
@@ -209,28 +219,28 @@ class PackedGluMlp(MlpLayout):
 
     @staticmethod
     def unit_sq_norms(mlp: nn.Module) -> torch.Tensor:
-        rows, width = _row_sq(mlp.fc1), mlp.fc2.in_features
-        return rows[:width] + rows[width:] + _column_sq(mlp.fc2)
+        rows, width = row_sq(mlp.fc1), mlp.fc2.in_features
+        return rows[:width] + rows[width:] + column_sq(mlp.fc2)
 
     @staticmethod
     def slice(mlp: nn.Module, kept: torch.Tensor, *, out_bias: bool = False) -> None:
         idx = kept.to(mlp.fc1.weight.device)
         width = mlp.fc2.in_features
         mlp.fc1 = sliced_rows(mlp.fc1, torch.cat([idx, idx + width]))  # the halves stay aligned: chunk(2) still pairs j with j
-        if not _is_identity(mlp.norm):
+        if not is_identity(mlp.norm):
             mlp.norm = sliced_norm(mlp.norm, idx)
         mlp.fc2 = sliced_out_proj(mlp.fc2, idx, bias=out_bias)
 
     @staticmethod
     def resize(mlp: nn.Module, width: int) -> None:
         mlp.fc1 = new_linear(mlp.fc1, mlp.fc1.in_features, 2 * width)
-        if not _is_identity(mlp.norm):
+        if not is_identity(mlp.norm):
             mlp.norm = resized_norm(mlp.norm, width)
         mlp.fc2 = new_linear(mlp.fc2, width, mlp.fc2.out_features)
 
     @classmethod
     def masked(cls, mlp: nn.Module, kept: torch.Tensor) -> list:
-        extra = [] if _is_identity(mlp.norm) else _norm_masked(mlp.norm, kept)
+        extra = [] if is_identity(mlp.norm) else norm_masked(mlp.norm, kept)
         return extra + super().masked(mlp, kept)
 
 
@@ -254,13 +264,13 @@ class SplitGluMlp(MlpLayout):
 
     @staticmethod
     def unit_sq_norms(mlp: nn.Module) -> torch.Tensor:
-        return _row_sq(mlp.fc1_g) + _row_sq(mlp.fc1_x) + _column_sq(mlp.fc2)
+        return row_sq(mlp.fc1_g) + row_sq(mlp.fc1_x) + column_sq(mlp.fc2)
 
     @staticmethod
     def slice(mlp: nn.Module, kept: torch.Tensor, *, out_bias: bool = False) -> None:
         idx = kept.to(mlp.fc2.weight.device)
         mlp.fc1_g, mlp.fc1_x = sliced_rows(mlp.fc1_g, idx), sliced_rows(mlp.fc1_x, idx)
-        if not _is_identity(mlp.norm):
+        if not is_identity(mlp.norm):
             mlp.norm = sliced_norm(mlp.norm, idx)
         mlp.fc2 = sliced_out_proj(mlp.fc2, idx, bias=out_bias)
 
@@ -268,24 +278,24 @@ class SplitGluMlp(MlpLayout):
     def resize(mlp: nn.Module, width: int) -> None:
         mlp.fc1_g = new_linear(mlp.fc1_g, mlp.fc1_g.in_features, width)
         mlp.fc1_x = new_linear(mlp.fc1_x, mlp.fc1_x.in_features, width)
-        if not _is_identity(mlp.norm):
+        if not is_identity(mlp.norm):
             mlp.norm = resized_norm(mlp.norm, width)
         mlp.fc2 = new_linear(mlp.fc2, width, mlp.fc2.out_features)
 
     @classmethod
     def masked(cls, mlp: nn.Module, kept: torch.Tensor) -> list:
-        extra = [] if _is_identity(mlp.norm) else _norm_masked(mlp.norm, kept)
+        extra = [] if is_identity(mlp.norm) else norm_masked(mlp.norm, kept)
         return extra + super().masked(mlp, kept)
 
 
-def _row_sq(fc: nn.Linear) -> torch.Tensor:
+def row_sq(fc: nn.Linear) -> torch.Tensor:
     sq = fc.weight.detach().double().pow(2).sum(1)
     if fc.bias is not None:
         sq = sq + fc.bias.detach().double().pow(2)
     return sq.cpu()
 
 
-def _column_sq(fc: nn.Linear) -> torch.Tensor:
+def column_sq(fc: nn.Linear) -> torch.Tensor:
     return fc.weight.detach().double().pow(2).sum(0).cpu()
 
 
@@ -299,4 +309,4 @@ def refusal(b: int, mlp: nn.Module) -> str:
 
 
 __all__ = ["MlpLayout", "PlainMlp", "NormedMlp", "PackedGluMlp", "SplitGluMlp", "new_linear", "sliced_out_proj", "sliced_rows",
-           "sliced_norm", "refusal"]
+           "sliced_norm", "resized_norm", "norm_masked", "is_identity", "row_sq", "column_sq", "refusal"]

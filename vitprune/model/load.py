@@ -277,6 +277,9 @@ def _read_meta(path: Path) -> dict[str, Any]:
     widths = meta.get("mlp_hidden")
     if widths is not None and (not isinstance(widths, list) or not all(isinstance(w, int) and w > 0 for w in widths)):
         raise UserError(f"{config}: mlp_hidden must list one positive width per block (got {widths!r}); restore the file")
+    heads = meta.get("attn_heads")
+    if heads is not None and (not isinstance(heads, list) or not all(isinstance(h, int) and h > 0 for h in heads)):
+        raise UserError(f"{config}: attn_heads must list one positive head count per block (got {heads!r}); restore the file")
     return meta
 
 
@@ -294,8 +297,7 @@ def _load_vitprune_dir(path: Path, spec: str) -> nn.Module:
         raise UserError(f"cannot read {weights} ({type(exc).__name__}); the file is corrupt, restore or re-create it") from exc
     args = dict(meta.get("model_args", meta.get("model_kwargs", {})))
     model = _create(meta["arch"], args, f"'{meta['arch']}' from {path / CHECKPOINT_CONFIG}")
-    if meta.get("mlp_hidden") is not None:
-        resize_mlps(model, meta["mlp_hidden"])
+    resize_pruned(model, meta)
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as exc:
@@ -348,11 +350,31 @@ def resize_mlps(model: nn.Module, widths: list[int]) -> None:
         site.resize(int(width))
 
 
+def resize_heads(model: nn.Module, heads: list[int]) -> None:
+    """Give each block's attention ``heads[b]`` heads (fresh weights; load a state dict next)."""
+    from .adapter import ViTAdapter
+
+    sites = ViTAdapter(model).sites("heads")
+    if len(heads) != len(sites):
+        raise UserError(f"checkpoint lists {len(heads)} head counts for a {len(sites)}-block model; re-create it")
+    for site, count in zip(sites, heads):
+        if count != site.width:
+            site.resize(int(count))
+
+
+def resize_pruned(model: nn.Module, meta: dict[str, Any]) -> None:
+    """Give a freshly created model the pruned shapes a checkpoint's ``meta`` records (MLP widths, head counts)."""
+    if meta.get("mlp_hidden") is not None:
+        resize_mlps(model, meta["mlp_hidden"])
+    if meta.get("attn_heads") is not None:
+        resize_heads(model, meta["attn_heads"])
+
+
 def save_checkpoint(model: nn.Module, folder: Path, meta: dict[str, Any], *, verify: bool = False) -> Path:
     """Write ``model.safetensors`` (metadata key 'vitprune' = ``meta``) and ``vitprune.json``, atomically.
 
     ``meta`` needs ``arch`` and ``model_args`` (timm's), ``pretrained_cfg`` (its preprocessing) and ``mlp_hidden``
-    (per-block widths), so ``load_model(folder)`` rebuilds a pruned model without the original weights. ``verify``
+    (per-block widths; ``attn_heads`` too when heads were pruned), so ``load_model(folder)`` rebuilds a pruned model without the original weights. ``verify``
     rebuilds the model from ``meta`` first and refuses (one line) when it would not give the same outputs.
     """
     from safetensors.torch import save_file
@@ -384,8 +406,7 @@ def _check_rebuilds(model: nn.Module, meta: dict[str, Any]) -> None:
     what = f"timm.create_model('{meta['arch']}', **{meta.get('model_args', {})})"
     try:
         rebuilt = timm.create_model(meta["arch"], pretrained=False, **meta.get("model_args", {}))
-        if meta.get("mlp_hidden") is not None:
-            resize_mlps(rebuilt, meta["mlp_hidden"])
+        resize_pruned(rebuilt, meta)
         rebuilt.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()}, strict=True)
     except Exception as exc:
         raise UserError(f"this model cannot be saved as a checkpoint: {what} does not rebuild it "
@@ -427,5 +448,5 @@ def _finish(model: nn.Module, source: dict[str, Any], meta: dict[str, Any] | Non
     return model
 
 
-__all__ = ["load_model", "model_location", "save_checkpoint", "fingerprint", "model_fingerprint", "resize_mlps",
+__all__ = ["load_model", "model_location", "save_checkpoint", "fingerprint", "model_fingerprint", "resize_mlps", "resize_heads", "resize_pruned",
            "describe_model", "zoo_models", "DEMO_DIR", "ZOO_DIR"]

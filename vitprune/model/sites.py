@@ -1,7 +1,9 @@
 """Pruning sites: the named places of a model whose units can be scored, clamped, zeroed and sliced.
 
 A site is one linear layer (``out_proj``) whose input vector is made of prunable units: the MLP
-hidden units of block N (``blocks.N.mlp``, read at the input of its output projection). Everything
+hidden units of block N (``blocks.N.mlp``, read at the input of its output projection; kind ``mlp``)
+or the heads of block N's attention (``blocks.N.attn``, a head being ``head_dim`` input channels of
+its ``proj``; kind ``heads``). Everything
 downstream — hooks, discovery clamps, criteria, masks, slicing, least squares, the MAC count — speaks
 of sites and unit indices, never of timm attribute names. A ``SiteKind`` (registry
 ``vitprune.model.SITE_KINDS``) lists the sites of one kind in a model.
@@ -13,7 +15,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .layouts import MlpLayout
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class Site:
     kind: str  # the SITE_KINDS name, e.g. "mlp"
     block: int
     module: nn.Module
-    layout: type[MlpLayout]
+    layout: type  # MlpLayout, or heads.AttentionHeads: the same contract
 
     @property
     def width(self) -> int:
@@ -34,6 +35,15 @@ class Site:
     def out_proj(self) -> nn.Linear:
         """The linear layer whose input is this site's unit vector (fc2 for an MLP)."""
         return self.layout.out_proj(self.module)
+
+    @property
+    def subset(self) -> bool:
+        """Whether the kept units' values equal the dense model's (no norm over the unit vector)."""
+        return self.layout.subset(self.module)
+
+    def channels(self, units) -> torch.Tensor:
+        """The ``out_proj`` input channels of ``units`` (one per MLP unit, ``head_dim`` per head)."""
+        return self.layout.channels(self.module, units)
 
     def unit_sq_norms(self) -> torch.Tensor:
         return self.layout.unit_sq_norms(self.module)
@@ -61,4 +71,12 @@ class MlpSites(SiteKind):
         return [adapter.site(b) for b in range(adapter.depth)]
 
 
-__all__ = ["Site", "SiteKind", "MlpSites"]
+class HeadSites(SiteKind):
+    """``blocks.N.attn`` for every block N: the heads of the block's attention."""
+
+    @staticmethod
+    def sites(adapter) -> list[Site]:
+        return [adapter.head_site(b) for b in range(adapter.depth)]
+
+
+__all__ = ["Site", "SiteKind", "MlpSites", "HeadSites"]

@@ -36,7 +36,7 @@ from torch import nn
 from ..defaults import LSQ_DEFAULT
 from ..errors import UserError
 from ..model.adapter import ViTAdapter
-from ..model.hooks import block_input, ffn_hooks
+from ..model.hooks import block_input, site_input_hooks
 from ..options import LSQ_TARGETS, TOKEN_WEIGHTINGS, check_choice
 from ..precision import precision_context
 from .masks import NeuronMask
@@ -53,13 +53,14 @@ class BlockFit:
     """What the reconstruction of one block found (errors per token, summed over fc2 outputs)."""
 
     block: int
-    kept: int
+    kept: int  # kept input channels of the refit projection (units; head_dim per head)
     tokens: int
     heldout_tokens: int
     ridge: float | None  # chosen r (lam = r * mean eigenvalue); None = the plain slice won
     heldout_error: dict[str, float]  # slice / mean / lsq at the chosen ridge, on held-out tokens (fit excludes them)
     calibration_error: dict[str, float]  # slice / mean / lsq on every calibration token (the final fit)
     target_energy: float  # mean ||P z + d||^2: the scale the errors are relative to
+    site: str = "mlp"  # the site kind whose output projection was refit (mlp: fc2; heads: the attention's proj)
 
 
 @dataclass
@@ -233,6 +234,53 @@ def _target_residual(dense: torch.Tensor, pruned: torch.Tensor, weight: torch.Te
     return target - pruned.double() @ w[:, kept].T
 
 
+def _stages(src: ViTAdapter, dst: ViTAdapter, mask: NeuronMask, b: int) -> list[tuple]:
+    """The fits of block b in forward order: (site kind, kept units, the dense and the pruned model's step over the
+    residual stream). Without pruned heads, one MLP fit over the whole block; with them, the attention's proj first
+    (over the attention half), then fc2 on the stream the refit attention leaves."""
+    heads = mask.heads
+    if heads is None or len(heads.kept[b]) == heads.widths[b]:
+        return [("mlp", list(mask.kept[b]), src.blocks[b], dst.blocks[b])]
+    return [("heads", list(heads.kept[b]), lambda x: src.attention_half(b, x), lambda x: dst.attention_half(b, x)),
+            ("mlp", list(mask.kept[b]), lambda x: src.mlp_half(b, x), lambda x: dst.mlp_half(b, x))]
+
+
+def _fit_site(src: ViTAdapter, site, out, kind: str, b: int, kept_units: list[int], run_src, run_dst, xs, xd, chunks, weights,
+              ridges, dist, device):
+    """Refit ``out.out_proj`` (the pruned model's) from the moments of ``site``'s unit vector on the pruned stream ``xs``;
+    returns the refit projection, its BlockFit and both streams moved past this step."""
+    proj_src = site.out_proj
+    bias = proj_src.bias if proj_src.bias is not None else torch.zeros(proj_src.out_features, device=device)
+    kept = site.channels(kept_units).tolist()
+    subset = site.subset
+    mom = _Moments(proj_src.in_features if subset else len(kept), proj_src.out_features, device)
+    branch = "attn" if kind == "heads" else "mlp"
+    for i, (x, (_, held)) in enumerate(zip(xs, chunks)):
+        taps: dict[int, torch.Tensor] = {}
+        with site_input_hooks([site], lambda _i, hidden: taps.__setitem__(0, hidden)):
+            out_here = run_src(x)
+        drift = None
+        if xd is not None:
+            out_dense = run_src(xd[i])
+            drift = src.residual_scale_inverse(b, out_dense - out_here, branch)
+            xd[i] = out_dense
+        if subset:  # the kept units' values are the dense ones at those channels
+            mom.add(taps[0], drift, held, weights)
+        else:  # a norm over the unit vector: the pruned site's own units, fitted to the dense target
+            own: dict[int, torch.Tensor] = {}
+            with site_input_hooks([out], lambda _i, hidden: own.__setitem__(0, hidden)):
+                run_dst(x)
+            mom.add(own[0], _target_residual(taps[0], own[0], proj_src.weight, bias, kept, drift), held, weights)
+    mom = mom.gathered(dist)
+    weight = proj_src.weight if subset else proj_src.weight[:, kept]
+    theta, ridge, held_err, calib_err, energy = _fit_block(mom, weight, bias, kept if subset else list(range(len(kept))), ridges)
+    proj = out.out_proj
+    proj.weight.copy_(theta[:, :-1].to(proj.weight))
+    proj.bias.copy_(theta[:, -1].to(proj.bias))
+    fit = BlockFit(b, len(kept), mom.fit.n + mom.held.n, mom.held.n, ridge, held_err, calib_err, energy, kind)
+    return proj, fit, [run_dst(x) for x in xs], xd
+
+
 def token_weights(adapter: ViTAdapter, tokens: int, weighting: str) -> torch.Tensor:
     """Per token position: 1, or for ``readout`` on a CLS-pooled model, the read tokens together as heavy as the rest."""
     check_choice("--lsq-weighting", weighting, TOKEN_WEIGHTINGS)
@@ -258,7 +306,8 @@ def reconstruct(
     dist=None,
     precision: str = "fp32",
 ) -> tuple[nn.Module, Reconstruction]:
-    """The sliced model with every block's fc2 refit by least squares, and what each fit found.
+    """The sliced model with every block's fc2 (and, where heads were removed, the attention's proj) refit by least
+    squares, and what each fit found.
 
     ``images``: this process's calibration images (preprocessed), ``heldout`` marks the ones that
     choose the ridge. Under several processes the moments are summed over ranks, so every rank
@@ -277,38 +326,14 @@ def reconstruct(
         xd = [x.clone() for x in xs] if target == "output" else None  # the dense model's
         weights = token_weights(src, xs[0].shape[1], weighting).to(device) if xs else None
         fits, refit = [], []
-        for b, (site, out) in enumerate(zip(src.sites("mlp"), dst.sites("mlp"))):
-            fc2 = site.out_proj
-            bias = fc2.bias if fc2.bias is not None else torch.zeros(fc2.out_features, device=device)
-            kept = list(mask.kept[b])
-            subset = site.layout.hidden_is_subset
-            mom = _Moments(site.width if subset else len(kept), fc2.out_features, device)
-            for i, (x, (_, held)) in enumerate(zip(xs, chunks)):
-                taps: dict[int, torch.Tensor] = {}
-                with ffn_hooks(src, lambda _b, hidden: taps.__setitem__(_b, hidden), blocks=[b]):
-                    out_here = src.blocks[b](x)
-                drift = None
-                if xd is not None:
-                    out_dense = src.blocks[b](xd[i])
-                    drift = src.residual_scale_inverse(b, out_dense - out_here)
-                    xd[i] = out_dense
-                if subset:  # the kept units' values are the dense hidden's at those channels
-                    mom.add(taps[b], drift, held, weights)
-                else:  # a norm over the hidden vector: the pruned block's own units, fitted to the dense target
-                    own: dict[int, torch.Tensor] = {}
-                    with ffn_hooks(dst, lambda _b, hidden: own.__setitem__(_b, hidden), blocks=[b]):
-                        dst.blocks[b](x)
-                    mom.add(own[b], _target_residual(taps[b], own[b], fc2.weight, bias, kept, drift), held, weights)
-            mom = mom.gathered(dist)
-            weight = fc2.weight if subset else fc2.weight[:, kept]
-            theta, ridge, held_err, calib_err, energy = _fit_block(mom, weight, bias, kept if subset else list(range(len(kept))),
-                                                                   ridges)
-            proj = out.out_proj
-            proj.weight.copy_(theta[:, :-1].to(proj.weight))
-            proj.bias.copy_(theta[:, -1].to(proj.bias))
-            refit.append((proj.weight.detach().clone(), proj.bias.detach().clone()))
-            fits.append(BlockFit(b, len(kept), mom.fit.n + mom.held.n, mom.held.n, ridge, held_err, calib_err, energy))
-            xs = [dst.blocks[b](x) for x in xs]
+        sites = {kind: (src.sites(kind), dst.sites(kind)) for kind in (("mlp", "heads") if mask.heads else ("mlp",))}
+        for b in range(src.depth):
+            for kind, kept_units, run_src, run_dst in _stages(src, dst, mask, b):
+                site, out = sites[kind][0][b], sites[kind][1][b]
+                proj, fit, xs, xd = _fit_site(src, site, out, kind, b, kept_units, run_src, run_dst, xs, xd, chunks, weights,
+                                              ridges, dist, device)
+                refit.append((proj.weight.detach().clone(), proj.bias.detach().clone()))
+                fits.append(fit)
     return pruned, Reconstruction(target, weighting, fits, time.time() - start, refit)
 
 

@@ -1,4 +1,5 @@
-"""NeuronMask: which hidden units of each block survive; built from keep sets or from a budget."""
+"""NeuronMask: which hidden units (and, with ``--prune heads``, which attention heads) of each block survive;
+built from keep sets or from a budget."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,15 +12,22 @@ from ..options import MASK_SCOPES as SCOPES, check_choice
 
 @dataclass(frozen=True)
 class NeuronMask:
-    """Kept hidden-unit indices (sorted) per block, out of the original widths."""
+    """Kept hidden-unit indices (sorted) per block, out of the original widths; ``heads``, when attention heads are
+    pruned too, is the same for the heads (widths = the heads per block)."""
 
     widths: tuple[int, ...]
     kept: tuple[tuple[int, ...], ...]
     criterion: str = ""
+    heads: "NeuronMask | None" = None
 
     def __post_init__(self) -> None:
         if len(self.widths) != len(self.kept):
             raise ValueError("one kept set per block")
+        if self.heads is not None:
+            if len(self.heads.widths) != len(self.widths):
+                raise ValueError("one kept head set per block")
+            if any(not k for k in self.heads.kept):
+                raise ValueError("every block keeps at least one head")
         for b, (w, k) in enumerate(zip(self.widths, self.kept)):
             if list(k) != sorted(set(k)) or (k and not 0 <= k[0] <= k[-1] < w):
                 raise ValueError(f"block {b}: kept indices must be sorted, unique and < {w}")
@@ -41,13 +49,20 @@ class NeuronMask:
         keep = set(self.kept[b])
         return [u for u in range(self.widths[b]) if u not in keep]
 
+    def with_heads(self, heads: "NeuronMask | None") -> "NeuronMask":
+        return NeuronMask(self.widths, self.kept, self.criterion, heads)
+
     def to_json(self) -> dict:
-        return {"criterion": self.criterion, "widths": list(self.widths), "kept": [list(k) for k in self.kept],
-                "kept_counts": self.kept_counts, "sparsity": self.sparsity, "block_sparsity": self.block_sparsity}
+        out = {"criterion": self.criterion, "widths": list(self.widths), "kept": [list(k) for k in self.kept],
+               "kept_counts": self.kept_counts, "sparsity": self.sparsity, "block_sparsity": self.block_sparsity}
+        if self.heads is not None:
+            out["heads"] = self.heads.to_json()
+        return out
 
     @classmethod
     def from_json(cls, obj: dict) -> "NeuronMask":
-        return cls(tuple(obj["widths"]), tuple(tuple(k) for k in obj["kept"]), obj.get("criterion", ""))
+        heads = cls.from_json(obj["heads"]) if obj.get("heads") else None
+        return cls(tuple(obj["widths"]), tuple(tuple(k) for k in obj["kept"]), obj.get("criterion", ""), heads)
 
 
 def keep_label(criterion: str, k: int) -> str:
@@ -186,4 +201,69 @@ def from_macs(
     return _top_units(scores, counts, criterion)
 
 
-__all__ = ["NeuronMask", "from_keep_sets", "from_scores", "from_macs", "check_sparsity", "keep_label", "SCOPES"]
+def heads_from_scores(scores: list[torch.Tensor], sparsity: float, *, scope: str = "per-block", criterion: str = "") -> NeuronMask:
+    """The head mask of a ``sparsity`` budget: the same fraction of heads removed per block (``per-block``, rounded,
+    at least one head kept) or one ranking over all blocks (``global``: scores over each block's mean; ``global-raw``)."""
+    widths = [int(s.numel()) for s in scores]
+    if scope == "per-block":
+        counts = [_rounded(w * (1.0 - sparsity), w, 1, 1) for w in widths]
+    else:
+        counts = _global_counts(scores, [1.0] * len(widths), round(sum(widths) * (1.0 - sparsity)), scope, 1, 1)
+    return _top_units(scores, counts, criterion)
+
+
+def joint_from_macs(mlp_scores: list[torch.Tensor], mlp_cost: list[float], head_scores: list[torch.Tensor], head_cost: list[float],
+                    budget: float, *, scope: str = "per-block", min_keep: int = 1, round_to: int = 1, criterion: str = "",
+                    head_criterion: str = "") -> NeuronMask:
+    """MLP units and heads within ``budget`` MACs (of the prunable ones), block b's units costing ``mlp_cost[b]`` and
+    its heads ``head_cost[b]`` each; at least ``min_keep`` units and one head per block.
+
+    per-block: one kept fraction for every attention (rounded to whole heads) and one for every MLP, which spends the
+    rest of the budget. global: one ranking of units and heads together by
+    score per MAC, each site's scores first scaled so that its mean score per MAC is 1 (a site is worth what it costs
+    on average; within a site, units differ by their scores), so the criteria's scales never decide between MLPs
+    and heads. global-raw: the raw score per MAC (criteria that estimate one quantity at every site)."""
+    _check_allocation(scope, min_keep, round_to)
+    widths, heads = [int(s.numel()) for s in mlp_scores], [int(s.numel()) for s in head_scores]
+    floor = sum(c * min(min_keep, w) for c, w in zip(mlp_cost, widths)) + sum(head_cost)
+    if budget < floor:
+        raise UserError("the MAC target leaves less than --min-keep units and one head per block; raise --target-macs "
+                        "or lower --min-keep")
+    whole = sum(c * w for c, w in zip(mlp_cost, widths)) + sum(c * n for c, n in zip(head_cost, heads))
+    frac = min(1.0, budget / whole)
+    if scope == "per-block":  # heads rounded first, then the MLPs' one fraction spends what the heads left
+        head_counts = [_rounded(n * frac, n, 1, 1) for n in heads]
+        left = budget - sum(c * n for c, n in zip(head_cost, head_counts))
+        mlp_frac = min(1.0, max(0.0, left / sum(c * w for c, w in zip(mlp_cost, widths))))
+        counts = [_rounded(w * mlp_frac, w, min_keep, round_to) for w in widths]
+    else:
+        scores, cost = [*mlp_scores, *head_scores], [*mlp_cost, *head_cost]
+        if scope == "global":
+            scores = [s.double() / (s.double().abs().mean() + 1e-12) * c for s, c in zip(scores, cost)]
+        floors = [min_keep] * len(widths) + [1] * len(heads)
+        both = _global_counts_floors(scores, cost, budget, floors)
+        counts = both[: len(widths)]
+        if round_to > 1:
+            counts = [_rounded(c, w, min_keep, round_to) for c, w in zip(counts, widths)]
+        head_counts = both[len(widths):]
+    heads_mask = _top_units(head_scores, head_counts, head_criterion)
+    return _top_units(mlp_scores, counts, criterion).with_heads(heads_mask)
+
+
+def _global_counts_floors(scores: list[torch.Tensor], cost: list[float], budget: float, floors: list[int]) -> list[int]:
+    """Kept units per site of one ranking by score per unit of cost, after ``floors[i]`` per site, until ``budget``."""
+    widths = [int(s.numel()) for s in scores]
+    counts = [min(f, w) for f, w in zip(floors, widths)]
+    spent = sum(c * k for c, k in zip(cost, counts))
+    flat = torch.cat([torch.sort(s.double(), descending=True, stable=True).values[c:] / k for s, c, k in zip(scores, counts, cost)])
+    owner = torch.cat([torch.full((w - c,), i) for i, (w, c) in enumerate(zip(widths, counts))])
+    for i in owner[torch.sort(flat, descending=True, stable=True).indices].tolist():
+        if spent + cost[i] > budget + 1e-9:
+            continue  # a cheaper unit further down may still fit: the budget is met within one unit
+        counts[i] += 1
+        spent += cost[i]
+    return counts
+
+
+__all__ = ["NeuronMask", "from_keep_sets", "from_scores", "from_macs", "heads_from_scores", "joint_from_macs", "check_sparsity",
+           "keep_label", "SCOPES"]

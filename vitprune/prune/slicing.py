@@ -1,4 +1,5 @@
-"""Physical slicing of pruning-site units (for MLP sites: fc1 rows and fc2 columns); per-block widths may differ.
+"""Physical slicing of pruning-site units (MLP sites: fc1 rows and fc2 columns; head sites: q/k/v rows and proj
+columns); per-block widths and head counts may differ.
 
 Zeroing unit j at a site's output-projection input (every token) and slicing it away give the
 same logits; ``masked_edits`` is that zeroing, so tests and evaluations can compare both.
@@ -28,7 +29,8 @@ def compensation_shift(model: nn.Module, mask: NeuronMask, means: list[torch.Ten
 @torch.no_grad()
 def slice_mlps(model: nn.Module, mask: NeuronMask, *, bias_shift: list[torch.Tensor] | None = None,
                fc2_bias: bool = False) -> nn.Module:
-    """A copy of ``model`` whose block-b MLP keeps only ``mask.kept[b]`` (plus optional bias shift).
+    """A copy of ``model`` whose block-b MLP keeps only ``mask.kept[b]`` (plus optional bias shift) and, when the
+    mask prunes heads, whose block-b attention keeps only ``mask.heads.kept[b]``.
 
     ``fc2_bias`` gives every sliced output projection a bias (zero where the original had none), as compensation needs.
     """
@@ -37,12 +39,25 @@ def slice_mlps(model: nn.Module, mask: NeuronMask, *, bias_shift: list[torch.Ten
         raise UserError(f"mask widths {list(mask.widths)} do not match the model's MLP widths {adapter.hidden_widths}")
     if any(len(k) == 0 for k in mask.kept):
         raise UserError("a block would be left with zero units; lower the sparsity or raise --min-keep")
+    if mask.heads is not None and tuple(adapter.head_counts) != mask.heads.widths:
+        raise UserError(f"mask head counts {list(mask.heads.widths)} do not match the model's heads {adapter.head_counts}")
     pruned = copy.deepcopy(model)
-    for b, site in enumerate(ViTAdapter(pruned).sites("mlp")):
+    out = ViTAdapter(pruned)
+    for b, site in enumerate(out.sites("mlp")):
         site.slice(torch.as_tensor(mask.kept[b], dtype=torch.long), out_bias=bias_shift is not None or fc2_bias)
         if bias_shift is not None:
             site.out_proj.bias.add_(bias_shift[b].to(site.out_proj.bias))
+    if mask.heads is not None:
+        for b, site in enumerate(out.sites("heads")):
+            if len(mask.heads.kept[b]) < site.width:
+                site.slice(torch.as_tensor(mask.heads.kept[b], dtype=torch.long), out_bias=fc2_bias)
     return pruned
+
+
+def masked_heads(model: nn.Module, heads: NeuronMask) -> list:
+    """Hooks on ``model`` that zero the removed heads (what slicing them computes); remove them after."""
+    return [hook for site, kept in zip(ViTAdapter(model).sites("heads"), heads.kept)
+            for hook in site.layout.masked(site.module, torch.as_tensor(kept, dtype=torch.long))]
 
 
 def masked_edits(mask: NeuronMask) -> dict:
@@ -60,4 +75,4 @@ def masked_edits(mask: NeuronMask) -> dict:
     return {b: make(idx) for b, idx in removed.items() if len(idx)}
 
 
-__all__ = ["slice_mlps", "masked_edits", "compensation_shift"]
+__all__ = ["slice_mlps", "masked_edits", "masked_heads", "compensation_shift"]

@@ -1,0 +1,192 @@
+"""Attention heads as a pruning site: sliced == masked, checkpoints and ONNX, least squares of proj, one MAC budget over
+MLP units and heads, the head integrated gradients, and the one-line refusals."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+import vitprune
+from vitprune.criteria.heads import collect_head_stats, head_integrated_gradients
+from vitprune.errors import UserError
+from vitprune.model.adapter import ViTAdapter
+from vitprune.model.hooks import site_input_hooks
+from vitprune.prune.lsq import heldout_positions, reconstruct
+from vitprune.prune.macs import count_macs_params, head_unit_macs, mlp_unit_macs
+from vitprune.prune.masks import NeuronMask, joint_from_macs
+from vitprune.prune.slicing import masked_heads, slice_mlps
+
+from .helpers import tiny_images, tiny_vit
+
+VARIANTS = {
+    "plain": {},
+    "qk_norm": {"qk_norm": True},
+    "registers_no_cls_avg": {"reg_tokens": 2, "class_token": False, "global_pool": "avg"},
+    "scale_norm": {"scale_attn_norm": True},
+}
+
+
+def _mask(model, heads_kept, mlp_keep=None) -> NeuronMask:
+    adapter = ViTAdapter(model)
+    widths = adapter.hidden_widths
+    kept = mlp_keep or [tuple(range(0, w, 2)) for w in widths]
+    return NeuronMask(tuple(widths), tuple(tuple(k) for k in kept),
+                      heads=NeuronMask(tuple(adapter.head_counts), tuple(tuple(k) for k in heads_kept)))
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_sliced_heads_equal_masked_heads(variant):
+    model = tiny_vit(embed_dim=48, num_heads=4, **VARIANTS[variant])
+    mask = _mask(model, [(0, 2), (1,), (0, 1, 3)])
+    pruned = slice_mlps(model, mask)
+    assert ViTAdapter(pruned).head_counts == [2, 1, 3]
+    x = tiny_images(4)
+    with torch.no_grad():
+        dense = model(x)
+        hooks = masked_heads(model, mask.heads)
+        from vitprune.model.hooks import edit_ffn
+        from vitprune.prune.slicing import masked_edits
+        try:
+            with edit_ffn(ViTAdapter(model), masked_edits(mask)):
+                masked = model(x)
+        finally:
+            for h in hooks:
+                h.remove()
+        sliced = pruned(x)
+    assert torch.allclose(sliced, masked, atol=1e-5)
+    assert not torch.allclose(sliced, dense, atol=1e-3)  # something was removed
+
+
+def test_unit_costs_add_up_to_the_counted_macs():
+    model = tiny_vit(embed_dim=48, num_heads=4)
+    mlp_cost, total = mlp_unit_macs(model)
+    head_cost = head_unit_macs(model)
+    mask = _mask(model, [(0,), (1, 2), (0, 1, 3)])
+    predicted = total - sum(c * (w - k) for c, w, k in zip(mlp_cost, mask.widths, mask.kept_counts)) \
+        - sum(c * (n - k) for c, n, k in zip(head_cost, mask.heads.widths, mask.heads.kept_counts))
+    assert count_macs_params(slice_mlps(model, mask))[0] == predicted
+
+
+@pytest.mark.parametrize("scope", ["per-block", "global", "global-raw"])
+def test_one_mac_budget_over_units_and_heads_lands_within_one_unit(scope):
+    model = tiny_vit(embed_dim=48, num_heads=4)
+    adapter = ViTAdapter(model)
+    mlp_cost, total = mlp_unit_macs(model)
+    head_cost = head_unit_macs(model)
+    gen = torch.Generator().manual_seed(0)
+    mlp_scores = [torch.rand(w, generator=gen, dtype=torch.float64) for w in adapter.hidden_widths]
+    head_scores = [torch.rand(n, generator=gen, dtype=torch.float64) * 100 for n in adapter.head_counts]
+    prunable = sum(c * w for c, w in zip(mlp_cost, adapter.hidden_widths)) + sum(c * n for c, n in zip(head_cost, adapter.head_counts))
+    for target in (0.6, 0.45, 0.35):
+        mask = joint_from_macs(mlp_scores, mlp_cost, head_scores, head_cost, prunable - (1 - target) * total, scope=scope)
+        got = count_macs_params(slice_mlps(model, mask))[0]
+        slack = max(head_cost) if scope == "per-block" else max(mlp_cost)  # rounding: one head per block, else one unit
+        assert abs(got - target * total) <= len(mlp_cost) * slack + 1
+        assert all(k >= 1 for k in mask.heads.kept_counts)
+        if scope != "per-block":
+            assert got <= target * total + 1e-6
+
+
+def test_global_scope_keeps_the_best_heads_of_a_block():
+    model = tiny_vit(embed_dim=48, num_heads=4)
+    adapter = ViTAdapter(model)
+    mlp_cost, total = mlp_unit_macs(model)
+    head_cost = head_unit_macs(model)
+    mlp_scores = [torch.ones(w, dtype=torch.float64) for w in adapter.hidden_widths]
+    head_scores = [torch.tensor([1.0, 4.0, 2.0, 3.0], dtype=torch.float64) for _ in adapter.head_counts]
+    prunable = sum(c * w for c, w in zip(mlp_cost, adapter.hidden_widths)) + sum(c * n for c, n in zip(head_cost, adapter.head_counts))
+    mask = joint_from_macs(mlp_scores, mlp_cost, head_scores, head_cost, prunable - 0.5 * total, scope="global")
+    for kept in mask.heads.kept:
+        assert set(kept) == set(sorted(range(4), key=lambda h: -head_scores[0][h])[: len(kept)])
+
+
+def test_head_integrated_gradients_add_up_to_the_change_of_the_target_probability():
+    model = tiny_vit(embed_dim=48, num_heads=4)
+    sites = ViTAdapter(model).sites("heads")
+    images, labels = tiny_images(3), torch.tensor([0, 1, 2])
+    clean: dict[int, torch.Tensor] = {}
+    with torch.no_grad(), site_input_hooks(sites, lambda b, x: clean.__setitem__(b, x.clone())):
+        p1 = model(images).softmax(-1).gather(1, labels[:, None]).squeeze(1)
+    with torch.no_grad(), site_input_hooks(sites, lambda b, x: torch.zeros_like(x)):
+        p0 = model(images).softmax(-1).gather(1, labels[:, None]).squeeze(1)
+    ig = head_integrated_gradients(model, sites, images, labels, [clean[b] for b in range(len(sites))], steps=200)
+    total = sum(t.sum(1) for t in ig)
+    assert torch.allclose(total.float(), (p1 - p0).double().float(), atol=2e-3 * float((p1 - p0).abs().max()) + 1e-5)
+
+
+def test_head_statistics_are_per_head_and_finite():
+    model = tiny_vit(embed_dim=48, num_heads=4)
+    batches = [([f"{i}" for i in range(4)], tiny_images(4), torch.tensor([0, 1, 2, 3]))]
+    stats = collect_head_stats(model, batches, steps=4, quiet=True)
+    assert stats.images == 4
+    for kind in (stats.magnitude, stats.taylor, stats.ig):
+        assert [len(t) for t in kind] == [4, 4, 4] and all(torch.isfinite(t).all() and (t >= 0).all() for t in kind)
+
+
+def test_least_squares_refits_proj_of_pruned_heads():
+    model = tiny_vit(embed_dim=48, num_heads=4)
+    mask = _mask(model, [(0, 2), (1, 3), (0, 1, 3)], mlp_keep=[tuple(range(w)) for w in ViTAdapter(model).hidden_widths])
+    images = tiny_images(20, seed=4)
+    refit, recon = reconstruct(model, mask, images, heldout_positions(len(images)))
+    assert [f.site for f in recon.blocks] == ["heads", "mlp"] * 3
+    assert [f.kept for f in recon.blocks if f.site == "heads"] == [24, 24, 36]  # head_dim 12 per kept head
+    plain = slice_mlps(model, mask)
+    x = tiny_images(20, seed=4)
+    with torch.no_grad():
+        dense = model(x)
+        assert (refit(x) - dense).pow(2).mean() < (plain(x) - dense).pow(2).mean()
+
+
+def _data(n_cal=24, n_eval=12):
+    gen = torch.Generator().manual_seed(3)
+    images = torch.randn(n_cal + n_eval, 3, 32, 32, generator=gen)
+    labels = torch.arange(n_cal + n_eval) % 4
+    return TensorDataset(images[:n_cal], labels[:n_cal]), TensorDataset(images[n_cal:], labels[n_cal:])
+
+
+def test_compress_with_heads_saves_loads_and_exports(tmp_path):
+    model = tiny_vit(embed_dim=48, num_heads=4, num_classes=4)
+    del model.vitprune_source
+    result = vitprune.compress(model, _data(), target_macs=0.5, prune=("mlp", "heads"), criterion="magnitude",
+                               head_criterion="taylor", compensate="lsq", scope="global", per_class=6, quiet=True)
+    heads = result.mask.heads
+    assert heads is not None and ViTAdapter(result.model).head_counts == heads.kept_counts
+    assert result.report.mask.kept_heads == heads.kept_counts and result.report.mask.head_criterion == "taylor"
+    assert result.report.macs.ratio <= 0.5 + 1e-9
+    folder = result.save(tmp_path / "ckpt")
+    assert json.loads((folder / "vitprune.json").read_text())["attn_heads"] == heads.kept_counts
+    assert NeuronMask.from_json(json.loads((folder / "mask.json").read_text())) == result.mask
+    loaded = vitprune.load_model(str(folder))
+    x = tiny_images(3)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), result.model(x))
+    info = result.export_onnx(tmp_path / "m.onnx", quantize="int8", max_int8_drop=100.0)
+    assert info["onnx"]["parity_max_abs"] <= 1e-4 and info["int8"]["written"]
+
+
+def test_heads_need_a_budget_and_the_mlps(fashion_dir):
+    with pytest.raises(UserError, match="per-class path units"):
+        vitprune.compress("demo", "demo", keep_topk=5, prune=("mlp", "heads"), quiet=True)
+    with pytest.raises(UserError, match="mlp or mlp,heads"):
+        vitprune.compress("demo", "demo", sparsity=0.5, prune=("heads",), quiet=True)
+    with pytest.raises(UserError, match="unknown site kind"):
+        vitprune.compress("demo", "demo", sparsity=0.5, prune=("mlp", "tokens"), quiet=True)
+
+
+def test_attention_it_cannot_slice_by_head_is_refused_in_one_line():
+    model = tiny_vit(embed_dim=48, num_heads=4)
+    broken = copy.deepcopy(model)
+    broken.blocks[1].attn = torch.nn.Identity()
+    with pytest.raises(UserError, match="block 1 uses Identity attention"):
+        ViTAdapter(broken).sites("heads")
+    assert len(ViTAdapter(broken).sites("mlp")) == 3  # pruning MLPs alone still works
+
+
+def test_mlp_only_masks_keep_their_json_and_no_heads():
+    model = tiny_vit()
+    adapter = ViTAdapter(model)
+    mask = NeuronMask(tuple(adapter.hidden_widths), tuple(tuple(range(w // 2)) for w in adapter.hidden_widths))
+    assert "heads" not in mask.to_json() and NeuronMask.from_json(mask.to_json()) == mask
