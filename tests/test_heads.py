@@ -190,3 +190,36 @@ def test_mlp_only_masks_keep_their_json_and_no_heads():
     adapter = ViTAdapter(model)
     mask = NeuronMask(tuple(adapter.hidden_widths), tuple(tuple(range(w // 2)) for w in adapter.hidden_widths))
     assert "heads" not in mask.to_json() and NeuronMask.from_json(mask.to_json()) == mask
+
+
+def test_a_head_criterion_registered_from_outside_ranks_the_heads():
+    from vitprune.criteria import HEAD_CRITERIA
+
+    @vitprune.register_head_criterion("last-head-first")
+    def last_head_first(stats, sites, seed):
+        return [torch.arange(site.width, dtype=torch.float64) for site in sites]
+
+    try:
+        model = tiny_vit(embed_dim=48, num_heads=4, num_classes=4)
+        del model.vitprune_source
+        result = vitprune.compress(model, _data(), sparsity=0.5, prune=("mlp", "heads"), criterion="magnitude",
+                                   head_criterion="last-head-first", compensate="none", per_class=6, quiet=True)
+        assert result.mask.heads.kept == ((2, 3),) * 3 and result.report.mask.head_criterion == "last-head-first"
+    finally:
+        HEAD_CRITERIA.remove("last-head-first")
+
+
+def test_evaluate_runs_every_budget_point_once_per_head_criterion():
+    from vitprune.options import EvaluateOptions
+    from vitprune.reports import KEY_FIELDS
+
+    opts = EvaluateOptions(criteria=("magnitude", "jas-freq"), compensate=("lsq",), sparsities=(0.5,), target_macs=(0.4,),
+                           keep_topk=(5,), prune="mlp,heads", head_criteria=("ig", "taylor")).resolve().validate()
+    points = opts.points()[1:]
+    budgets = [p for p in points if p.budget.keep_topk is None]
+    assert len(budgets) == 2 * 2 * 2 and {p.head_criterion for p in budgets} == {"ig", "taylor"}
+    assert all(p.prune == ("mlp", "heads") for p in budgets)
+    assert [p.head_criterion for p in points if p.budget.keep_topk] == [None]  # keep-topk points prune MLPs only
+    assert "head_criterion" in KEY_FIELDS  # resuming tells the head criteria apart
+    with pytest.raises(UserError, match="head-criterion must be one of"):
+        EvaluateOptions(prune="mlp,heads", head_criteria=("nope",)).resolve().validate()

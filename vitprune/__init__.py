@@ -6,7 +6,8 @@ The public API (imported on first use, so that the command line answers ``--help
     vitprune.evaluate(model, data, **options) -> EvaluateResult      # accuracy vs budget, many criteria
     vitprune.discover(model, data, **options) -> PathRun             # per-image top-K JAS paths
     vitprune.load_model(spec) / vitprune.load_data(spec) / vitprune.find_paths(model, images, labels)
-    vitprune.register_criterion / register_compensation / register_discovery_method / register_mlp_layout
+    vitprune.register_criterion / register_head_criterion / register_compensation / register_discovery_method /
+    register_mlp_layout
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ _EXPORTS = {
     "CompressReport": "vitprune.reports", "SweepPoint": "vitprune.reports",
     "CriterionInputs": "vitprune.criteria.base", "Criterion": "vitprune.criteria.base",
     "CompensationInputs": "vitprune.prune.compensate", "Pruned": "vitprune.prune.compensate",
-    "register_criterion": "vitprune.criteria", "register_compensation": "vitprune.prune",
+    "register_criterion": "vitprune.criteria", "register_head_criterion": "vitprune.criteria",
+    "register_compensation": "vitprune.prune",
     "register_discovery_method": "vitprune.discovery", "register_mlp_layout": "vitprune.model",
     "UserError": "vitprune.errors",
 }

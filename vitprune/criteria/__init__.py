@@ -52,6 +52,16 @@ def register_criterion(name: str, *, needs: Sequence[str] = (), help: str = "", 
                              keep_needs=tuple(keep_needs))
 
 
+def register_head_criterion(name: str, *, needs: Sequence[str] = (), help: str = "", replace: bool = False):
+    """Register a head criterion (``--prune mlp,heads``): ``@register_head_criterion("mine", needs=("head_stats",))`` above
+    a function ``scores(stats, sites, seed) -> list[torch.Tensor]`` (one score per head of each ``blocks.N.attn`` site;
+    ``stats`` is a ``vitprune.criteria.heads.HeadStats``, None unless 'head_stats' is declared)."""
+    unknown = [n for n in needs if n != "head_stats"]
+    if unknown:
+        raise ValueError(f"unknown needs {unknown}; a head criterion may need head_stats")
+    return HEAD_CRITERIA.register(name, help=help, replace=replace, needs=tuple(needs))
+
+
 def criterion_needs(name: str, *, keep: bool = False) -> tuple[str, ...]:
     """What criterion ``name`` needs for a budget (``keep=False``) or for per-class keep sets (``keep=True``)."""
     meta = CRITERIA.entry(name).meta
@@ -63,4 +73,4 @@ def per_class_criteria() -> tuple[str, ...]:
     return tuple(e.name for e in CRITERIA if e.meta.get("per_class"))
 
 
-__all__ = ["CRITERIA", "HEAD_CRITERIA", "NEEDS", "register_criterion", "criterion_needs", "per_class_criteria"]
+__all__ = ["CRITERIA", "HEAD_CRITERIA", "NEEDS", "register_criterion", "register_head_criterion", "criterion_needs", "per_class_criteria"]
