@@ -9,7 +9,9 @@ the compression default's MLP criterion (defaults.SPARSITY_DEFAULT, its discover
 
 - ``heads``: --prune mlp,heads at --target-macs 0.6 / 0.45 / 0.35 with --scope global (one ranking of MLP units and
   heads by score per MAC), once per head criterion (ig, taylor, magnitude, weight, random);
-- ``ffn``: MLP units only, at the budgets pruning MLPs alone can reach (their floor is computed per model).
+- ``ffn``: MLP units only, at the budgets pruning MLPs alone can reach (their floor is computed per model);
+- ``heads-per-block``: the ig head criterion with --scope per-block (one head fraction in every block, the MLPs
+  spending the rest) at 0.45 / 0.35, against the global allocation.
 
 Every point is scored on test images (reported) and on held-out *training* images (never calibration images): the
 head-criterion default is the best zoo mean on the latter at the smallest budget. Models: eval/zoo.py's MODELS (which
@@ -53,15 +55,19 @@ def jobs(models: tuple[str, ...]) -> list[tuple[Path, list[str]]]:
     common = ["--data", "demo", "--per-class", str(PER_CLASS), "--eval-per-class", str(EVAL_PER_CLASS),
               "--selection-per-class", str(SELECTION), "--criteria", SPARSITY_DEFAULT["criterion"],
               "--compensate", SPARSITY_DEFAULT["compensate"], "--token-scopes", JAS_DEFAULT["token_scope"],
-              "--objectives", JAS_DEFAULT["objective"], "--sparsities", "", "--scope", "global", "--quiet"]
+              "--objectives", JAS_DEFAULT["objective"], "--sparsities", "", "--quiet"]
     out = []
     for m in models:
         path = RESULTS / folder(m)
-        out.append((path / "heads", ["--model", m, *common, "--target-macs", ",".join(map(str, BUDGETS)),
+        out.append((path / "heads", ["--model", m, *common, "--scope", "global", "--target-macs", ",".join(map(str, BUDGETS)),
                                      "--prune", "mlp,heads", "--head-criteria", ",".join(HEAD_CRITERIA)]))
         reachable = [b for b in BUDGETS if b > ffn_floor(m) + 0.01]
         if reachable:
-            out.append((path / "ffn", ["--model", m, *common, "--target-macs", ",".join(map(str, reachable))]))
+            out.append((path / "ffn", ["--model", m, *common, "--scope", "global", "--target-macs", ",".join(map(str, reachable))]))
+    for m in models:  # the allocation: one head fraction per block (per-block) against one ranking (global), for ig
+        out.append((RESULTS / folder(m) / "heads-per-block", ["--model", m, *common, "--scope", "per-block", "--target-macs",
+                                                              ",".join(map(str, BUDGETS[1:])), "--prune", "mlp,heads",
+                                                              "--head-criteria", "ig"]))
     return out
 
 
@@ -74,8 +80,10 @@ def summarise(models: tuple[str, ...]) -> dict:
         if dense is None:
             continue
         entry = {"dense": {"test": dense["top1"], "selection": dense.get("top1_selection")}, "points": {}}
-        for p in points:
+        per_block = [dict(p, per_block=True) for p in load_points(path / "heads-per-block") if p["criterion"] != "dense"]
+        for p in points + per_block:
             name = f"heads:{p['head_criterion']}" if p.get("head_criterion") else "ffn-only"
+            name += " (per-block)" if p.get("per_block") else ""
             entry["points"].setdefault(name, {})[str(p["target_macs"])] = {
                 "test": p["top1"], "selection": p.get("top1_selection"), "macs_ratio": p["macs_ratio"],
                 "kept_heads": p.get("kept_heads"), "sparsity": p["sparsity"]}
@@ -83,15 +91,18 @@ def summarise(models: tuple[str, ...]) -> dict:
     done = [m for m in models if m in rows and all(
         str(b) in rows[m]["points"].get(f"heads:{h}", {}) for h in HEAD_CRITERIA for b in BUDGETS)]
     means = {}
-    for name in [*(f"heads:{h}" for h in HEAD_CRITERIA), "ffn-only"]:
+    for name in [*(f"heads:{h}" for h in HEAD_CRITERIA), "ffn-only", "heads:ig (per-block)"]:
         for b in BUDGETS:
             vals = [rows[m]["points"].get(name, {}).get(str(b)) for m in done]
             if vals and all(vals):
                 means.setdefault(name, {})[str(b)] = {k: statistics.mean(v[k] for v in vals) for k in ("test", "selection")}
     smallest = str(min(BUDGETS))
     best = max(HEAD_CRITERIA, key=lambda h: (means.get(f"heads:{h}", {}).get(smallest, {}).get("selection", -1), -HEAD_CRITERIA.index(h)))
+    per_block = means.get("heads:ig (per-block)", {}).get(smallest, {}).get("selection", -1)
+    scope = "per-block" if per_block > means.get("heads:ig", {}).get(smallest, {}).get("selection", -1) else "global"
     return {"models": list(rows), "complete": done, "budgets": list(BUDGETS), "per_model": rows, "zoo_mean": means,
-            "head_default": {"criterion": best}, "chosen_on": f"zoo-mean selection top-1 at {smallest}x MACs",
+            "head_default": {"criterion": best, "scope": scope},
+            "chosen_on": f"zoo-mean selection top-1 at {smallest}x MACs (scope: ig global against ig per-block)",
             "settings": {"per_class": PER_CLASS, "eval_per_class": EVAL_PER_CLASS, "selection_per_class": SELECTION,
                          "scope": "global", "compensate": "lsq"}}
 
@@ -99,7 +110,7 @@ def summarise(models: tuple[str, ...]) -> dict:
 def write(summary: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    names = ["ffn-only", *(f"heads:{h}" for h in HEAD_CRITERIA)]
+    names = ["ffn-only", *(f"heads:{h}" for h in HEAD_CRITERIA), "heads:ig (per-block)"]
     lines = ["# Attention heads: FFN-only vs FFN + heads at MAC budgets", "",
              f"One-shot top-1 (%) on {EVAL_PER_CLASS} test images per class (selection: {SELECTION} held-out training images "
              f"per class in brackets), jas-freq + lsq, --scope global, {PER_CLASS} calibration images per class. "
@@ -120,7 +131,8 @@ def write(summary: dict) -> None:
         row = summary["zoo_mean"].get(name, {})
         lines.append(f"| {name} | " + " | ".join(f"{row[str(b)]['test'] * 100:.2f} ({row[str(b)]['selection'] * 100:.2f})"
                                                   if str(b) in row else "-" for b in BUDGETS) + " |")
-    lines += ["", f"Head criterion default: **{summary['head_default']['criterion']}** ({summary['chosen_on']})."]
+    lines += ["", f"Head criterion default: **{summary['head_default']['criterion']}**, allocation with heads: "
+              f"**--scope {summary['head_default']['scope']}** ({summary['chosen_on']})."]
     (RESULTS / "summary.md").write_text("\n".join(lines) + "\n")
     plot(summary, names)
 

@@ -56,3 +56,9 @@ def test_every_zoo_model_was_evaluated_or_declared_held_out(summary):
     chose_defaults = {m for m in zoo.MODELS if m.startswith("zoo:")}
     assert not chose_defaults & set(zoo.HELD_OUT)
     assert bundled == chose_defaults | set(zoo.HELD_OUT), "a bundled zoo model is neither evaluated nor held out"
+
+
+def test_head_criterion_default_is_the_heads_study_winner():
+    heads = json.loads((SUMMARY.parents[1] / "heads" / "summary.json").read_text())
+    assert defaults.HEAD_DEFAULT == heads["head_default"]
+    assert len(heads["complete"]) >= 3

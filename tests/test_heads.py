@@ -223,3 +223,13 @@ def test_evaluate_runs_every_budget_point_once_per_head_criterion():
     assert "head_criterion" in KEY_FIELDS  # resuming tells the head criteria apart
     with pytest.raises(UserError, match="head-criterion must be one of"):
         EvaluateOptions(prune="mlp,heads", head_criteria=("nope",)).resolve().validate()
+
+
+def test_pruning_heads_without_a_scope_takes_the_heads_study_allocation():
+    from vitprune.defaults import HEAD_DEFAULT
+    from vitprune.options import CompressOptions, EvaluateOptions
+
+    assert CompressOptions(sparsity=0.5).resolve().scope == "per-block"
+    assert CompressOptions(target_macs=0.4, prune="mlp,heads").resolve().scope == HEAD_DEFAULT["scope"]
+    assert CompressOptions(target_macs=0.4, prune="mlp,heads", scope="per-block").resolve().scope == "per-block"
+    assert EvaluateOptions(prune=("mlp", "heads")).resolve().scope == HEAD_DEFAULT["scope"]

@@ -20,5 +20,6 @@ KEEP_DEFAULT = {"criterion": "jas-freq", "compensate": "lsq"}
 LSQ_DEFAULT = {"target": "output", "weighting": "readout"}
 # calibration images per class for compress
 PER_CLASS_DEFAULT = 16
-# compress / evaluate --prune heads: the head criterion (eval/heads.py -> eval/results/heads/summary.json)
-HEAD_DEFAULT = {"criterion": "ig"}
+# compress / evaluate --prune mlp,heads: the head criterion and the budget allocation when --scope is not given
+# (eval/heads.py -> eval/results/heads/summary.json)
+HEAD_DEFAULT = {"criterion": "ig", "scope": "global"}

@@ -155,6 +155,12 @@ class Point:
     head_criterion: str | None = None  # with heads: the head criterion (HEAD_CRITERIA)
 
 
+def default_scope(prune: tuple[str, ...]) -> str:
+    """The budget allocation when --scope is not given: per-block for MLP units (the zoo's), and with heads the heads
+    study's winner (one ranking of units and heads by score per MAC beats one fraction per block there)."""
+    return HEAD_DEFAULT["scope"] if "heads" in prune else "per-block"
+
+
 def check_prune(prune: Any, head_criterion: str | None, keep_topk: Any) -> tuple[str, ...]:
     """``--prune``: site kinds, the MLPs always among them; heads need a budget (no per-class head sets) and a head criterion."""
     from .criteria import HEAD_CRITERIA
@@ -183,7 +189,7 @@ class CompressOptions(CalibrationOptions):
     sparsity: float | None = None
     target_macs: float | None = None  # fraction of the dense model's MACs
     criterion: str | None = None  # None: the zoo's best (defaults.SPARSITY_DEFAULT / KEEP_DEFAULT)
-    scope: str = "per-block"
+    scope: str | None = None  # None: per-block, or with heads pruned the heads study's allocation (defaults.HEAD_DEFAULT)
     min_keep: int = 1
     round_to: int = 1
     compensate: str | None = None  # None: the zoo's best
@@ -233,7 +239,7 @@ class CompressOptions(CalibrationOptions):
         return replace(self, criterion=self.criterion or best["criterion"],
                        compensate=self.compensate if self.compensate is not None else best["compensate"],
                        token_scope=scope, objective=objective, jas_aggregation=self.jas_aggregation or JAS_DEFAULT["aggregation"],
-                       prune=prune, head_criterion=head)
+                       prune=prune, head_criterion=head, scope=self.scope or default_scope(prune))
 
     def validate(self) -> "CompressOptions":
         """Every check that needs no model or data (call after ``resolve``)."""
@@ -293,7 +299,7 @@ class EvaluateOptions(CalibrationOptions):
     aggregations: tuple[str, ...] = (JAS_DEFAULT["aggregation"],)  # of jas only
     lsq_target: str = LSQ_DEFAULT["target"]
     lsq_weighting: str = LSQ_DEFAULT["weighting"]
-    scope: str = "per-block"
+    scope: str | None = None  # None: per-block, or with heads pruned the heads study's allocation
     min_keep: int = 1
     round_to: int = 1
     finetune_epochs: int = 0
@@ -312,7 +318,7 @@ class EvaluateOptions(CalibrationOptions):
         heads = (tuple(self.head_criteria) if self.head_criteria else (HEAD_DEFAULT["criterion"],)) if "heads" in prune else ()
         return replace(self, criteria=tuple(self.criteria) if self.criteria is not None else CRITERIA.names(),
                        compensate=tuple(self.compensate) if self.compensate is not None else COMPENSATIONS.names(),
-                       prune=prune, head_criteria=heads)
+                       prune=prune, head_criteria=heads, scope=self.scope or default_scope(prune))
 
     def validate(self) -> "EvaluateOptions":
         from .criteria import CRITERIA, per_class_criteria

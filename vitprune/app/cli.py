@@ -115,9 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--criterion", default=None, choices=CRITERIA.names(),
                    help=f"{CRITERIA.help()} (default: the zoo's best, {SPARSITY_DEFAULT['criterion']} for --sparsity, "
                         f"{KEEP_DEFAULT['criterion']} for --keep-topk; see README)")
-    g.add_argument("--scope", default="per-block", choices=MASK_SCOPES,
+    g.add_argument("--scope", default=None, choices=MASK_SCOPES,
                    help="per-block: the same fraction in every block; global: one ranking over all blocks of scores divided by "
-                        "their block mean (per MAC for --target-macs); global-raw: of the raw scores (default: per-block)")
+                        "their block mean (per MAC for --target-macs); global-raw: of the raw scores (default: per-block; "
+                        f"with --prune mlp,heads {HEAD_DEFAULT['scope']}, the heads study's choice)")
     _add_prune(g)
     g.add_argument("--head-criterion", default=None, choices=HEAD_CRITERIA.names(),
                    help=f"with --prune mlp,heads: how heads are ranked; {HEAD_CRITERIA.help()} (default: the zoo's best, "
@@ -182,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--steps", type=int, default=20)
     v.add_argument("--batch-size", type=int, default=16)
     v.add_argument("--max-rows", type=int, default=None)
-    v.add_argument("--scope", default="per-block", choices=MASK_SCOPES, help="allocation of the budget over blocks (see compress)")
+    v.add_argument("--scope", default=None, choices=MASK_SCOPES,
+                   help=f"allocation of the budget over blocks (see compress; default: per-block, {HEAD_DEFAULT['scope']} with heads)")
     v.add_argument("--min-keep", type=int, default=1)
     v.add_argument("--round-to", type=int, default=1, help="round kept counts to a multiple of this (default: 1)")
     v.add_argument("--finetune-epochs", type=int, default=0, help="recovery epochs per point (default: 0 = one-shot)")
