@@ -56,3 +56,25 @@ def test_every_zoo_model_was_evaluated_or_declared_held_out(summary):
     chose_defaults = {m for m in zoo.MODELS if m.startswith("zoo:")}
     assert not chose_defaults & set(zoo.HELD_OUT)
     assert bundled == chose_defaults | set(zoo.HELD_OUT), "a bundled zoo model is neither evaluated nor held out"
+
+
+COST = SUMMARY.parents[1] / "cost_quality" / "summary.json"
+
+
+def test_discovery_default_is_the_cost_quality_winner():
+    """compress / evaluate discover at the cost-quality study's knee (eval/cost_quality.py); --faithful-discovery is
+    the study's reference row, today's setting before it."""
+    study = json.loads(COST.read_text())
+    winner = study["winner"]
+    assert defaults.DISCOVERY_DEFAULT == {"steps": winner["steps"], "per_class": winner["per_class"]}
+    assert winner["precision"] == "fp32"  # the default --precision
+    assert defaults.FAITHFUL_DISCOVERY == {k: study["reference"][k] for k in ("steps", "per_class")}
+    assert study["reference"]["precision"] == "fp32"
+    rows = {r["name"]: r for r in study["rows"]}
+    ref = rows["m{steps}-pc{per_class}-fp32".format(**study["reference"])]
+    won = rows["m{steps}-pc{per_class}-fp32".format(**winner)]
+    for key in ("selection_sparsity", "selection_keep"):  # within the tolerance on the selection images
+        assert won[key] >= ref[key] - study["tolerance"] - 1e-12
+    assert all(r["zoo_mean_flop_per_class"] >= won["zoo_mean_flop_per_class"] for r in rows.values()
+               if r["selection_sparsity"] >= ref["selection_sparsity"] - study["tolerance"] - 1e-12
+               and r["selection_keep"] >= ref["selection_keep"] - study["tolerance"] - 1e-12)
