@@ -14,6 +14,8 @@ Configurations (each in its own process, so peak memory is per configuration):
   demo-tangent  the same with the 'tangent' schedule forced ('auto' keeps the prefix graph at 6 blocks)
   vit_base    random-init vit_base_patch16_224 (12 blocks, 197 tokens), 224x224 inputs
   *-PREC      the same at another --precision
+  demo-compress, demo-compress-default   the demo as `compress` discovers (top-5, token scope all): at the reference's
+              m = 20 (--faithful-discovery) and at compress's default m (vitprune/defaults.py DISCOVERY_DEFAULT)
 
 The FLOP count of the schedule per image is 2 * MACs/L per block-row forward (a block-row is one
 row through one block: the greedy steps start from the kept prefix, so they run fewer blocks) plus
@@ -33,6 +35,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from vitprune.defaults import DISCOVERY_DEFAULT, FAITHFUL_DISCOVERY, JAS_DEFAULT  # noqa: E402
+
 DEMO = dict(model="demo", images=64, batch=16, steps=20, topk=5, precision="fp32")
 BASE = dict(model="random:vit_base_patch16_224", images=2, batch=2, steps=20, topk=5, precision="fp32")
 COMPARISONS = {
@@ -47,6 +52,9 @@ CONFIGS = {
     "vit_base": BASE,
     "vit_base-tf32": {**BASE, "precision": "tf32", "images": 1, "batch": 1},  # TF32 is a CUDA mode: fp32 on CPU
     "vit_base-bf16": {**BASE, "precision": "bf16"},
+    # what compress discovers on the demo: --faithful-discovery, then the default (the cost-quality study's knee)
+    "demo-compress": {**DEMO, "token_scope": JAS_DEFAULT["token_scope"], "steps": FAITHFUL_DISCOVERY["steps"]},
+    "demo-compress-default": {**DEMO, "token_scope": JAS_DEFAULT["token_scope"], "steps": DISCOVERY_DEFAULT["steps"]},
     # opt-in (not in the default run): CPU fp16 ViT-B/16 runs for hours here (no fp16 GEMM on this CPU)
     "vit_base-fp16": {**BASE, "precision": "fp16", "images": 1, "batch": 1, "steps": 2},
 }
@@ -79,9 +87,10 @@ def run_one(name: str) -> dict:
         batches = [(torch.randn(cfg["batch"], 3, *size), torch.arange(cfg["batch"]))
                    for _ in range(cfg["images"] // cfg["batch"])]
 
-    finder = PathFinder(model, DiscoverySettings(topk=cfg["topk"], steps=cfg["steps"], precision=cfg["precision"]))
+    scope = cfg.get("token_scope", "auto")
+    finder = PathFinder(model, DiscoverySettings(topk=cfg["topk"], steps=cfg["steps"], precision=cfg["precision"], token_scope=scope))
     finder.schedule = cfg.get("schedule", "auto")
-    warm = PathFinder(model, DiscoverySettings(topk=cfg["topk"], steps=1, precision=cfg["precision"]))
+    warm = PathFinder(model, DiscoverySettings(topk=cfg["topk"], steps=1, precision=cfg["precision"], token_scope=scope))
     warm.find(*[t[:1] for t in batches[0]])  # warm-up (allocator, kernels); not counted
     finder.engine.memory = finder.engine.measure_memory(*[t[:1] for t in batches[0]])  # the first batch's probe, not timed
     finder.engine.stats = type(finder.stats)()
@@ -97,12 +106,12 @@ def run_one(name: str) -> dict:
     macs, _ = count_macs_params(model)
     # forward and backward (input gradients only) each cost about one block's MACs per block-row; a
     # forward-mode tangent pass recomputes the block and carries the tangent: twice that
-    min_flop = 2 * macs / L * (s.block_rows + s.backward_block_rows + 2 * s.tangent_block_rows) / n
+    min_flop = s.flops(macs, L) / n
     gemm = gemm_flops(getattr(torch, GEMM_DTYPES[cfg["precision"]]), tf32=cfg["precision"] == "tf32")
     return {
         "macs_per_forward": macs, "min_flop_per_image": min_flop, "achieved_flops": min_flop * n / seconds,
         "gemm_flops": gemm, "min_seconds_per_image": min_flop / gemm,
-        "config": name, **cfg, "depth": L, "tokens": int(model.patch_embed.num_patches + model.num_prefix_tokens),
+        "config": name, **cfg, "token_scope": finder.scope, "depth": L, "tokens": int(model.patch_embed.num_patches + model.num_prefix_tokens),
         "seconds": seconds, "images_per_s": n / seconds, "seconds_per_image": seconds / n,
         "forward_rows_per_image": s.forward_rows / n, "block_rows_per_image": s.block_rows / n,
         "backward_block_rows_per_image": s.backward_block_rows / n, "tangent_block_rows_per_image": s.tangent_block_rows / n,
@@ -135,7 +144,7 @@ def cost_model(name: str, steps: int = 20) -> dict:
     from vitprune.prune.macs import count_macs_params
 
     torch.manual_seed(0)
-    model = vitprune.load_model(f"random:{name}")
+    model = vitprune.load_model(f"random:{name}", model_args={"num_classes": 1000})  # some default tags are headless
     macs, params = count_macs_params(model)
     L = len(model.blocks)
     tokens = int(model.patch_embed.num_patches + model.num_prefix_tokens)
@@ -324,7 +333,7 @@ def render(results: list[dict], machine: dict, costs: list[dict] | None = None, 
         "",
         "## Throughput, memory and the FLOP count of the schedule",
         "",
-        f"torch threads: {machine['torch_threads']}; top-5, CLS scope (the default for these models). Per image vitprune "
+        f"torch threads: {machine['torch_threads']}; top-5, CLS scope (the default for these models; the demo-compress rows: token scope all, as compress discovers). Per image vitprune "
         "runs one clean forward, then greedy step 0 and the activation baseline's score through all L blocks and the other "
         "greedy steps and the path score from the kept prefix; one backward per pass. Block-rows count one row through "
         "one block, as counted by the run.",
@@ -363,17 +372,28 @@ def render(results: list[dict], machine: dict, costs: list[dict] | None = None, 
         lines += ["", "¹ The plain fp16 matmul probe runs slower here than the model's own fp16 kernels under autocast "
                   "(no native fp16 GEMM on this CPU), so it gives no floor for fp16."]
     by = {r["config"]: r for r in results}
+    if "demo-compress" in by and "demo-compress-default" in by:
+        f, d = by["demo-compress"], by["demo-compress-default"]
+        lines += ["", f"Compress's discovery on the demo (top-5, token scope all, {d['images']} images): m = {f['steps']} "
+                      f"(`--faithful-discovery`) {f['images_per_s']:.3g} images/s, {f['min_flop_per_image'] / 1e9:.3g} GFLOP/image; "
+                      f"m = {d['steps']} (the default) {d['images_per_s']:.3g} images/s, {d['min_flop_per_image'] / 1e9:.3g} GFLOP/image: "
+                      f"{d['images_per_s'] / f['images_per_s']:.2f}× the images/s for "
+                      f"{f['min_flop_per_image'] / d['min_flop_per_image']:.2f}× fewer FLOPs. The GEMM probe of the same "
+                      f"processes ran at {f['gemm_flops'] / 1e9:.0f} and {d['gemm_flops'] / 1e9:.0f} GFLOP/s: where these "
+                      "differ, the machine was loaded differently during the two runs, and only the FLOP count and the "
+                      "measured / floor column compare."]
     if costs:
         base = by.get("vit_base")
-        lines += ["", "FLOP count per image of the schedule for the models users run (m = 20, top-K does not change it), "
+        lines += ["", "FLOP count per image of the schedule for the models users run (m = 20, the reference's and `discover`'s, "
+                  f"and m = {DISCOVERY_DEFAULT['steps']}, compress's default; top-K does not change it), "
                   "MACs counted on random-init timm models. The last columns are arithmetic, not measurements: the time "
                   "at this CPU's measured ViT-B/16 fp32 rate, and at a sustained 100 TFLOP/s (a fraction of an H100's "
                   "dense bf16 peak; no GPU was lent to measure).", "",
-                  "| model | L | tokens | GMAC/forward | schedule (CLS scope) | block-rows / image: forward, backward, tangent "
-                  "| TFLOP/image | s/image at this CPU's ViT-B/16 rate | s/image at 100 TFLOP/s |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| model | m | L | tokens | GMAC/forward | schedule (CLS scope) | block-rows / image: forward, backward, tangent "
+                  "| TFLOP/image | s/image at this CPU's ViT-B/16 rate | s/image at 100 TFLOP/s |", "|---|---|---|---|---|---|---|---|---|---|"]
         for c in costs:
             here = f"{c['min_flop_per_image'] / base['achieved_flops']:.0f}" if base else "n/a"
-            lines.append(f"| {c['model']} | {c['depth']} | {c['tokens']} | {c['macs_per_forward'] / 1e9:.2f} | `{c['schedule']}` | "
+            lines.append(f"| {c['model']} | {c['steps']} | {c['depth']} | {c['tokens']} | {c['macs_per_forward'] / 1e9:.2f} | `{c['schedule']}` | "
                          f"{c['block_rows_per_image']}, {c['backward_block_rows_per_image']}, {c['tangent_block_rows_per_image']} | "
                          f"{c['min_flop_per_image'] / 1e12:.1f} | {here} | {c['min_flop_per_image'] / 100e12:.2f} |")
     agreement = [(name, path_agreement(by["demo"], by[name])) for name in ("demo-tangent", "demo-bf16", "demo-fp16")
@@ -426,7 +446,8 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     if args.one:
         if args.one.startswith("cost:"):
-            print(json.dumps(cost_model(args.one[5:])))
+            name, _, steps = args.one[5:].partition(":")
+            print(json.dumps(cost_model(name, int(steps or 20))))
         else:
             print(json.dumps(run_comparison(args.one) if args.one in COMPARISONS else run_one(args.one)))
         return
@@ -447,7 +468,9 @@ def main() -> None:
     # older schedule (no block-row count) are dropped rather than shown beside the new ones
     kept = {r["config"]: r for r in saved.get("results", []) if "backward_block_rows_per_image" in r}
     kept.update({c["comparison"]: c for c in saved.get("comparisons", [])})
-    costs = [_run_one(f"cost:{name}") for name in COST_MODELS]  # first: cheap, and fails before the long runs
+    # first: cheap, and fails before the long runs; at the reference's m and at compress's default m
+    costs = [_run_one(f"cost:{name}:{m}") for m in dict.fromkeys((FAITHFUL_DISCOVERY["steps"], DISCOVERY_DEFAULT["steps"]))
+             for name in COST_MODELS]
     for name in args.configs:
         print(f"running {name} ...", flush=True)
         kept[name] = _run_one(name)

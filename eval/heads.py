@@ -5,7 +5,8 @@ criterion default it picks.
     .venv/bin/python eval/heads.py --summary-only  # re-write summary.{json,md} and the plot from the sweeps
 
 Per model, two `vitprune evaluate` sweeps (subprocesses, one torch thread each, --workers side by side), both with
-the compression default's MLP criterion (defaults.SPARSITY_DEFAULT, its discovery variant) and least squares:
+the compression default's MLP criterion (defaults.SPARSITY_DEFAULT, its discovery variant at the reference's m = 20,
+as the results were made before compress moved to m = 4) and least squares:
 
 - ``heads``: --prune mlp,heads at --target-macs 0.6 / 0.45 / 0.35 with --scope global (one ranking of MLP units and
   heads by score per MAC), once per head criterion (ig, taylor, magnitude, weight, random);
@@ -55,7 +56,7 @@ def jobs(models: tuple[str, ...]) -> list[tuple[Path, list[str]]]:
     common = ["--data", "demo", "--per-class", str(PER_CLASS), "--eval-per-class", str(EVAL_PER_CLASS),
               "--selection-per-class", str(SELECTION), "--criteria", SPARSITY_DEFAULT["criterion"],
               "--compensate", SPARSITY_DEFAULT["compensate"], "--token-scopes", JAS_DEFAULT["token_scope"],
-              "--objectives", JAS_DEFAULT["objective"], "--sparsities", "", "--quiet"]
+              "--objectives", JAS_DEFAULT["objective"], "--steps", "20", "--sparsities", "", "--quiet"]
     out = []
     for m in models:
         path = RESULTS / folder(m)

@@ -52,6 +52,7 @@ CALIBRATION = (PER_CLASS, 64, 256)
 CALIBRATION_PATH = (16, 64)  # path criteria: discovery at 256 per class costs over an hour per model here
 CALIBRATION_TOLERANCE = 0.003  # a larger calibration set must buy more than 0.3 points to become the default
 KEEP_K = (5, 20)
+STEPS = 20  # integrated-gradient steps of every discovery here (the reference's m)
 SCOPES = ("auto", "all")
 OBJECTIVES = ("prob", "logprob", "kl")
 AGGREGATIONS = ("mean", "abs", "norm", "ig")
@@ -66,7 +67,8 @@ def folder(model: str) -> str:
 def studies(models: tuple[str, ...], stage: str, summary: dict, lsq: dict | None = None) -> list[tuple[Path, list[str]]]:
     """(output folder, evaluate arguments) of every sweep of one stage; later stages use earlier winners
     (``lsq`` pins the least-squares setting, for a run over part of the zoo)."""
-    common = ["--data", "demo", "--selection-per-class", str(SELECTION), "--quiet"]
+    # pinned: every study ran at the reference's m = 20 (the cost-quality study, eval/cost_quality.py, moved the default later)
+    common = ["--data", "demo", "--selection-per-class", str(SELECTION), "--quiet", "--steps", str(STEPS)]
     base = ["--per-class", str(PER_CLASS)]  # pinned: the calibration study may move the tool's default
     lsq = lsq or summary.get("lsq_default")
     lsq_args = ["--lsq-target", lsq["target"], "--lsq-weighting", lsq["weighting"]] if lsq else []
@@ -533,7 +535,7 @@ def calibration_cost(models: tuple[str, ...], summary: dict) -> None:
             if target.is_file():
                 continue
             with tempfile.TemporaryDirectory() as tmp:
-                args = ["compress", "--model", m, "--data", "demo", "--sparsity", "0.9", "--per-class", str(n),
+                args = ["compress", "--model", m, "--data", "demo", "--sparsity", "0.9", "--per-class", str(n), "--steps", str(STEPS),
                         "--criterion", d["criterion"], "--compensate", d["compensate"], "--no-export", "--quiet",
                         *(a for k, v in d.get("variant", {}).items() for a in (f"--{VARIANT_FLAGS[k]}", v)),
                         "--lsq-target", summary["lsq_default"]["target"], "--lsq-weighting", summary["lsq_default"]["weighting"],

@@ -62,3 +62,25 @@ def test_head_criterion_default_is_the_heads_study_winner():
     heads = json.loads((SUMMARY.parents[1] / "heads" / "summary.json").read_text())
     assert defaults.HEAD_DEFAULT == heads["head_default"]
     assert len(heads["complete"]) >= 3
+
+
+COST = SUMMARY.parents[1] / "cost_quality" / "summary.json"
+
+
+def test_discovery_default_is_the_cost_quality_winner():
+    """compress / evaluate discover at the cost-quality study's knee (eval/cost_quality.py); --faithful-discovery is
+    the study's reference row, today's setting before it."""
+    study = json.loads(COST.read_text())
+    winner = study["winner"]
+    assert defaults.DISCOVERY_DEFAULT == {"steps": winner["steps"], "per_class": winner["per_class"]}
+    assert winner["precision"] == "fp32"  # the default --precision
+    assert defaults.FAITHFUL_DISCOVERY == {k: study["reference"][k] for k in ("steps", "per_class")}
+    assert study["reference"]["precision"] == "fp32"
+    rows = {r["name"]: r for r in study["rows"]}
+    ref = rows["m{steps}-pc{per_class}-fp32".format(**study["reference"])]
+    won = rows["m{steps}-pc{per_class}-fp32".format(**winner)]
+    for key in ("selection_sparsity", "selection_keep"):  # within the tolerance on the selection images
+        assert won[key] >= ref[key] - study["tolerance"] - 1e-12
+    assert all(r["zoo_mean_flop_per_class"] >= won["zoo_mean_flop_per_class"] for r in rows.values()
+               if r["selection_sparsity"] >= ref["selection_sparsity"] - study["tolerance"] - 1e-12
+               and r["selection_keep"] >= ref["selection_keep"] - study["tolerance"] - 1e-12)

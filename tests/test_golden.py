@@ -1,5 +1,9 @@
 """The pipeline gives exactly the results of vitprune 0.1 (tests/golden/README.md): make demo's mask, critical units
-and top-1, and the masks of the zoo's default points at 75% and 90% FFN sparsity on every zoo model."""
+and top-1, and the masks of the zoo's default points at 75% and 90% FFN sparsity on every zoo model.
+
+Those were made with the reference's discovery (m = 20), compress's default before the cost-quality study
+(eval/cost_quality.py) made it cheaper: every test here discovers with that setting explicitly
+(``FAITHFUL_DISCOVERY``, ``compress --faithful-discovery``), so it keeps guarding the same computation."""
 from __future__ import annotations
 
 import json
@@ -7,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from vitprune.defaults import FAITHFUL_DISCOVERY
 from vitprune.distributed import get_dist
 from vitprune.options import Budget, CompressOptions, Point
 from vitprune.pipeline import Pipeline
@@ -16,7 +21,8 @@ ZOO = json.loads((GOLDEN / "zoo_default_masks.json").read_text())
 
 
 def _pipeline(model: str) -> Pipeline:
-    return Pipeline(model, "demo", CompressOptions(model=model, per_class=16), dist=get_dist("cpu"), quiet=True)
+    opts = CompressOptions(model=model, per_class=FAITHFUL_DISCOVERY["per_class"], steps=FAITHFUL_DISCOVERY["steps"])
+    return Pipeline(model, "demo", opts, dist=get_dist("cpu"), quiet=True)
 
 
 def _default_masks(pipeline: Pipeline) -> dict:
@@ -34,7 +40,8 @@ def test_make_demo_and_the_demo_default_masks_are_unchanged(fashion_dir):
     golden = json.loads((GOLDEN / "demo_keep_top5.json").read_text())
     pipeline = _pipeline("demo")
     assert _default_masks(pipeline) == ZOO["demo"]
-    opts = CompressOptions(keep_topk=5).resolve()
+    opts = CompressOptions(keep_topk=5, faithful_discovery=True).resolve()
+    assert (opts.steps, opts.per_class) == (FAITHFUL_DISCOVERY["steps"], FAITHFUL_DISCOVERY["per_class"])
     point = opts.point
     done = pipeline.compress(point, pipeline.discovery_settings(point, opts.discovery_topk), scope=opts.scope,
                              min_keep=opts.min_keep, round_to=opts.round_to,

@@ -206,6 +206,8 @@ def default_output(opts: CompressOptions) -> Path:
         name += f"-{opts.compensate}"
     if "heads" in opts.prune:
         name += f"-heads-{opts.head_criterion}"
+    if opts.faithful_discovery:
+        name += "-faithful"
     if opts.finetune_epochs:
         name += f"-ft{opts.finetune_epochs}"
     return Path("exported") / name
@@ -325,7 +327,9 @@ def _discovery_summary(settings: DiscoverySettings | None, run: PathRun | None) 
     if settings is None:
         return None
     return {**settings.to_json(), "run": str(run.folder) if run is not None and run.folder is not None else None,
-            "images": len(run.records) if run is not None else None}
+            "images": len(run.records) if run is not None else None,
+            # what this compress's own discovery cost (None when the records were reused: --paths, a finished run)
+            "cost": run.cost if run is not None else None}
 
 
 def _recover(opts: CompressOptions, pipeline: Pipeline, pruned: nn.Module, evaluation: ImagePool, results: dict[str, EvalResult],

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from dataclasses import MISSING, dataclass, fields, replace
 from typing import Any, TypeVar
 
-from .defaults import HEAD_DEFAULT, JAS_DEFAULT, KEEP_DEFAULT, LSQ_DEFAULT, PER_CLASS_DEFAULT, SPARSITY_DEFAULT
+from .defaults import (DISCOVERY_DEFAULT, FAITHFUL_DISCOVERY, HEAD_DEFAULT, JAS_DEFAULT, KEEP_DEFAULT, LSQ_DEFAULT,
+                       PER_CLASS_DEFAULT, SPARSITY_DEFAULT)
 from .errors import UserError
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
@@ -195,7 +196,8 @@ class CompressOptions(CalibrationOptions):
     compensate: str | None = None  # None: the zoo's best
     paths: str | None = None
     topk: int | None = None  # discovery K; defaults to keep_topk, else 5
-    steps: int | None = None  # discovery settings: None = the default (20), or with --paths the run's own
+    steps: int | None = None  # discovery settings: None = DISCOVERY_DEFAULT (FAITHFUL_DISCOVERY with faithful_discovery), or with --paths the run's own
+    faithful_discovery: bool = False  # discover with the reference's m = 20 (defaults.FAITHFUL_DISCOVERY), not the cheaper default
     token_scope: str | None = None  # None: defaults.JAS_DEFAULT, or with --paths the run's own
     objective: str | None = None
     jas_aggregation: str | None = None
@@ -236,7 +238,15 @@ class CompressOptions(CalibrationOptions):
         objective = self.objective or (JAS_DEFAULT["objective"] if self.paths is None else None)
         prune = tuple(self.prune.split(",")) if isinstance(self.prune, str) else tuple(self.prune)
         head = self.head_criterion or (HEAD_DEFAULT["criterion"] if "heads" in prune else None)
-        return replace(self, criterion=self.criterion or best["criterion"],
+        if self.faithful_discovery and self.paths is not None:
+            raise UserError("--faithful-discovery sets how compress discovers paths; with --paths the run's own settings "
+                            "apply: drop one of them")
+        discovery = FAITHFUL_DISCOVERY if self.faithful_discovery else DISCOVERY_DEFAULT
+        if self.faithful_discovery and self.steps is not None and self.steps != discovery["steps"]:
+            raise UserError(f"--faithful-discovery runs the reference's m = {discovery['steps']} steps, not --steps {self.steps}: "
+                            "drop one of them")
+        steps = self.steps if self.steps is not None or self.paths is not None else discovery["steps"]
+        return replace(self, criterion=self.criterion or best["criterion"], steps=steps,
                        compensate=self.compensate if self.compensate is not None else best["compensate"],
                        token_scope=scope, objective=objective, jas_aggregation=self.jas_aggregation or JAS_DEFAULT["aggregation"],
                        prune=prune, head_criterion=head, scope=self.scope or default_scope(prune))
@@ -294,6 +304,7 @@ class EvaluateOptions(CalibrationOptions):
     eval_per_class: int | None = None
     selection_per_class: int | None = None  # also score every point on this many held-out calibration-pool images per class
     topk: int = 5  # discovery K of the runs behind every path-criterion budget point
+    steps: int = DISCOVERY_DEFAULT["steps"]  # integrated-gradient steps of those runs (the cost-quality study's default)
     token_scopes: tuple[str, ...] = (JAS_DEFAULT["token_scope"],)  # discovery variants of the path criteria
     objectives: tuple[str, ...] = (JAS_DEFAULT["objective"],)
     aggregations: tuple[str, ...] = (JAS_DEFAULT["aggregation"],)  # of jas only

@@ -136,6 +136,7 @@ def render_report(r: dict) -> str:
         f"evaluation images: {r['data']['evaluation_images']} (disjoint from calibration)",
         f"- FFN sparsity: {_pct(m['sparsity'])} ({sum(m['kept_counts'])} of {sum(m['widths'])} hidden units kept)"
         + (f"; MAC target {r['macs']['target']:.3f} of dense, achieved {r['macs']['ratio']:.4f}" if r["macs"].get("target") else ""),
+        *_discovery_lines(r.get("discovery")),
         "",
         "| | dense | pruned | ratio |",
         "|---|---|---|---|",
@@ -172,6 +173,21 @@ def render_report(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _discovery_lines(d: dict | None) -> list[str]:
+    """The discovery behind the mask: its settings and, when this run discovered, what that cost."""
+    if not d:
+        return []
+    line = (f"- discovery: {d.get('method', 'jas')} top-{d.get('topk')} paths, m = {d.get('steps')} steps, token scope "
+            f"{d.get('token_scope')}, objective {d.get('objective')}, {d.get('precision')}")
+    cost = d.get("cost")
+    if cost and cost.get("flop_per_image") is not None:
+        rate = f", {cost['images_per_s']:.3g} images/s" if cost.get("images_per_s") else ""
+        line += f"; {cost['flop_per_image'] / 1e9:.3g} GFLOP per image ({cost['images']} images in {cost['seconds']:.1f} s{rate})"
+    elif d.get("run") is not None or d.get("images") is not None:
+        line += "; records reused (no discovery cost in this run)"
+    return [line]
+
+
 def _int8_lines(r: dict) -> list[str]:
     q = r["int8"]
     lines = [f"## int8 ({q['mode']} quantization, onnxruntime)", "",
@@ -205,6 +221,10 @@ def headline(r: dict) -> str:
         f"(x{r['macs']['ratio']:.3f})",
         f"top-1 {_pct(acc['dense']['top1'])} -> {_pct(acc['pruned']['top1'])} on {r['data']['evaluation_images']} held-out images",
     ]
+    cost = (r.get("discovery") or {}).get("cost")
+    if cost and cost.get("flop_per_image") is not None:
+        parts.append(f"discovery (m = {r['discovery']['steps']}): {cost['images']} images, {cost['flop_per_image'] / 1e9:.3g} GFLOP per "
+                     f"image" + (f", {cost['images_per_s']:.3g} images/s" if cost.get("images_per_s") else ""))
     if r.get("latency"):
         d, p = r["latency"]["batch1"]["dense"]["median_ms"], r["latency"]["batch1"]["pruned"]["median_ms"]
         d8, p8 = r["latency"]["batch8"]["dense"]["median_ms"], r["latency"]["batch8"]["pruned"]["median_ms"]

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from .. import __version__
 from ..criteria import CRITERIA, HEAD_CRITERIA
-from ..defaults import HEAD_DEFAULT, JAS_DEFAULT, KEEP_DEFAULT, LSQ_DEFAULT, PER_CLASS_DEFAULT, SPARSITY_DEFAULT
+from ..defaults import (DISCOVERY_DEFAULT, FAITHFUL_DISCOVERY, HEAD_DEFAULT, JAS_DEFAULT, KEEP_DEFAULT, LSQ_DEFAULT, PER_CLASS_DEFAULT,
+                        SPARSITY_DEFAULT)
 from ..discovery import DISCOVERY_METHODS
 from ..errors import ExportError, UserError
 from ..model import SITE_KINDS
@@ -48,8 +49,15 @@ def _add_discovery(p: argparse.ArgumentParser, per_class_default: int | None, *,
     else:
         g.add_argument("--topk", type=int, default=1, help="units per layer on each path (default: 1)")
         g.add_argument("--method", default="jas", choices=DISCOVERY_METHODS.names(), help=DISCOVERY_METHODS.help())
-    g.add_argument("--steps", type=int, default=None if compress else 20,
-                   help="interpolation steps m, alpha = k/m for k < m (default: 20" + (", or with --paths the run's)" if compress else ")"))
+    if compress:
+        g.add_argument("--steps", type=int, default=None,
+                       help=f"interpolation steps m, alpha = k/m for k < m (default: {DISCOVERY_DEFAULT['steps']}, the cost-quality "
+                            f"study's knee; {FAITHFUL_DISCOVERY['steps']} with --faithful-discovery; with --paths the run's)")
+        g.add_argument("--faithful-discovery", action="store_true",
+                       help=f"discover with the reference's m = {FAITHFUL_DISCOVERY['steps']} steps instead of the cheaper default "
+                            "(eval/results/cost_quality/summary.md)")
+    else:
+        g.add_argument("--steps", type=int, default=20, help="interpolation steps m, alpha = k/m for k < m (default: 20, the reference's)")
     scope, objective = (JAS_DEFAULT["token_scope"], JAS_DEFAULT["objective"]) if compress else ("auto", "prob")
     g.add_argument("--token-scope", default=None if compress else scope, choices=TOKEN_SCOPES,
                    help="tokens a unit is scaled at: auto = what the head reads (cls, or patches when average-pooled), "
@@ -180,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--lsq-weighting", default=LSQ_DEFAULT["weighting"], choices=TOKEN_WEIGHTINGS,
                    help=f"token weights of the lsq fit (default: {LSQ_DEFAULT['weighting']})")
     v.add_argument("--topk", type=int, default=5, help="discovery K of the run behind the path-criterion budget points (default: 5)")
-    v.add_argument("--steps", type=int, default=20)
+    v.add_argument("--steps", type=int, default=DISCOVERY_DEFAULT["steps"],
+                   help=f"interpolation steps m of the path criteria's discovery (default: {DISCOVERY_DEFAULT['steps']}, as compress; "
+                        f"the reference's: {FAITHFUL_DISCOVERY['steps']})")
     v.add_argument("--batch-size", type=int, default=16)
     v.add_argument("--max-rows", type=int, default=None)
     v.add_argument("--scope", default=None, choices=MASK_SCOPES,

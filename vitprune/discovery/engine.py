@@ -49,6 +49,11 @@ class PassStats:
     tangent_block_rows: int = 0  # rows times blocks of forward-mode tangent passes (schedule 'tangent')
     images: int = 0
 
+    def flops(self, macs_per_forward: int, depth: int) -> float:
+        """FLOP count of the counted work (eval/bench_discovery.py): a forward and a backward (input gradients only)
+        each cost about one block's MACs per block-row (2 * MACs / L FLOP), a forward-mode tangent block twice that."""
+        return 2.0 * macs_per_forward / depth * (self.block_rows + self.backward_block_rows + 2 * self.tangent_block_rows)
+
     def add(self, kind: str, rows: int, blocks: int = 0) -> None:
         if kind == "forward":
             self.forward_calls += 1

@@ -58,6 +58,25 @@ class PathFinder:
     def stats(self) -> PassStats:
         return self.engine.stats
 
+    def flop_count(self) -> float:
+        """FLOP count of the passes run so far (``PassStats.flops`` at this model's MACs per forward)."""
+        if getattr(self, "_macs", None) is None:
+            from ..prune.macs import count_macs_params
+
+            self._macs = count_macs_params(self.model)[0]
+        return self.stats.flops(self._macs, self.adapter.depth)
+
+    def cost(self, seconds: float) -> dict:
+        """What the images found so far cost: their number, FLOPs per image and images per second over ``seconds``."""
+        n = self.stats.images
+        return {"images": n, "seconds": round(seconds, 3), "flop_per_image": self.flop_count() / n if n else None,
+                "images_per_s": n / seconds if n and seconds > 0 else None}
+
+    def describe_cost(self) -> str:
+        """The progress bar's note: discovery GFLOP per image so far."""
+        n = self.stats.images
+        return f"{self.flop_count() / n / 1e9:.3g} GFLOP/img" if n else ""
+
     @property
     def memory(self) -> PassMemory | None:
         return self.engine.memory

@@ -191,6 +191,8 @@ class PathRun:
     header: RunHeader | None = None
     importance: ImportanceSums | None = None
     folder: Path | None = None
+    # what this process's discovery of the run cost (PathFinder.cost); None when the run was loaded finished
+    cost: dict | None = None
 
     @property
     def name(self) -> str:

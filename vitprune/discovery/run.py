@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
@@ -61,12 +62,25 @@ def discover(model: nn.Module, settings: DiscoverySettings, pools: DataPools, se
     ids = selected.ids()
     header = run_header(finder, model, pools, pool, per_class, classes, ids, batch_size)
     transform = model_transform(model)
+    start = time.time()
     if out is None:
-        return _in_memory(finder, header, selected, transform, dist, quiet)
-    folder = nullcontext() if nested else OutputFolder(out, "discover", inputs=inputs, dist=dist)
-    with folder:
-        return _on_disk(finder, header, selected, transform, Path(out), dist, resume=resume, force=force, quiet=quiet,
-                        folder=None if nested else folder)
+        run = _in_memory(finder, header, selected, transform, dist, quiet)
+    else:
+        folder = nullcontext() if nested else OutputFolder(out, "discover", inputs=inputs, dist=dist)
+        with folder:
+            run = _on_disk(finder, header, selected, transform, Path(out), dist, resume=resume, force=force, quiet=quiet,
+                           folder=None if nested else folder)
+    if finder.stats.images:  # this process discovered images (not a finished run loaded as it was)
+        run.cost = finder.cost(time.time() - start)
+    return run
+
+
+def _postfix(finder: PathFinder, rows: int | None = None) -> str:
+    """The progress bar's note: discovery GFLOP per image (the bar shows images/s) and, with ``rows``, the pass memory."""
+    parts = [finder.describe_cost()]
+    if rows is not None and finder.memory is not None:
+        parts.append(finder.memory.describe(rows))
+    return ", ".join(p for p in parts if p)
 
 
 def _in_memory(finder: PathFinder, header: RunHeader, selected: ImagePool, transform, dist: Dist, quiet: bool) -> PathRun:
@@ -80,6 +94,7 @@ def _in_memory(finder: PathFinder, header: RunHeader, selected: ImagePool, trans
             records += found.records
             if sums is not None:
                 sums.add([r.target for r in found.records], found.step_scores, found.step_own)
+            bar.set_postfix_str(_postfix(finder), refresh=False)
             bar.update(len(batch_ids))
     if dist.world > 1:
         parts = dist.gather({"records": records, "sums": sums})
@@ -164,8 +179,7 @@ def _on_disk(finder: PathFinder, header: RunHeader, selected: ImagePool, transfo
                     if dense_log is not None:
                         touched = dense_log.sums.add([r.target for r in found.records], found.step_scores, found.step_own)
                         dense_log.commit(touched, done)
-                    if finder.memory is not None and k == todo[0]:
-                        bar.set_postfix_str(finder.memory.describe(finder.settings.steps * len(batch_ids)), refresh=False)
+                    bar.set_postfix_str(_postfix(finder, finder.settings.steps * len(batch_ids)), refresh=False)
                     bar.update(len(batch_ids))
     dist.barrier()
     if dist.is_main:
