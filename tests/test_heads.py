@@ -233,3 +233,12 @@ def test_pruning_heads_without_a_scope_takes_the_heads_study_allocation():
     assert CompressOptions(target_macs=0.4, prune="mlp,heads").resolve().scope == HEAD_DEFAULT["scope"]
     assert CompressOptions(target_macs=0.4, prune="mlp,heads", scope="per-block").resolve().scope == "per-block"
     assert EvaluateOptions(prune=("mlp", "heads")).resolve().scope == HEAD_DEFAULT["scope"]
+
+
+def test_a_head_criterion_without_heads_is_refused_not_ignored():
+    from vitprune.options import CompressOptions, EvaluateOptions
+
+    with pytest.raises(UserError, match="--prune mlp,heads"):
+        CompressOptions(sparsity=0.5, head_criterion="taylor").resolve().validate()
+    with pytest.raises(UserError, match="--prune mlp,heads"):
+        EvaluateOptions(head_criteria=("taylor",)).resolve().validate()

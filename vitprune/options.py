@@ -173,6 +173,9 @@ def check_prune(prune: Any, head_criterion: str | None, keep_topk: Any) -> tuple
             raise UserError(f"--prune: unknown site kind '{kind}'; choose from {', '.join(SITE_KINDS.names())}")
     if "mlp" not in kinds or len(set(kinds)) != len(kinds):
         raise UserError(f"--prune takes mlp or mlp,heads (got {','.join(kinds)})")
+    if "heads" not in kinds and head_criterion is not None:
+        raise UserError(f"--head-criterion {head_criterion} ranks attention heads, which are pruned only with --prune mlp,heads; "
+                        "add it, or drop --head-criterion")
     if "heads" in kinds:
         if keep_topk:
             raise UserError("--keep-topk keeps per-class path units, which heads have none of: prune heads with --sparsity "
@@ -326,7 +329,8 @@ class EvaluateOptions(CalibrationOptions):
         from .prune import COMPENSATIONS
 
         prune = tuple(self.prune.split(",")) if isinstance(self.prune, str) else tuple(self.prune)
-        heads = (tuple(self.head_criteria) if self.head_criteria else (HEAD_DEFAULT["criterion"],)) if "heads" in prune else ()
+        heads = ((tuple(self.head_criteria) if self.head_criteria else (HEAD_DEFAULT["criterion"],)) if "heads" in prune
+                 else tuple(self.head_criteria or ()))  # given without heads: validate refuses them
         return replace(self, criteria=tuple(self.criteria) if self.criteria is not None else CRITERIA.names(),
                        compensate=tuple(self.compensate) if self.compensate is not None else COMPENSATIONS.names(),
                        prune=prune, head_criteria=heads, scope=self.scope or default_scope(prune))
