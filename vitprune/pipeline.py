@@ -22,7 +22,7 @@ from .accuracy import EvalResult, evaluate_models
 from .criteria import CRITERIA, HEAD_CRITERIA, criterion_needs
 from .criteria.aggregate import union_keep_sets
 from .criteria.base import CriterionInputs, checked_scores, load_criterion
-from .criteria.heads import HeadStats, collect_head_stats, head_scores
+from .criteria.heads import HEAD_STEPS, HeadStats, collect_head_stats, head_scores
 from .criteria.stats import ActivationStats, collect_stats
 from .data import DataPools, ImagePool, TensorPool, load_data, materialize, model_transform, select_holdout_per_class, select_per_class
 from .discovery.provenance import check_run
@@ -192,21 +192,23 @@ class Pipeline:
             self._head_macs = head_unit_macs(self.dense)
         return self._head_macs
 
-    def head_stats(self) -> HeadStats:
-        """Head statistics of the calibration images (``--prune heads``), collected once."""
-        if self._head_stats is None:
+    def head_stats(self, ig: bool = False) -> HeadStats:
+        """Head statistics of the calibration images (``--prune heads``), with the integrated-gradient passes when
+        ``ig``; collected once (again only when ``ig`` is asked after a collection without it)."""
+        if self._head_stats is None or (ig and self._head_stats.ig is None):
             t0 = time.time()
             self._head_stats = collect_head_stats(self.dense, self.calib.batches(self.transform, self.opts.batch_size, shard=self.dist),
-                                                  total=len(self.calib) // self.dist.world, quiet=self.quiet, dist=self.dist,
-                                                  precision=self.opts.precision)
+                                                  steps=HEAD_STEPS if ig else 0, total=len(self.calib) // self.dist.world,
+                                                  quiet=self.quiet, dist=self.dist, precision=self.opts.precision)
             self._timed("head_statistics_s", t0)
         return self._head_stats
 
     def head_scores(self, point: Point) -> list[torch.Tensor]:
         """One score per head per block by ``point.head_criterion``."""
         name = point.head_criterion or HEAD_DEFAULT["criterion"]
-        needs = HEAD_CRITERIA.entry(name).meta.get("needs", ())
-        return head_scores(name, self.head_stats() if "head_stats" in needs else None, self.adapter.sites("heads"), point.seed)
+        needs = set(HEAD_CRITERIA.entry(name).meta.get("needs", ()))
+        stats = self.head_stats(ig="head_ig" in needs) if needs & {"head_stats", "head_ig"} else None
+        return head_scores(name, stats, self.adapter.sites("heads"), point.seed)
 
     def check_point(self, point: Point, settings: DiscoverySettings | None, *, scope: str, min_keep: int, round_to: int) -> None:
         """Every check of a point that needs the model but no expensive work: budgets that options would override,

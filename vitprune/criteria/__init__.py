@@ -29,10 +29,11 @@ CRITERIA.add("taylor", _B + "taylor", needs=("gradients",), help="mean over imag
 CRITERIA.add("variance", _B + "variance", needs=("stats",), help="Var(a) over images and tokens (VBP; pair it with --compensate)")
 CRITERIA.add("wanda", _B + "wanda", needs=("stats",), help="||a||_2 * ||output-projection column||_2 (structured Wanda)")
 
-# --prune heads: one score per attention head, from the head statistics (criteria.heads); needs: what they read
+# --prune heads: one score per attention head, from the head statistics (criteria.heads); needs: head_stats (one
+# forward+backward per image) and head_ig (also the m integrated-gradient passes)
 HEAD_CRITERIA = Registry("head criterion", "--head-criterion")
 _H = "vitprune.criteria.heads:"
-HEAD_CRITERIA.add("ig", _H + "ig", needs=("head_stats",),
+HEAD_CRITERIA.add("ig", _H + "ig", needs=("head_stats", "head_ig"),
                   help="mean |integrated gradient| of the target probability along the head's output (m = 20 steps)")
 HEAD_CRITERIA.add("taylor", _H + "taylor", needs=("head_stats",), help="mean over images of |<head output, dCE/d output>|")
 HEAD_CRITERIA.add("magnitude", _H + "magnitude", needs=("head_stats",), help="mean L2 norm of the head's output")
@@ -55,10 +56,10 @@ def register_criterion(name: str, *, needs: Sequence[str] = (), help: str = "", 
 def register_head_criterion(name: str, *, needs: Sequence[str] = (), help: str = "", replace: bool = False):
     """Register a head criterion (``--prune mlp,heads``): ``@register_head_criterion("mine", needs=("head_stats",))`` above
     a function ``scores(stats, sites, seed) -> list[torch.Tensor]`` (one score per head of each ``blocks.N.attn`` site;
-    ``stats`` is a ``vitprune.criteria.heads.HeadStats``, None unless 'head_stats' is declared)."""
-    unknown = [n for n in needs if n != "head_stats"]
+    ``stats`` is a ``vitprune.criteria.heads.HeadStats``, None unless 'head_stats' is declared; its ``ig`` needs 'head_ig')."""
+    unknown = [n for n in needs if n not in ("head_stats", "head_ig")]
     if unknown:
-        raise ValueError(f"unknown needs {unknown}; a head criterion may need head_stats")
+        raise ValueError(f"unknown needs {unknown}; a head criterion may need head_stats, head_ig")
     return HEAD_CRITERIA.register(name, help=help, replace=replace, needs=tuple(needs))
 
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layouts import column_sq, is_identity, norm_masked, new_linear, resized_norm, sliced_norm, sliced_out_proj, sliced_rows
+from .layouts import SiteLayout, column_sq, is_identity, new_linear, resized_norm, sliced_norm, sliced_out_proj, sliced_rows
 
 
-class AttentionHeads:
-    """The heads of a timm ``Attention`` module (the site-layout contract of ``layouts.MlpLayout``, per head)."""
+class AttentionHeads(SiteLayout):
+    """The heads of a timm ``Attention`` module: a unit is one head, ``head_dim`` channels of ``proj``'s input."""
 
     @staticmethod
     def matches(attn: nn.Module) -> bool:
@@ -78,24 +78,9 @@ class AttentionHeads:
         attn.num_heads, attn.attn_dim = heads, width
 
     @staticmethod
-    def subset(attn: nn.Module) -> bool:
-        """Whether the kept heads' outputs equal the dense model's (no norm over the concatenated heads)."""
-        return is_identity(attn.norm)
-
-    @classmethod
-    def masked(cls, attn: nn.Module, kept: torch.Tensor) -> list:
-        """Hooks that make ``attn`` compute what its slice to ``kept`` computes; remove them after."""
-        keep = torch.zeros(int(attn.attn_dim), dtype=torch.bool)
-        keep[cls.channels(attn, kept.cpu())] = True
-        removed = torch.nonzero(~keep).flatten()
-        hooks = [] if is_identity(attn.norm) else norm_masked(attn.norm, cls.channels(attn, kept.cpu()))
-
-        def zero(_module, args):
-            out = args[0].clone()
-            out[..., removed.to(out.device)] = 0
-            return (out, *args[1:])
-
-        return hooks + [attn.proj.register_forward_pre_hook(zero)]
+    def unit_norm(attn: nn.Module) -> nn.Module | None:
+        """``scale_norm``: the norm over the concatenated heads."""
+        return None if is_identity(attn.norm) else attn.norm
 
 
 def refusal(b: int, attn: nn.Module) -> str:

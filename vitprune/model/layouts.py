@@ -15,59 +15,83 @@ import torch
 from torch import nn
 
 
-class MlpLayout:
-    """The contract of a layout; subclasses implement it for one family of timm MLP modules."""
+class SiteLayout:
+    """The contract of a site layout: how one module's units map to weights (MLP layouts below; attention heads in
+    ``heads.AttentionHeads``)."""
 
     @staticmethod
-    def matches(mlp: nn.Module) -> bool:
+    def matches(module: nn.Module) -> bool:
         raise NotImplementedError
 
     @staticmethod
-    def width(mlp: nn.Module) -> int:
+    def width(module: nn.Module) -> int:
         raise NotImplementedError
 
     @staticmethod
-    def out_proj(mlp: nn.Module) -> nn.Linear:
+    def out_proj(module: nn.Module) -> nn.Linear:
         raise NotImplementedError
 
     @staticmethod
-    def unit_sq_norms(mlp: nn.Module) -> torch.Tensor:
+    def unit_sq_norms(module: nn.Module) -> torch.Tensor:
         raise NotImplementedError
 
     @staticmethod
-    def slice(mlp: nn.Module, kept: torch.Tensor, *, out_bias: bool = False) -> None:
+    def slice(module: nn.Module, kept: torch.Tensor, *, out_bias: bool = False) -> None:
         """Keep only the units ``kept`` (sorted indices), in place; ``out_bias`` gives ``out_proj`` a bias (zero if it had none)."""
         raise NotImplementedError
 
     @staticmethod
-    def resize(mlp: nn.Module, width: int) -> None:
-        """Give the MLP ``width`` units with fresh weights (a state dict is loaded next)."""
+    def resize(module: nn.Module, width: int) -> None:
+        """Give the module ``width`` units with fresh weights (a state dict is loaded next)."""
         raise NotImplementedError
 
-    # whether the kept units' values equal the dense model's at those channels (no norm over the hidden vector)
-    hidden_is_subset: bool = True
+    @staticmethod
+    def unit_norm(module: nn.Module) -> nn.Module | None:
+        """The norm over the unit vector (it then runs over the kept channels only), or None."""
+        return None
 
     @classmethod
-    def subset(cls, mlp: nn.Module) -> bool:
-        """``hidden_is_subset`` for this module (least squares fits the dense hidden at the kept channels when true)."""
-        return cls.hidden_is_subset
+    def subset(cls, module: nn.Module) -> bool:
+        """Whether the kept units' values equal the dense model's at those channels (no norm over the unit vector):
+        least squares then fits the dense values at the kept channels."""
+        return cls.unit_norm(module) is None
 
     @staticmethod
-    def channels(mlp: nn.Module, units: torch.Tensor) -> torch.Tensor:
+    def channels(module: nn.Module, units: torch.Tensor) -> torch.Tensor:
         """The ``out_proj`` input channels of ``units``: a unit is one channel."""
         return torch.as_tensor(units, dtype=torch.long).reshape(-1)
 
     @classmethod
-    def masked(cls, mlp: nn.Module, kept: torch.Tensor) -> list:
-        """Hooks that make ``mlp`` compute what its slice to ``kept`` computes (zeroed elsewhere); remove them after."""
-        removed = _removed(cls.width(mlp), kept)
+    def masked(cls, module: nn.Module, kept: torch.Tensor) -> list:
+        """Hooks that make ``module`` compute what its slice to ``kept`` computes (zeroed elsewhere); remove them after."""
+        channels = cls.channels(module, kept.cpu())
+        removed = _removed(cls.out_proj(module).in_features, channels)
+        norm = cls.unit_norm(module)
 
         def zero(_module, args):
             out = args[0].clone()
             out[..., removed.to(out.device)] = 0
             return (out, *args[1:])
 
-        return [cls.out_proj(mlp).register_forward_pre_hook(zero)]
+        return ([] if norm is None else norm_masked(norm, channels)) + [cls.out_proj(module).register_forward_pre_hook(zero)]
+
+
+class MlpLayout(SiteLayout):
+    """A layout of one family of timm MLP modules; timm names their output projection ``fc2``."""
+
+    @staticmethod
+    def out_proj(mlp: nn.Module) -> nn.Linear:
+        return mlp.fc2
+
+    @classmethod
+    def width(cls, mlp: nn.Module) -> int:
+        return cls.out_proj(mlp).in_features
+
+
+def _norm(module: nn.Module) -> nn.Module | None:
+    """``module.norm`` unless it is absent or an identity."""
+    norm = getattr(module, "norm", None)
+    return None if is_identity(norm) else norm
 
 
 def new_linear(src: nn.Linear, in_features: int, out_features: int, *, bias: bool | None = None) -> nn.Linear:
@@ -149,14 +173,6 @@ class PlainMlp(MlpLayout):
                 and isinstance(getattr(mlp, "fc2", None), nn.Linear) and is_identity(getattr(mlp, "norm", None)))
 
     @staticmethod
-    def width(mlp: nn.Module) -> int:
-        return mlp.fc2.in_features
-
-    @staticmethod
-    def out_proj(mlp: nn.Module) -> nn.Linear:
-        return mlp.fc2
-
-    @staticmethod
     def unit_sq_norms(mlp: nn.Module) -> torch.Tensor:
         return row_sq(mlp.fc1) + column_sq(mlp.fc2)
 
@@ -176,13 +192,13 @@ class NormedMlp(PlainMlp):
     normalised channel; removing it removes fc1 row j, the norm's channel j (it then normalises the kept channels
     only) and fc2 column j."""
 
-    hidden_is_subset = False
-
     @staticmethod
     def matches(mlp: nn.Module) -> bool:
         from timm.layers import Mlp
 
         return isinstance(mlp, Mlp) and isinstance(getattr(mlp, "fc1", None), nn.Linear) and not is_identity(getattr(mlp, "norm", None))
+
+    unit_norm = staticmethod(_norm)
 
     @staticmethod
     def slice(mlp: nn.Module, kept: torch.Tensor, *, out_bias: bool = False) -> None:
@@ -194,9 +210,6 @@ class NormedMlp(PlainMlp):
         PlainMlp.resize(mlp, width)
         mlp.norm = resized_norm(mlp.norm, width)
 
-    @classmethod
-    def masked(cls, mlp: nn.Module, kept: torch.Tensor) -> list:
-        return norm_masked(mlp.norm, kept) + super().masked(mlp, kept)
 
 
 class PackedGluMlp(MlpLayout):
@@ -208,14 +221,6 @@ class PackedGluMlp(MlpLayout):
         from timm.layers import GluMlp
 
         return isinstance(mlp, GluMlp) and isinstance(mlp.fc1, nn.Linear) and mlp.chunk_dim == -1
-
-    @staticmethod
-    def width(mlp: nn.Module) -> int:
-        return mlp.fc2.in_features
-
-    @staticmethod
-    def out_proj(mlp: nn.Module) -> nn.Linear:
-        return mlp.fc2
 
     @staticmethod
     def unit_sq_norms(mlp: nn.Module) -> torch.Tensor:
@@ -238,10 +243,7 @@ class PackedGluMlp(MlpLayout):
             mlp.norm = resized_norm(mlp.norm, width)
         mlp.fc2 = new_linear(mlp.fc2, width, mlp.fc2.out_features)
 
-    @classmethod
-    def masked(cls, mlp: nn.Module, kept: torch.Tensor) -> list:
-        extra = [] if is_identity(mlp.norm) else norm_masked(mlp.norm, kept)
-        return extra + super().masked(mlp, kept)
+    unit_norm = staticmethod(_norm)
 
 
 class SplitGluMlp(MlpLayout):
@@ -253,14 +255,6 @@ class SplitGluMlp(MlpLayout):
         from timm.layers import SwiGLU
 
         return isinstance(mlp, SwiGLU)
-
-    @staticmethod
-    def width(mlp: nn.Module) -> int:
-        return mlp.fc2.in_features
-
-    @staticmethod
-    def out_proj(mlp: nn.Module) -> nn.Linear:
-        return mlp.fc2
 
     @staticmethod
     def unit_sq_norms(mlp: nn.Module) -> torch.Tensor:
@@ -282,10 +276,7 @@ class SplitGluMlp(MlpLayout):
             mlp.norm = resized_norm(mlp.norm, width)
         mlp.fc2 = new_linear(mlp.fc2, width, mlp.fc2.out_features)
 
-    @classmethod
-    def masked(cls, mlp: nn.Module, kept: torch.Tensor) -> list:
-        extra = [] if is_identity(mlp.norm) else norm_masked(mlp.norm, kept)
-        return extra + super().masked(mlp, kept)
+    unit_norm = staticmethod(_norm)
 
 
 def row_sq(fc: nn.Linear) -> torch.Tensor:
@@ -308,5 +299,5 @@ def refusal(b: int, mlp: nn.Module) -> str:
             "vitprune.register_mlp_layout")
 
 
-__all__ = ["MlpLayout", "PlainMlp", "NormedMlp", "PackedGluMlp", "SplitGluMlp", "new_linear", "sliced_out_proj", "sliced_rows",
+__all__ = ["SiteLayout", "MlpLayout", "PlainMlp", "NormedMlp", "PackedGluMlp", "SplitGluMlp", "new_linear", "sliced_out_proj", "sliced_rows",
            "sliced_norm", "resized_norm", "norm_masked", "is_identity", "row_sq", "column_sq", "refusal"]

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .layouts import SiteLayout
+
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,7 @@ class Site:
     kind: str  # the SITE_KINDS name, e.g. "mlp"
     block: int
     module: nn.Module
-    layout: type  # MlpLayout, or heads.AttentionHeads: the same contract
+    layout: type[SiteLayout]  # an MlpLayout, or heads.AttentionHeads
 
     @property
     def width(self) -> int:

@@ -159,17 +159,27 @@ def _global_counts(scores: list[torch.Tensor], cost: list[float], budget: float,
     widths = [int(s.numel()) for s in scores]
     if scope == "global":
         scores = [s.double() / (s.double().abs().mean() + 1e-12) for s in scores]
-    counts = [min(min_keep, w) for w in widths]
-    spent = sum(c * k for c, k in zip(cost, counts))
-    flat = torch.cat([torch.sort(s.double(), descending=True, stable=True).values[c:] / k for s, c, k in zip(scores, counts, cost)])
-    owner = torch.cat([torch.full((w - c,), b) for b, (w, c) in enumerate(zip(widths, counts))])
-    for b in owner[torch.sort(flat, descending=True, stable=True).indices].tolist():
-        if spent + cost[b] > budget + 1e-9:
-            break
-        counts[b] += 1
-        spent += cost[b]
+    counts = _ranked_counts(scores, cost, budget, [min_keep] * len(scores), fill=False)
     if round_to > 1:
         counts = [_rounded(c, w, min_keep, round_to) for c, w in zip(counts, widths)]
+    return counts
+
+
+def _ranked_counts(scores: list[torch.Tensor], cost: list[float], budget: float, floors: list[int], *, fill: bool) -> list[int]:
+    """Kept units per site of one ranking by score per unit of cost, after ``floors[i]`` per site, until ``budget``:
+    the ranking stops at the first unit that does not fit, or (``fill``) skips it for cheaper units further down."""
+    widths = [int(s.numel()) for s in scores]
+    counts = [min(f, w) for f, w in zip(floors, widths)]
+    spent = sum(c * k for c, k in zip(cost, counts))
+    flat = torch.cat([torch.sort(s.double(), descending=True, stable=True).values[c:] / k for s, c, k in zip(scores, counts, cost)])
+    owner = torch.cat([torch.full((w - c,), i) for i, (w, c) in enumerate(zip(widths, counts))])
+    for i in owner[torch.sort(flat, descending=True, stable=True).indices].tolist():
+        if spent + cost[i] > budget + 1e-9:
+            if fill:
+                continue
+            break
+        counts[i] += 1
+        spent += cost[i]
     return counts
 
 
@@ -241,28 +251,13 @@ def joint_from_macs(mlp_scores: list[torch.Tensor], mlp_cost: list[float], head_
         if scope == "global":
             scores = [s.double() / (s.double().abs().mean() + 1e-12) * c for s, c in zip(scores, cost)]
         floors = [min_keep] * len(widths) + [1] * len(heads)
-        both = _global_counts_floors(scores, cost, budget, floors)
+        both = _ranked_counts(scores, cost, budget, floors, fill=True)  # meets the budget within one unit
         counts = both[: len(widths)]
         if round_to > 1:
             counts = [_rounded(c, w, min_keep, round_to) for c, w in zip(counts, widths)]
         head_counts = both[len(widths):]
     heads_mask = _top_units(head_scores, head_counts, head_criterion)
     return _top_units(mlp_scores, counts, criterion).with_heads(heads_mask)
-
-
-def _global_counts_floors(scores: list[torch.Tensor], cost: list[float], budget: float, floors: list[int]) -> list[int]:
-    """Kept units per site of one ranking by score per unit of cost, after ``floors[i]`` per site, until ``budget``."""
-    widths = [int(s.numel()) for s in scores]
-    counts = [min(f, w) for f, w in zip(floors, widths)]
-    spent = sum(c * k for c, k in zip(cost, counts))
-    flat = torch.cat([torch.sort(s.double(), descending=True, stable=True).values[c:] / k for s, c, k in zip(scores, counts, cost)])
-    owner = torch.cat([torch.full((w - c,), i) for i, (w, c) in enumerate(zip(widths, counts))])
-    for i in owner[torch.sort(flat, descending=True, stable=True).indices].tolist():
-        if spent + cost[i] > budget + 1e-9:
-            continue  # a cheaper unit further down may still fit: the budget is met within one unit
-        counts[i] += 1
-        spent += cost[i]
-    return counts
 
 
 __all__ = ["NeuronMask", "from_keep_sets", "from_scores", "from_macs", "heads_from_scores", "joint_from_macs", "check_sparsity",
