@@ -24,17 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
-from zoo import MODELS, RESULTS as ZOO, SELECTION, folder, load_points  # noqa: E402
+from zoo import MODELS, RESULTS as ZOO, SELECTION, folder, load_points, pct, run_job  # noqa: E402
 
 RESULTS = HERE / "results" / "cost_quality"
 TARGETS = (0.75, 0.9)
@@ -70,18 +66,8 @@ def run_sweep(model: str, s: dict, threads: int) -> tuple[float, int]:
     out = RESULTS / folder(model) / name(s)
     if (out / "results.json").is_file():
         return 0.0, 0
-    out.parent.mkdir(parents=True, exist_ok=True)
-    args = sweep_args(model, s)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1"}
-    with open(out.with_name(out.name + ".log"), "a") as log:
-        log.write(f"$ vitprune evaluate {' '.join(args)} --out {out.relative_to(ROOT)}\n")
-        log.flush()
-        start = time.time()
-        rc = subprocess.call([sys.executable, "-c", f"import sys, torch; torch.set_num_threads({threads}); "
-                              "from vitprune.app.cli import main; sys.exit(main(sys.argv[1:]))", "evaluate", *args,
-                              "--out", str(out)], stdout=log, stderr=log, env=env, cwd=ROOT)
-    return time.time() - start, rc
+    _, seconds, rc = run_job(out, sweep_args(model, s), threads)
+    return seconds, rc
 
 
 # ----------------------------------------------------------------------------------- FLOP count
@@ -182,10 +168,6 @@ def summarise(models: tuple[str, ...], table: dict) -> dict:
                          "cost_ratio_per_class": ref["zoo_mean_flop_per_class"] / win["zoo_mean_flop_per_class"],
                          "cost_ratio_per_image": ref["zoo_mean_flop_per_image"] / win["zoo_mean_flop_per_image"]}
     return out
-
-
-def pct(x: float) -> str:
-    return f"{100 * x:.2f}"
 
 
 def render(summary: dict) -> str:

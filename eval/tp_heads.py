@@ -68,6 +68,12 @@ BISECT_STEPS = 10
 IMPORTANCES = ("taylor", "magnitude")
 
 
+def failure(exc: Exception, start: float) -> dict:
+    """A point that failed: the error's first line, the end of its traceback and the seconds it took."""
+    return {"error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300], "trace": traceback.format_exc().splitlines()[-4:],
+            "seconds": round(time.time() - start, 1)}
+
+
 def importance(name: str):
     import torch_pruning as tp
 
@@ -175,8 +181,7 @@ def local_k(out: dict, spec: str, dense, dense_macs: int, example, grads, sel, t
                          "candidates": [{k: v for k, v in c.items() if k != "model"} for c in candidates],
                          "seconds": round(time.time() - t1, 1)}
             except Exception as exc:  # record, do not crash
-                point = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300],
-                         "trace": traceback.format_exc().splitlines()[-4:], "seconds": round(time.time() - t1, 1)}
+                point = failure(exc, t1)
             out["points"].setdefault(key, {})[str(budget)] = point
             print(f"{spec} {key} {budget}: " + (f"x{point['macs_ratio']:.3f} k={point['k']} r={point['r']:.4f} test {point['test']:.3f} "
                   f"heads {point['heads']} mlp {point['mlp']}" if "error" not in point else point["error"]), flush=True)
@@ -243,8 +248,7 @@ def run_model(spec: str, pools, scopes: tuple[str, ...]) -> dict:
                              "tp_skipped_head_groups": model.tp_skipped_head_groups,
                              "seconds": round(time.time() - t1, 1)}
                 except Exception as exc:  # record, do not crash
-                    point = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300],
-                             "trace": traceback.format_exc().splitlines()[-4:], "seconds": round(time.time() - t1, 1)}
+                    point = failure(exc, t1)
                 out["points"].setdefault(key, {})[str(budget)] = point
                 print(f"{spec} {key} {budget}: " + (f"x{point['macs_ratio']:.3f} r={point['r']:.4f} test {point['test']:.3f} "
                       f"heads {point['heads']} mlp {point['mlp']}" if "error" not in point else point["error"]), flush=True)

@@ -108,22 +108,24 @@ def studies(models: tuple[str, ...], stage: str, summary: dict, lsq: dict | None
     return jobs
 
 
-def run_job(out: Path, args: list[str]) -> tuple[Path, float, int]:
+def run_job(out: Path, args: list[str], threads: int = 1) -> tuple[Path, float, int]:
     """One `vitprune evaluate` sweep into ``out``; its command and output are appended to ``out``.log."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.with_name(out.name + ".log"), "a") as log:
         log.write(f"$ vitprune evaluate {' '.join(args)} --out {out.relative_to(ROOT)}\n")
         log.flush()
-        seconds, rc = run_cli(["evaluate", *args, "--out", str(out)], log)
+        seconds, rc = run_cli(["evaluate", *args, "--out", str(out)], log, threads)
     return out, seconds, rc
 
 
-def run_cli(args: list[str], log=subprocess.DEVNULL) -> tuple[float, int]:
-    """(seconds, exit code) of one vitprune command in a subprocess with one torch thread."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+def run_cli(args: list[str], log=subprocess.DEVNULL, threads: int = 1) -> tuple[float, int]:
+    """(seconds, exit code) of one vitprune command in a subprocess with ``threads`` torch threads."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1"}
     start = time.time()
-    rc = subprocess.call([sys.executable, "-c", "import sys, torch; torch.set_num_threads(1); from vitprune.app.cli import main; "
-                          "sys.exit(main(sys.argv[1:]))", *args], stdout=log, stderr=log, env=env, cwd=ROOT)
+    rc = subprocess.call([sys.executable, "-c", f"import sys, torch; torch.set_num_threads({threads}); "
+                          "from vitprune.app.cli import main; sys.exit(main(sys.argv[1:]))", *args],
+                         stdout=log, stderr=log, env=env, cwd=ROOT)
     return time.time() - start, rc
 
 
