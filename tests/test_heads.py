@@ -10,10 +10,10 @@ import torch
 from torch.utils.data import TensorDataset
 
 import vitprune
-from vitprune.criteria.heads import collect_head_stats, head_integrated_gradients
+from vitprune.criteria.heads import PathClamp, PathCondition, collect_head_stats, head_integrated_gradients
 from vitprune.errors import UserError
 from vitprune.model.adapter import ViTAdapter
-from vitprune.model.hooks import site_input_hooks
+from vitprune.model.hooks import ffn_hooks, override_ffn, site_input_hooks
 from vitprune.prune.lsq import heldout_positions, reconstruct
 from vitprune.prune.macs import count_macs_params, head_unit_macs, mlp_unit_macs
 from vitprune.prune.masks import NeuronMask, joint_from_macs
@@ -113,17 +113,47 @@ def test_head_integrated_gradients_add_up_to_the_change_of_the_target_probabilit
     with torch.no_grad(), site_input_hooks(sites, lambda b, x: torch.zeros_like(x)):
         p0 = model(images).softmax(-1).gather(1, labels[:, None]).squeeze(1)
     ig = head_integrated_gradients(model, sites, images, labels, [clean[b] for b in range(len(sites))], steps=200)
-    total = sum(t.sum(1) for t in ig)
+    assert ig.path is None
+    total = sum(t.sum(1) for t in ig.heads)
     assert torch.allclose(total.float(), (p1 - p0).double().float(), atol=2e-3 * float((p1 - p0).abs().max()) + 1e-5)
+
+
+@pytest.mark.parametrize("tokens", [slice(None), slice(0, 1)])
+def test_path_conditioned_head_and_path_terms_add_up_to_the_change_with_the_rest_held_clean(tokens):
+    """Completeness of the conditioned passes: heads and path units go from 0 to clean together, every other MLP unit
+    at ``tokens`` stays clean, so sum_h IG_h + IG_path = F(clean) - F(no heads, no path units)."""
+    model = tiny_vit(embed_dim=48, num_heads=4)
+    adapter = ViTAdapter(model)
+    sites = adapter.sites("heads")
+    images, labels = tiny_images(3), torch.tensor([0, 1, 2])
+    clean: dict[int, torch.Tensor] = {}
+    hidden: dict[int, torch.Tensor] = {}
+    with torch.no_grad(), site_input_hooks(sites, lambda b, x: clean.__setitem__(b, x.clone())), \
+            ffn_hooks(adapter, lambda b, h: hidden.__setitem__(b, h[:, tokens].clone())):
+        p1 = model(images).softmax(-1).gather(1, labels[:, None]).squeeze(1)
+    units = [torch.tensor([[b, 5 + i] for i in range(3)]) for b in range(len(sites))]  # K = 2 per block, per image
+    held = PathClamp([hidden[b] for b in range(len(sites))], units, tokens)
+    zeroed = {b: v.detach() for b, v in held.at(0.0).items()}
+    with torch.no_grad(), site_input_hooks(sites, lambda b, x: torch.zeros_like(x)), override_ffn(adapter, zeroed, tokens):
+        p0 = model(images).softmax(-1).gather(1, labels[:, None]).squeeze(1)
+    ig = head_integrated_gradients(model, sites, images, labels, [clean[b] for b in range(len(sites))], steps=200, held=held)
+    total = sum(t.sum(1) for t in ig.heads) + ig.path
+    assert torch.allclose(total.float(), (p1 - p0).float(), atol=2e-3 * float((p1 - p0).abs().max()) + 1e-5)
+    plain = head_integrated_gradients(model, sites, images, labels, [clean[b] for b in range(len(sites))], steps=8)
+    conditioned = head_integrated_gradients(model, sites, images, labels, [clean[b] for b in range(len(sites))], steps=8, held=held)
+    assert not torch.allclose(torch.stack(plain.heads), torch.stack(conditioned.heads))  # the condition changes the terms
 
 
 def test_head_statistics_are_per_head_and_finite():
     model = tiny_vit(embed_dim=48, num_heads=4)
-    batches = [([f"{i}" for i in range(4)], tiny_images(4), torch.tensor([0, 1, 2, 3]))]
-    stats = collect_head_stats(model, batches, steps=4, quiet=True)
+    ids = [f"{i}" for i in range(4)]
+    batches = [(ids, tiny_images(4), torch.tensor([0, 1, 2, 3]))]
+    condition = PathCondition({i: [[0], [1], [2]] for i in ids}, {i: int(i) for i in ids}, slice(0, 1))
+    stats = collect_head_stats(model, batches, ig=True, condition=condition, steps=4, quiet=True)
     assert stats.images == 4
-    for kind in (stats.magnitude, stats.taylor, stats.ig):
+    for kind in (stats.magnitude, stats.taylor, stats.ig, stats.path_ig):
         assert [len(t) for t in kind] == [4, 4, 4] and all(torch.isfinite(t).all() and (t >= 0).all() for t in kind)
+    assert collect_head_stats(model, batches, steps=4, quiet=True).ig is None  # the m passes only when asked
 
 
 def test_least_squares_refits_proj_of_pruned_heads():
@@ -165,6 +195,17 @@ def test_compress_with_heads_saves_loads_and_exports(tmp_path):
         assert torch.equal(loaded(x), result.model(x))
     info = result.export_onnx(tmp_path / "m.onnx", quantize="int8", max_int8_drop=100.0)
     assert info["onnx"]["parity_max_abs"] <= 1e-4 and info["int8"]["written"]
+
+
+def test_the_path_head_criterion_discovers_paths_even_for_an_mlp_criterion_that_does_not():
+    model = tiny_vit(embed_dim=48, num_heads=4, num_classes=4)
+    del model.vitprune_source
+    result = vitprune.compress(model, _data(), target_macs=0.5, prune=("mlp", "heads"), criterion="magnitude",
+                               head_criterion="path", compensate="none", scope="global", per_class=4, steps=2, quiet=True)
+    report = result.report
+    assert report.mask.head_criterion == "path" and report.discovery is not None and report.discovery["steps"] == 2
+    assert report.timings["discovery_s"] > 0 and report.timings["head_statistics_s"] > 0
+    assert report.macs.ratio <= 0.5 + 1e-9
 
 
 def test_heads_need_a_budget_and_the_mlps(fashion_dir):

@@ -250,7 +250,7 @@ def compress(model: str | nn.Module = "demo", data: Any = "demo", *, keep_topk: 
 def _discovery_settings(opts: CompressOptions, pipeline: Pipeline) -> DiscoverySettings | None:
     """What the point's criterion reads: a discovery of these settings, or (``--paths``) the given run's own."""
     point = opts.point
-    if not needs_paths(point.criterion, point.budget.keep_topk is not None):
+    if not needs_paths(point):
         return None
     if opts.paths is not None:
         given = DiscoverySettings(topk=opts.topk or 1, steps=opts.steps or 20, label=opts.label or "truth",
@@ -468,7 +468,7 @@ def evaluate(model: str | nn.Module = "demo", data: Any = "demo", *, out: str | 
 
 def _sweep_settings(opts: EvaluateOptions, pipeline: Pipeline, p: Point) -> DiscoverySettings | None:
     """The discovery behind a point of the sweep: K = its keep-topk, else --topk."""
-    if p.criterion == "dense" or not needs_paths(p.criterion, p.budget.keep_topk is not None):
+    if not needs_paths(p):
         return None
     return pipeline.discovery_settings(p, p.budget.keep_topk or opts.topk)
 

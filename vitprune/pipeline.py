@@ -8,6 +8,7 @@ the callers' (``vitprune.api``); this module writes only the discovery runs it i
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Callable, Iterator
@@ -19,10 +20,10 @@ import torch
 from torch import nn
 
 from .accuracy import EvalResult, evaluate_models
-from .criteria import CRITERIA, HEAD_CRITERIA, criterion_needs
+from .criteria import CRITERIA, criterion_needs, head_criterion_needs
 from .criteria.aggregate import union_keep_sets
 from .criteria.base import CriterionInputs, checked_scores, load_criterion
-from .criteria.heads import HEAD_STEPS, HeadStats, collect_head_stats, head_scores
+from .criteria.heads import HEAD_STEPS, HeadStats, PathCondition, collect_head_stats, head_scores
 from .criteria.stats import ActivationStats, collect_stats
 from .data import DataPools, ImagePool, TensorPool, load_data, materialize, model_transform, select_holdout_per_class, select_per_class
 from .discovery.provenance import check_run
@@ -119,6 +120,7 @@ class Pipeline:
         self._head_macs: list[float] | None = None
         self._stats: ActivationStats | None = None
         self._head_stats: HeadStats | None = None
+        self._head_path_ig: dict[DiscoverySettings, list[torch.Tensor]] = {}
         self._calibration: CalibrationSet | None = None
         self._images: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -192,22 +194,34 @@ class Pipeline:
             self._head_macs = head_unit_macs(self.dense)
         return self._head_macs
 
-    def head_stats(self, ig: bool = False) -> HeadStats:
+    def head_stats(self, ig: bool = False, paths: DiscoverySettings | None = None) -> HeadStats:
         """Head statistics of the calibration images (``--prune heads``), with the integrated-gradient passes when
-        ``ig``; collected once (again only when ``ig`` is asked after a collection without it)."""
-        if self._head_stats is None or (ig and self._head_stats.ig is None):
+        ``ig`` and those conditioned on the discovery run of ``paths`` when given; each part collected once."""
+        missing_ig = ig and (self._head_stats is None or self._head_stats.ig is None)
+        missing_path = paths is not None and paths not in self._head_path_ig
+        if self._head_stats is None or missing_ig or missing_path:
+            condition = PathCondition.of(self.paths(paths), self.adapter) if missing_path else None
             t0 = time.time()
-            self._head_stats = collect_head_stats(self.dense, self.calib.batches(self.transform, self.opts.batch_size, shard=self.dist),
-                                                  steps=HEAD_STEPS if ig else 0, total=len(self.calib) // self.dist.world,
-                                                  quiet=self.quiet, dist=self.dist, precision=self.opts.precision)
+            stats = collect_head_stats(self.dense, self.calib.batches(self.transform, self.opts.batch_size, shard=self.dist),
+                                       ig=missing_ig, condition=condition, steps=HEAD_STEPS, total=len(self.calib) // self.dist.world,
+                                       quiet=self.quiet, dist=self.dist, precision=self.opts.precision)
             self._timed("head_statistics_s", t0)
-        return self._head_stats
+            if missing_path:
+                self._head_path_ig[paths] = stats.path_ig
+            if not missing_ig and self._head_stats is not None:
+                stats.ig = self._head_stats.ig
+            self._head_stats = stats
+        return dataclasses.replace(self._head_stats, path_ig=self._head_path_ig.get(paths) if paths is not None else None)
 
-    def head_scores(self, point: Point) -> list[torch.Tensor]:
-        """One score per head per block by ``point.head_criterion``."""
+    def head_scores(self, point: Point, settings: DiscoverySettings | None) -> list[torch.Tensor]:
+        """One score per head per block by ``point.head_criterion`` (``settings``: the point's discovery, for the
+        criteria conditioned on its paths)."""
         name = point.head_criterion or HEAD_DEFAULT["criterion"]
-        needs = set(HEAD_CRITERIA.entry(name).meta.get("needs", ()))
-        stats = self.head_stats(ig="head_ig" in needs) if needs & {"head_stats", "head_ig"} else None
+        needs = set(head_criterion_needs(name))
+        if "head_path_ig" in needs and settings is None:
+            raise ValueError(f"head criterion {name} needs the point's discovery settings")
+        stats = (self.head_stats(ig="head_ig" in needs, paths=settings if "head_path_ig" in needs else None)
+                 if needs & {"head_stats", "head_ig", "head_path_ig"} else None)
         return head_scores(name, stats, self.adapter.sites("heads"), point.seed)
 
     def check_point(self, point: Point, settings: DiscoverySettings | None, *, scope: str, min_keep: int, round_to: int) -> None:
@@ -310,7 +324,7 @@ class Pipeline:
             mask = from_keep_sets(widths, union_keep_sets(critical, len(widths)), keep_label(point.criterion, budget.keep_topk))
             return mask, critical
         scores = checked_scores(point.criterion, criterion.scores(inputs), inputs.sites)
-        heads = self.head_scores(point) if "heads" in point.prune else None
+        heads = self.head_scores(point, settings) if "heads" in point.prune else None
         if budget.target_macs is not None:
             cost, total = self.unit_macs()
             prunable = sum(c * int(s.numel()) for c, s in zip(cost, scores))
@@ -351,9 +365,12 @@ class Pipeline:
         return Compressed(point, mask, pruned, critical, time.time() - t0)
 
 
-def needs_paths(criterion: str, keep: bool) -> bool:
-    """Whether a point of ``criterion`` reads a discovery run."""
-    return bool(set(criterion_needs(criterion, keep=keep)) & {"paths", "importance"})
+def needs_paths(point: Point) -> bool:
+    """Whether ``point`` reads a discovery run: its MLP criterion does, or (heads pruned by a budget) its head criterion."""
+    keep = point.budget.keep_topk is not None
+    if point.criterion != "dense" and set(criterion_needs(point.criterion, keep=keep)) & {"paths", "importance"}:
+        return True
+    return bool(point.head_criterion and not keep and "head_path_ig" in head_criterion_needs(point.head_criterion))
 
 
 __all__ = ["Pipeline", "Compressed", "resolve_model", "resolve_data", "check_pairing", "needs_paths", "CRITERIA"]

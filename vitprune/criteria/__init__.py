@@ -30,11 +30,16 @@ CRITERIA.add("variance", _B + "variance", needs=("stats",), help="Var(a) over im
 CRITERIA.add("wanda", _B + "wanda", needs=("stats",), help="||a||_2 * ||output-projection column||_2 (structured Wanda)")
 
 # --prune heads: one score per attention head, from the head statistics (criteria.heads); needs: head_stats (one
-# forward+backward per image) and head_ig (also the m integrated-gradient passes)
+# forward+backward per image), head_ig (also the m integrated-gradient passes) and head_path_ig (m passes conditioned on
+# the point's discovery paths, which it then needs too)
+HEAD_NEEDS = ("head_stats", "head_ig", "head_path_ig")
 HEAD_CRITERIA = Registry("head criterion", "--head-criterion")
 _H = "vitprune.criteria.heads:"
 HEAD_CRITERIA.add("ig", _H + "ig", needs=("head_stats", "head_ig"),
                   help="mean |integrated gradient| of the target probability along the head's output (m = 20 steps)")
+HEAD_CRITERIA.add("path", _H + "path", needs=("head_stats", "head_path_ig"),
+                  help="the same integrated gradients with the MLP units held clean except the image's path units, scaled "
+                       "with the heads (conditioned on the discovery paths)")
 HEAD_CRITERIA.add("taylor", _H + "taylor", needs=("head_stats",), help="mean over images of |<head output, dCE/d output>|")
 HEAD_CRITERIA.add("magnitude", _H + "magnitude", needs=("head_stats",), help="mean L2 norm of the head's output")
 HEAD_CRITERIA.add("weight", _H + "weight", needs=(), help="L2 norm of the head's q, k, v rows and proj columns")
@@ -56,10 +61,11 @@ def register_criterion(name: str, *, needs: Sequence[str] = (), help: str = "", 
 def register_head_criterion(name: str, *, needs: Sequence[str] = (), help: str = "", replace: bool = False):
     """Register a head criterion (``--prune mlp,heads``): ``@register_head_criterion("mine", needs=("head_stats",))`` above
     a function ``scores(stats, sites, seed) -> list[torch.Tensor]`` (one score per head of each ``blocks.N.attn`` site;
-    ``stats`` is a ``vitprune.criteria.heads.HeadStats``, None unless 'head_stats' is declared; its ``ig`` needs 'head_ig')."""
-    unknown = [n for n in needs if n not in ("head_stats", "head_ig")]
+    ``stats`` is a ``vitprune.criteria.heads.HeadStats``, None unless 'head_stats' is declared; its ``ig`` needs 'head_ig',
+    its ``path_ig`` 'head_path_ig')."""
+    unknown = [n for n in needs if n not in HEAD_NEEDS]
     if unknown:
-        raise ValueError(f"unknown needs {unknown}; a head criterion may need head_stats, head_ig")
+        raise ValueError(f"unknown needs {unknown}; a head criterion may need {', '.join(HEAD_NEEDS)}")
     return HEAD_CRITERIA.register(name, help=help, replace=replace, needs=tuple(needs))
 
 
@@ -69,9 +75,14 @@ def criterion_needs(name: str, *, keep: bool = False) -> tuple[str, ...]:
     return tuple(meta.get("keep_needs", ()) if keep else meta.get("needs", ()))
 
 
+def head_criterion_needs(name: str) -> tuple[str, ...]:
+    """What head criterion ``name`` needs."""
+    return tuple(HEAD_CRITERIA.entry(name).meta.get("needs", ()))
+
+
 def per_class_criteria() -> tuple[str, ...]:
     """The criteria that build per-class keep sets (``--keep-topk``)."""
     return tuple(e.name for e in CRITERIA if e.meta.get("per_class"))
 
 
-__all__ = ["CRITERIA", "HEAD_CRITERIA", "NEEDS", "register_criterion", "register_head_criterion", "criterion_needs", "per_class_criteria"]
+__all__ = ["CRITERIA", "HEAD_CRITERIA", "NEEDS", "register_criterion", "register_head_criterion", "criterion_needs", "head_criterion_needs", "HEAD_NEEDS", "per_class_criteria"]

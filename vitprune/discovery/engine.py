@@ -88,6 +88,14 @@ def stable_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., :k]
 
 
+def scale_units(base: torch.Tensor, units: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """base (R, T, H) with the units (R, K) of each row scaled by that row's alpha (R,), the others as they are."""
+    mask = torch.zeros(len(base), base.shape[-1], dtype=torch.bool, device=base.device)
+    mask.scatter_(1, units, True)
+    scale = torch.where(mask, alpha[:, None].to(base), torch.ones((), dtype=base.dtype, device=base.device))
+    return base * scale[:, None, :]
+
+
 def gather_units(x: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
     """Sum over the K path units of x (R, T, H) -> (R, T); units (R, K)."""
     return x.gather(2, units[:, None, :].expand(-1, x.shape[1], -1)).sum(-1)
@@ -207,11 +215,7 @@ class PassEngine:
     # --------------------------------------------------------------------------------- clamps
     def path_clamp(self, a: torch.Tensor, units: torch.Tensor, img: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
         """Leaf (R, T, H): the clean row a[img] with the path units scaled by alpha."""
-        base = a[img]
-        mask = torch.zeros(len(img), base.shape[-1], dtype=torch.bool, device=base.device)
-        mask.scatter_(1, units[img], True)
-        scale = torch.where(mask, alpha[:, None].to(base), torch.ones((), dtype=base.dtype, device=base.device))
-        return (base * scale[:, None, :]).requires_grad_(True)
+        return scale_units(a[img], units[img], alpha).requires_grad_(True)
 
     def path_score(self, images: torch.Tensor, goal: Goal, acts: list[torch.Tensor], path: list[torch.Tensor]) -> torch.Tensor:
         """JAS(P) = (1/|T|) sum_tau [sum_k sum_l sum_{u in P_l} g_{l,u}^k[tau]] * [sum_l sum_{u in P_l} a_l[tau,u]] / m."""
@@ -255,4 +259,4 @@ class PassEngine:
         return fit_linear(rows, (measured[0], measured[1]), int(DEFAULT_FRACTION * free_bytes(device)))
 
 
-__all__ = ["PassEngine", "PassStats", "Goal", "stable_topk", "gather_units", "auto_schedule", "TANGENT_COST", "SCHEDULES"]
+__all__ = ["PassEngine", "PassStats", "Goal", "stable_topk", "gather_units", "scale_units", "auto_schedule", "TANGENT_COST", "SCHEDULES"]
