@@ -152,6 +152,17 @@ def _compress_paths(model, paths, out, *extra):
                  "jas-freq", "--compensate", "none", "--paths", str(paths), "--no-export", "--quiet", *extra, "--out", str(out)])
 
 
+def test_path_head_scores_need_the_path_of_every_calibration_image(model_dir, run, tmp_path, capsys, fashion_dir):
+    heads = ["--target-macs", "0.6", "--prune", "mlp,heads", "--head-criterion", "path", "--criterion", "jas-freq",
+             "--compensate", "none", "--paths", str(run), "--eval-per-class", "2", "--no-export", "--quiet"]
+    common = ["compress", "--model", model_dir, "--data", "demo", *heads]
+    assert main([*common, "--per-class", "3", "--out", str(tmp_path / "more")]) == 2  # the run has 2 images per class
+    assert "lacks 10 of them" in _err(capsys)
+    assert main([*common, "--per-class", "2", "--out", str(tmp_path / "same")]) == 0
+    report = json.loads((tmp_path / "same" / "report.json").read_text())
+    assert report["mask"]["head_criterion"] == "path" and report["discovery"]["run"] == str(run)
+
+
 def test_records_of_another_model_with_the_same_shapes(run, tmp_path, capsys, fashion_dir):
     twin = save_tiny_fashion_model(tmp_path / "twin", seed=5)  # same architecture, other weights
     assert _compress_paths(twin, run, tmp_path / "c") == 2

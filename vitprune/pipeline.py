@@ -200,7 +200,7 @@ class Pipeline:
         missing_ig = ig and (self._head_stats is None or self._head_stats.ig is None)
         missing_path = paths is not None and paths not in self._head_path_ig
         if self._head_stats is None or missing_ig or missing_path:
-            condition = PathCondition.of(self.paths(paths), self.adapter) if missing_path else None
+            condition = self._path_condition(paths) if missing_path else None
             t0 = time.time()
             stats = collect_head_stats(self.dense, self.calib.batches(self.transform, self.opts.batch_size, shard=self.dist),
                                        ig=missing_ig, condition=condition, steps=HEAD_STEPS, total=len(self.calib) // self.dist.world,
@@ -212,6 +212,16 @@ class Pipeline:
                 stats.ig = self._head_stats.ig
             self._head_stats = stats
         return dataclasses.replace(self._head_stats, path_ig=self._head_path_ig.get(paths) if paths is not None else None)
+
+    def _path_condition(self, settings: DiscoverySettings) -> PathCondition:
+        """The paths of every calibration image in the run of ``settings`` (the head passes run on those images)."""
+        run = self.paths(settings)
+        missing = sorted(set(self.calib.ids()) - {r.id for r in run.records})
+        if missing:
+            raise UserError(f"head criterion path needs the discovery path of every calibration image, and {run.name} lacks "
+                            f"{len(missing)} of them (e.g. {missing[0]}); pass a run discovered on the same --per-class and "
+                            "--classes, or drop --paths")
+        return PathCondition.of(run, self.adapter)
 
     def head_scores(self, point: Point, settings: DiscoverySettings | None) -> list[torch.Tensor]:
         """One score per head per block by ``point.head_criterion`` (``settings``: the point's discovery, for the
