@@ -12,7 +12,9 @@ measured on one calibration image of each model at each setting) and per class (
 
 The grid is one factor at a time around the default (m = 20 integrated-gradient steps, 16 calibration images per
 class, fp32): m = 2, 4, 8 at 16 images per class, then 4 and 8 images per class at m = 4 (the candidate knee:
-the cheapest m that holds quality; see the summary). The default's own points are the zoo's committed sweeps
+the cheapest m that holds quality; see the summary), then m = 4 with the whole compression under bf16 autocast
+(``--precision bf16``: discovery, least squares and scoring; the FLOP count is fp32's, so it wins only on quality,
+ties going to fp32). The default's own points are the zoo's committed sweeps
 (eval/results/zoo/*/criteria-paths for 75 / 90%, keep-topk for K = 5 / 20), made by the same `evaluate` with the
 same arguments but --steps 20 (`eval/zoo.py`); `make demo` reproduces their demo K = 5 point (84.94% test).
 
@@ -44,6 +46,7 @@ GRID = [  # in the order they run
     {"steps": 8, "per_class": 16, "precision": "fp32"},
     {"steps": 4, "per_class": 8, "precision": "fp32"},
     {"steps": 4, "per_class": 4, "precision": "fp32"},
+    {"steps": 4, "per_class": 16, "precision": "bf16"},  # the whole compression (discovery, lsq, scoring) under bf16 autocast
 ]
 TOPK = 5  # discovery K of the sparsity points (evaluate --topk); the keep-topk points discover with K = their K
 
@@ -180,7 +183,8 @@ def render(summary: dict) -> str:
              "per calibration image (K = 5; 2·MACs/L per counted block-row forward or backward, twice that per tangent "
              "block-row), zoo mean; per class = per image × calibration images per class. The first row is today's "
              "default (the zoo's committed sweeps); the others vary one factor at a time (m = integrated-gradient steps, "
-             "calibration images per class), then the calibration size at m = 4.", "",
+             "calibration images per class), then the calibration size at m = 4, then m = 4 with the whole compression "
+             "under bf16 autocast (discovery, least squares and scoring; same FLOP count).", "",
              "| setting | GFLOP/image | GFLOP/class | cost ÷ | selection 75 / 90 | selection K5 / K20 | zoo mean selection 75+90 | "
              "zoo mean selection keep | zoo mean test 75+90 | zoo mean test keep |", "|---|---|---|---|---|---|---|---|---|---|"]
     rows = summary["rows"]
