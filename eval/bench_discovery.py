@@ -105,7 +105,8 @@ def run_one(name: str) -> dict:
     s = finder.stats
     macs, _ = count_macs_params(model)
     # forward and backward (input gradients only) each cost about one block's MACs per block-row; a
-    # forward-mode tangent pass recomputes the block and carries the tangent: twice that
+    # tangent pass is counted at twice that (forward-mode AD recomputes the block; the written-out JVP
+    # from the step's kept primal runs about one block: the count is an upper bound there)
     min_flop = s.flops(macs, L) / n
     gemm = gemm_flops(getattr(torch, GEMM_DTYPES[cfg["precision"]]), tf32=cfg["precision"] == "tf32")
     return {
@@ -161,20 +162,29 @@ def cost_model(name: str, steps: int = 20) -> dict:
 
 
 def block_costs(model, images, reps: int = 5) -> dict:
-    """Seconds of one block (the second) on the rows of one image: forward, backward to its input,
-    and a forward-mode tangent pass (math attention, as vitprune's tangent schedule runs it). Their
-    ratio tangent / backward is what vitprune.discovery.engine.TANGENT_COST stands for."""
+    """Seconds of one block (the second) on the rows of one image: forward, backward to its input, and a
+    tangent pass as vitprune's tangent schedule runs it (the written-out JVP from the primal its step's
+    pass kept, one scope token), beside torch's forward-mode AD of the block (math attention), the
+    fallback for blocks the JVP does not know. Their ratios to the backward are what
+    vitprune.discovery.engine.TANGENT_COST and FORWARD_AD_TANGENT_COST stand for."""
     import torch
     import torch.autograd.forward_ad as fwAD
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from vitprune.model.adapter import ViTAdapter
     from vitprune.model.hooks import block_input
+    from vitprune.model.tangent import block_tangent, primal_capture
 
     adapter = ViTAdapter(model)
     block = adapter.blocks[1]
     x = block_input(adapter, images, 1)
     v = torch.randn_like(x)
+    width = adapter.hidden_widths[1]
+    clamp = torch.randn(len(x), 1, width)
+    direction = torch.zeros(1, len(x), 1, width)
+    direction[0, :, 0, :1] = 1.0
+    with torch.no_grad(), primal_capture(block) as kept:
+        block(x)
 
     def forward():
         with torch.no_grad():
@@ -185,6 +195,10 @@ def block_costs(model, images, reps: int = 5) -> dict:
         torch.autograd.grad(block(z), z, v)
 
     def tangent():
+        if block_tangent(block, x, v[None], clamp, direction, slice(0, 1), kept) is None:
+            raise RuntimeError("the benchmarked block's tangent is not written out")
+
+    def forward_ad():
         with torch.no_grad(), fwAD.dual_level(), sdpa_kernel([SDPBackend.MATH]):
             fwAD.unpack_dual(block(fwAD.make_dual(x, v))).tangent
 
@@ -197,8 +211,9 @@ def block_costs(model, images, reps: int = 5) -> dict:
             times.append(time.perf_counter() - t0)
         return min(times)
 
-    f, fb, tan = best(forward), best(forward_backward), best(tangent)
-    return {"block_forward_s": f, "block_backward_s": fb - f, "block_tangent_s": tan, "tangent_cost": tan / (fb - f)}
+    f, fb, tan, ad = best(forward), best(forward_backward), best(tangent), best(forward_ad)
+    return {"block_forward_s": f, "block_backward_s": fb - f, "block_tangent_s": tan, "tangent_cost": tan / (fb - f),
+            "block_forward_ad_s": ad, "forward_ad_cost": ad / (fb - f)}
 
 
 def run_comparison(name: str) -> dict:
@@ -318,6 +333,8 @@ def render(results: list[dict], machine: dict, costs: list[dict] | None = None, 
                   + "; ".join(f"{c['model']}: `{c['schedule']}` ({c['tangent_block_rows_per_image']:.0f} tangent block-rows/image), "
                               f"forward {c['block_forward_s'] * 1e3:.3g} ms, backward {c['block_backward_s'] * 1e3:.3g} ms, "
                               f"tangent pass {c['block_tangent_s'] * 1e3:.3g} ms = **{c['tangent_cost']:.2f}** backwards"
+                              + (f" (forward-mode AD, the fallback: {c['block_forward_ad_s'] * 1e3:.3g} ms = {c['forward_ad_cost']:.2f})"
+                                 if "forward_ad_cost" in c else "")
                               for c in comparisons) + "."]
         lines += ["", "Per round (s/image, reference / vitprune): " + "; ".join(
             f"{c['model']}: " + ", ".join(f"{r:.3g}/{o:.3g}" for r, o in zip(c["seconds_per_image"]["reference"], c["seconds_per_image"]["ours"]))
@@ -352,7 +369,7 @@ def render(results: list[dict], machine: dict, costs: list[dict] | None = None, 
     lines += [
         "",
         "Cost per image against the FLOP count of the schedule: 2·MACs/L per block-row forward and per block-row "
-        "backward (input gradients only), twice that per tangent block-row (the block and its tangent), MACs of one "
+        "backward (input gradients only), twice that per tangent block-row (the block and its tangent, as forward-mode AD runs it; an upper bound for the written-out JVP, which reuses the primal of the step's pass), MACs of one "
         "forward from torch-pruning; the floor is that count at the GEMM throughput measured in the same process at "
         "the same precision (2048³ matmul).",
         "",

@@ -122,7 +122,7 @@ def test_tangent_schedule_work(monkeypatch):
     finder = PathFinder(model, DiscoverySettings(topk=2, steps=m, max_rows=m * B))  # no memory probe
     assert finder.engine.resolved_schedule() == "tangent"  # CLS scope, 9 > 2 * 1 * TANGENT_COST blocks
     assert PathFinder(model, DiscoverySettings(token_scope="all")).engine.resolved_schedule() == "kept"
-    assert PathFinder(tiny_vit(depth=6), DiscoverySettings()).engine.resolved_schedule() == "kept"
+    assert PathFinder(tiny_vit(depth=2), DiscoverySettings()).engine.resolved_schedule() == "kept"  # 2 < 2 * TANGENT_COST
     counter = _Counter(model, monkeypatch)
     finder.find(tiny_images(B), torch.arange(B))
     counter.remove()
@@ -234,6 +234,7 @@ def test_pass_counts_per_batch(monkeypatch, method):
     L, B, m = len(model.blocks), 5, 4
     counter = _Counter(model, monkeypatch)
     finder = PathFinder(model, DiscoverySettings(topk=2, steps=m, method=method))
+    finder.schedule = "kept"  # the counts below are the kept prefix's ('auto' carries tangents from 3 blocks on)
     finder.find(tiny_images(B), torch.arange(B) % 5)
     counter.forwards = counter.rows = counter.block_rows = counter.backwards = 0
     found = finder.find_batch(tiny_images(B), torch.arange(B) % 5)
@@ -273,7 +274,9 @@ def test_max_rows_chunks_every_pass(monkeypatch):
     model = tiny_vit()
     L, B, m, max_rows = len(model.blocks), 3, 4, 5
     counter = _Counter(model, monkeypatch)
-    vitprune.find_paths(model, tiny_images(B), torch.arange(B), steps=m, max_rows=max_rows)
+    finder = PathFinder(model, DiscoverySettings(topk=1, steps=m, max_rows=max_rows))
+    finder.schedule = "kept"  # the counts below are the kept prefix's ('auto' carries tangents from 3 blocks on)
+    finder.find(tiny_images(B), torch.arange(B))
     counter.remove()
     # a pass holds one image's m rows: the greedy steps and the path score run per image from the
     # kept prefix; the baseline's score is chunked by rows

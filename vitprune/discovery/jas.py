@@ -17,14 +17,15 @@ Differences from the reference code, on purpose: top-K counts all K units of eve
 the m*B scaled rows has ONE backward for all clamped blocks. Work the reference repeats is done
 once: greedy steps t and t+1 clamp blocks < t alike, so the residual stream entering block t is
 kept from step t on and later steps and the path score run only the blocks after it (schedule
-``kept``: with its graph; ``tangent``: values only, plus a forward-mode tangent of the earlier path
-units carried one block per step). The records equal recomputing every pass (``recompute``; tests
-compare all three and the literal formulas).
+``kept``: with its graph; ``tangent``: values only, plus the tangent of the earlier path units carried
+one block per step, written out in ``vitprune.model.tangent``, by forward-mode AD for blocks it does
+not know). The records equal recomputing every pass (``recompute``; tests compare all three and the
+literal formulas).
 """
 from __future__ import annotations
 
 import warnings
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -32,6 +33,7 @@ import torch.autograd.forward_ad as fwAD
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..model.hooks import override_ffn
+from ..model.tangent import block_tangent, primal_capture
 from ..precision import precision_context
 from .engine import Goal, PassEngine, gather_units, stable_topk
 from .method import DiscoveryMethod, MethodPaths
@@ -144,8 +146,9 @@ class JointAttribution(DiscoveryMethod):
         At step t the path units of blocks < t-1 act on F only through the residual stream B entering
         block t-1, so the sum of their gradients is <dF/dB, tau>, tau the derivative of B along those
         units (one tangent per scope token). Step t keeps B (values only), runs blocks t-1.. and
-        back-propagates to B and to the clamps of blocks t-1 and t; then one forward-mode pass of
-        block t-1 carries tau to the next boundary. Per image: backward block-rows
+        back-propagates to B and to the clamps of blocks t-1 and t; then one tangent pass of block t-1
+        (the written-out JVP, from the intermediates that step's pass computed through the block) carries
+        tau to the next boundary. Per image: backward block-rows
         m * (L + sum_{t=1}^{L-1} (L - t + 1) + 1) instead of m * L * (L + 1), plus (L-1)*T one-block
         tangent passes.
         """
@@ -166,7 +169,10 @@ class JointAttribution(DiscoveryMethod):
             if t < depth:
                 clamps[t] = (acts[t][img] * alpha[:, None, None].to(acts[t])).requires_grad_(True)
                 inputs.append(clamps[t])
-            grads, entering = engine.step_pass(x, goal, clamps, inputs, t, depth - max(t - 1, 0))  # down to x only
+            # the pass runs block t-1 on x with its path clamp: what the tangent carried through it next needs
+            carry = tangent is not None and t < depth
+            with primal_capture(engine.adapter.blocks[t - 1]) if carry else nullcontext() as primal:
+                grads, entering = engine.step_pass(x, goal, clamps, inputs, t, depth - max(t - 1, 0))  # down to x only
             g_path = torch.zeros_like(greedy.a_path)
             if tangent is not None:
                 through = torch.einsum("rnd,jrnd->rj", grads.pop(0).double(), tangent.double())
@@ -174,7 +180,8 @@ class JointAttribution(DiscoveryMethod):
             if t > 0:
                 g_path.index_add_(0, img, gather_units(grads.pop(0).double(), path[t - 1][img]))
                 if t < depth:
-                    tangent = cls._carry_tangent(engine, t - 1, x.detach(), tangent, clamps[t - 1].detach(), path[t - 1][img])
+                    tangent = cls._carry_tangent(engine, t - 1, x.detach(), tangent, clamps[t - 1].detach(), path[t - 1][img],
+                                                 primal if carry else None)
             if t == depth:
                 return greedy.result(greedy.path_score(g_path, cfg.steps))
             x = entering.detach()
@@ -185,25 +192,38 @@ class JointAttribution(DiscoveryMethod):
     @staticmethod
     @torch.no_grad()
     def _carry_tangent(engine: PassEngine, block: int, x: torch.Tensor, tangent: torch.Tensor | None, clamp: torch.Tensor,
-                       units: torch.Tensor) -> torch.Tensor:
+                       units: torch.Tensor, primal: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """The tangent of the residual stream leaving ``block`` (entering block+1), one per scope token j:
-        the incoming tangent[j] carried through the block plus the block's own path units at token j."""
-        carried = []
-        for j in range(clamp.shape[1]):
-            direction = torch.zeros_like(clamp)
-            direction[:, j].scatter_(1, units, 1.0)
-            with ExitStack() as stack:
-                stack.enter_context(warnings.catch_warnings())
-                # torch's first make_dual scripts its forward-mode decompositions and warns that jit.script is deprecated
-                warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
-                stack.enter_context(fwAD.dual_level())
-                stack.enter_context(sdpa_kernel([SDPBackend.MATH]))  # the fused kernels have no forward-mode rule
-                stack.enter_context(precision_context(engine.settings.precision, x.device))
-                stack.enter_context(override_ffn(engine.adapter, {block: fwAD.make_dual(clamp, direction)}, engine.tokens))
-                x_in = x if tangent is None else fwAD.make_dual(x, tangent[j].to(x.dtype))
-                carried.append(fwAD.unpack_dual(engine.adapter.blocks[block](x_in)).tangent)
-            engine.stats.add("tangent", len(x), 1)
-        return torch.stack(carried)
+        the incoming tangent[j] carried through the block plus the block's own path units at token j.
+        Written out (``block_tangent``, from the step pass's ``primal`` when kept) where the block is the
+        stock one, else by forward-mode AD."""
+        scope = clamp.shape[1]
+        direction = clamp.new_zeros((scope, *clamp.shape))
+        for j in range(scope):
+            direction[j, :, j].scatter_(1, units, 1.0)
+        with precision_context(engine.settings.precision, x.device):
+            carried = block_tangent(engine.adapter.blocks[block], x, tangent, clamp, direction, engine.tokens, primal)
+        if carried is None:
+            carried = torch.stack([_forward_mode_tangent(engine, block, x, None if tangent is None else tangent[j], clamp,
+                                                         direction[j]) for j in range(scope)])
+        engine.stats.add("tangent", len(x) * scope, 1)
+        return carried
+
+
+def _forward_mode_tangent(engine: PassEngine, block: int, x: torch.Tensor, tangent: torch.Tensor | None, clamp: torch.Tensor,
+                          direction: torch.Tensor) -> torch.Tensor:
+    """The block's output tangent along x's ``tangent`` and the clamp's ``direction`` by torch's forward-mode AD
+    (any block the hooks can clamp)."""
+    with ExitStack() as stack:
+        stack.enter_context(warnings.catch_warnings())
+        # torch's first make_dual scripts its forward-mode decompositions and warns that jit.script is deprecated
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
+        stack.enter_context(fwAD.dual_level())
+        stack.enter_context(sdpa_kernel([SDPBackend.MATH]))  # the fused kernels have no forward-mode rule
+        stack.enter_context(precision_context(engine.settings.precision, x.device))
+        stack.enter_context(override_ffn(engine.adapter, {block: fwAD.make_dual(clamp, direction)}, engine.tokens))
+        x_in = x if tangent is None else fwAD.make_dual(x, tangent.to(x.dtype))
+        return fwAD.unpack_dual(engine.adapter.blocks[block](x_in)).tangent
 
 
 __all__ = ["JointAttribution"]
