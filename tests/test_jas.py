@@ -127,10 +127,12 @@ def test_tangent_schedule_work(monkeypatch):
     finder.find(tiny_images(B), torch.arange(B))
     counter.remove()
     assert counter.backwards == L + 2
-    assert finder.stats.tangent_block_rows == m * B * (L - 1)  # one block per step 1..L-1, one scope token
-    # each backward stops at the boundary it started from: the backward block-rows equal the forward ones
-    assert finder.stats.backward_block_rows == m * B * _cached_block_passes(L)
-    assert counter.block_rows == B * L + m * B * _cached_block_passes(L) + m * B * (L - 1)  # + the tangent passes
+    assert finder.stats.tangent_block_rows == m * B * (L - 1)  # one block per step 0..L-2, one scope token
+    # step t >= 1 starts at block t from the carried stream; each backward stops at the block it started from
+    tangent_passes = L + sum(L - t for t in range(1, L)) + 1 + L
+    assert finder.stats.backward_block_rows == m * B * tangent_passes
+    # the counter's hooks make every block fall back: the carried stream and the tangent each run the block
+    assert counter.block_rows == B * L + m * B * tangent_passes + 2 * m * B * (L - 1)
     bf16 = PathFinder(model, DiscoverySettings(topk=2, steps=m, precision="bf16")).find(tiny_images(B), torch.arange(B))
     fp32 = vitprune.find_paths(model, tiny_images(B), torch.arange(B), topk=2, steps=m)
     assert all(abs(a.score - b.score) <= 0.05 * abs(b.score) + 1e-6 for a, b in zip(bf16, fp32))

@@ -76,7 +76,7 @@ def test_block_tangent_equals_forward_mode_ad(kind):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     with torch.no_grad(), primal_capture(block) as kept:
         block(x)
-    assert set(kept) == {"qkv", "x1", "fc1"}
+    assert set(kept) == {"qkv", "x1", "fc1", "fc2"}
     torch.testing.assert_close(block_tangent(block, x, tangent, clamp, direction, tokens, kept),
                                block_tangent(block, x, tangent, clamp, direction, tokens), rtol=1e-12, atol=1e-14)
 
@@ -135,10 +135,14 @@ def _fallbacks(monkeypatch) -> list[int]:
     return calls
 
 
-def _records(model, schedule, x, y, **settings):
+def _finder(model, schedule, **settings):
     finder = PathFinder(model, DiscoverySettings(topk=2, steps=4, **settings))
     finder.schedule = schedule
-    return finder.find_batch(x, y)
+    return finder
+
+
+def _records(model, schedule, x, y, **settings):
+    return _finder(model, schedule, **settings).find_batch(x, y)
 
 
 @pytest.mark.filterwarnings("ignore:.*torch.jit.script.*deprecated:FutureWarning")
@@ -147,8 +151,12 @@ def test_tangent_schedule_runs_the_written_out_tangent(monkeypatch, kind):
     model = _model(VARIANTS[kind], torch.float32)
     x, y = tiny_images(3), torch.tensor([0, 3, 1])
     calls = _fallbacks(monkeypatch)
-    found = _records(model, "tangent", x, y)
+    finder = _finder(model, "tangent", max_rows=12)  # no memory probe
+    found = finder.find_batch(x, y)
     assert calls == []
+    # no block runs outside the passes: the carried stream comes from the step's pass too
+    L, rows = len(model.blocks), 4 * len(x)
+    assert finder.stats.block_rows == len(x) * L + rows * (L + sum(L - t for t in range(1, L)) + 1 + L)
     want = _records(model, "kept", x, y)
     for a, b in zip(found.records, want.records, strict=True):
         assert a.path == b.path and a.score == pytest.approx(b.score, rel=1e-5)

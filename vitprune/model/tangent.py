@@ -121,8 +121,8 @@ def _scale(layer_scale: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 @contextmanager
 def primal_capture(block: nn.Module) -> Iterator[dict[str, torch.Tensor] | None]:
-    """Keep what ``block_tangent`` needs of the block's next forward (its qkv, the stream after attention, fc1's
-    output), so the tangent need not recompute the block; None (no hooks) for a block it does not support."""
+    """Keep what ``block_tangent`` and ``block_output`` need of the block's next forward (its qkv, the stream after
+    attention, fc1's and fc2's outputs), so neither recomputes the block; None (no hooks) for a block it does not support."""
     if not supports(block):
         yield None
         return
@@ -133,7 +133,8 @@ def primal_capture(block: nn.Module) -> Iterator[dict[str, torch.Tensor] | None]
 
     handles = [block.attn.qkv.register_forward_hook(lambda _m, _a, out: keep("qkv", out)),
                block.norm2.register_forward_pre_hook(lambda _m, args: keep("x1", args[0])),
-               block.mlp.fc1.register_forward_hook(lambda _m, _a, out: keep("fc1", out))]
+               block.mlp.fc1.register_forward_hook(lambda _m, _a, out: keep("fc1", out)),
+               block.mlp.fc2.register_forward_hook(lambda _m, _a, out: keep("fc2", out))]
     try:
         yield store
     finally:
@@ -141,11 +142,25 @@ def primal_capture(block: nn.Module) -> Iterator[dict[str, torch.Tensor] | None]
             handle.remove()
 
 
+@torch.no_grad()
+def block_output(block: nn.Module, kept: dict[str, torch.Tensor] | None, clamp: torch.Tensor, tokens: slice
+                 ) -> torch.Tensor | None:
+    """The block's output on the input of the forward ``kept`` saw, with its MLP hidden vector at ``tokens`` set to
+    ``clamp`` (R, S, H): only those rows of the MLP output differ, fc2 runs on them alone (as ``override_ffn`` runs
+    it). None when ``kept`` does not hold that forward."""
+    if kept is None or not {"x1", "fc2"} <= kept.keys():
+        return None
+    mlp = block.mlp
+    out = kept["fc2"].clone()
+    out[:, tokens] = F.linear(clamp.to(out.dtype), mlp.fc2.weight, mlp.fc2.bias)
+    return kept["x1"] + _scale(block.ls2, out)
+
+
 def _primal(block: nn.Module, x: torch.Tensor, kept: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
     """The block's qkv, stream after attention and fc1 output on x: ``kept`` from ``primal_capture`` when it holds
     them for this x, else computed here."""
-    rows = x.shape[:-1]
-    if kept is not None and len(kept) == 3 and all(v.shape[:-1] == rows for v in kept.values()):
+    rows, names = x.shape[:-1], ("qkv", "x1", "fc1")
+    if kept is not None and all(name in kept and kept[name].shape[:-1] == rows for name in names):
         return kept
     attn, mlp = block.attn, block.mlp
     qkv = F.linear(_norm(block.norm1, x)[0], attn.qkv.weight, attn.qkv.bias)
@@ -169,7 +184,7 @@ def block_tangent(block: nn.Module, x: torch.Tensor, tangent: torch.Tensor | Non
 
     x (R, N, D) is the block's input and tangent (T, R, N, D) its tangents (None: zero); the MLP
     hidden vector at ``tokens`` is clamp (R, S, H), with tangent direction (T, R, S, H). ``kept``:
-    the block's intermediates on x with this clamp (``primal_capture``), else they are recomputed."""
+    the block's intermediates on x (``primal_capture``; the clamp does not change them), else they are recomputed."""
     if not supports(block):
         return None
     attn, mlp = block.attn, block.mlp
@@ -209,4 +224,4 @@ def block_tangent(block: nn.Module, x: torch.Tensor, tangent: torch.Tensor | Non
     return out.to(x.dtype)
 
 
-__all__ = ["block_tangent", "primal_capture", "supports", "written_out"]
+__all__ = ["block_output", "block_tangent", "primal_capture", "supports", "written_out"]
