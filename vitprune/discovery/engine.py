@@ -30,10 +30,11 @@ from .memory import DEFAULT_FRACTION, PassMemory, PassMeter, fit_linear, free_by
 from .settings import DiscoverySettings
 
 # A one-block tangent pass costs about this many one-block backwards (fp32 CPU, one thread, the m rows
-# of one image, eval/results/discovery_benchmark.md). Written out (vitprune.model.tangent, from the
-# primal the step's pass kept): 1.06 on the demo, 0.98 on ViT-B/32, the larger rounded up. By torch's
-# forward-mode AD, the fallback for blocks the JVP does not know (it recomputes the block; its linear
-# also multiplies by a zero weight tangent): 3.4 on the demo, 3.0 on ViT-B/32.
+# of one image; eval/bench_discovery.py, results/discovery_benchmark.md, a shared machine). Written out
+# (vitprune.model.tangent, from the intermediates the step's pass kept): 1.09 on the demo, 0.95 on
+# ViT-B/32; the larger, rounded up. By torch's forward-mode AD, the fallback for blocks the JVP does
+# not know (it recomputes the block; its linear also multiplies by a zero weight tangent): 3.28 and
+# 2.44 in the same runs (3.4 and 3.0 on a quiet machine before).
 TANGENT_COST = 1.1
 FORWARD_AD_TANGENT_COST = 3.4
 SCHEDULES = ("auto", "tangent", "kept", "recompute")
