@@ -11,7 +11,7 @@ the reference code's passes (a clean read per greedy step, one autograd.grad per
 
 Configurations (each in its own process, so peak memory is per configuration):
   demo        the bundled demo ViT (6 blocks), real Fashion-MNIST calibration images
-  demo-tangent  the same with the 'tangent' schedule forced ('auto' keeps the prefix graph at 6 blocks)
+  demo-kept   the same with the 'kept' schedule forced ('auto' carries tangents at 6 blocks, the JVP being written out)
   vit_base    random-init vit_base_patch16_224 (12 blocks, 197 tokens), 224x224 inputs
   *-PREC      the same at another --precision
   demo-compress, demo-compress-default   the demo as `compress` discovers (top-5, token scope all): at the reference's
@@ -46,7 +46,7 @@ COMPARISONS = {
 }
 CONFIGS = {
     "demo": DEMO,
-    "demo-tangent": {**DEMO, "schedule": "tangent"},  # the schedule 'auto' does not pick for 6 blocks, forced
+    "demo-kept": {**DEMO, "schedule": "kept"},  # the schedule 'auto' no longer picks for 6 blocks, forced
     "demo-bf16": {**DEMO, "precision": "bf16"},
     "demo-fp16": {**DEMO, "precision": "fp16", "images": 32},  # CPU fp16 is ~10x slower than fp32 here
     "vit_base": BASE,
@@ -105,7 +105,8 @@ def run_one(name: str) -> dict:
     s = finder.stats
     macs, _ = count_macs_params(model)
     # forward and backward (input gradients only) each cost about one block's MACs per block-row; a
-    # forward-mode tangent pass recomputes the block and carries the tangent: twice that
+    # tangent pass is counted at twice that (forward-mode AD recomputes the block; the written-out JVP
+    # from the step's kept primal runs about one block: the count is an upper bound there)
     min_flop = s.flops(macs, L) / n
     gemm = gemm_flops(getattr(torch, GEMM_DTYPES[cfg["precision"]]), tf32=cfg["precision"] == "tf32")
     return {
@@ -129,10 +130,12 @@ def schedule(L: int, m: int) -> dict:
     """Work per image of vitprune's schedule and of the reference's, in block-rows (one row through one
     block) forward and in backward calls and block-rows (a backward from the output to block l runs L - l blocks)."""
     ours_fwd = L + m * (L + sum(L - t + 1 for t in range(1, L)) + 1 + L)  # clean; step 0; steps from the kept prefix; path; baseline
+    # 'tangent': step t >= 1 starts at block t from the carried stream, and its backward stops there
+    tangent_fwd = L + m * (L + sum(L - t for t in range(1, L)) + 1 + L)
     ref_fwd = L * L + m * (L + 2) * L  # a clean read per greedy step; every scaled forward from the images
     ref_bwd = m * (sum((L - l) for t in range(L) for l in range(t + 1)) + 2 * sum(L - l for l in range(L)))
     return {"block_rows": ours_fwd, "backward_calls": L + 2, "backward_block_rows": m * (L + 2) * L,
-            "tangent_backward_block_rows": ours_fwd - L, "tangent_block_rows": m * (L - 1),
+            "tangent_forward_block_rows": tangent_fwd, "tangent_backward_block_rows": tangent_fwd - L, "tangent_block_rows": m * (L - 1),
             "ref_block_rows": ref_fwd, "ref_backward_calls": L * (L + 1) // 2 + 2 * L, "ref_backward_block_rows": ref_bwd}
 
 
@@ -152,29 +155,39 @@ def cost_model(name: str, steps: int = 20) -> dict:
 
     work = schedule(L, steps)
     kind = auto_schedule(L, 1)  # the CLS scope, discover's default for these models
+    forward = work["tangent_forward_block_rows"] if kind == "tangent" else work["block_rows"]
     backward = work["tangent_backward_block_rows"] if kind == "tangent" else work["backward_block_rows"]
     tangent = work["tangent_block_rows"] if kind == "tangent" else 0
-    min_flop = 2 * macs / L * (work["block_rows"] + backward + 2 * tangent)
+    min_flop = 2 * macs / L * (forward + backward + 2 * tangent)
     return {"model": name, "depth": L, "tokens": tokens, "params": params, "macs_per_forward": macs, "steps": steps,
-            "schedule": kind, "block_rows_per_image": work["block_rows"], "backward_block_rows_per_image": backward,
+            "schedule": kind, "block_rows_per_image": forward, "backward_block_rows_per_image": backward,
             "tangent_block_rows_per_image": tangent, "min_flop_per_image": min_flop}
 
 
 def block_costs(model, images, reps: int = 5) -> dict:
-    """Seconds of one block (the second) on the rows of one image: forward, backward to its input,
-    and a forward-mode tangent pass (math attention, as vitprune's tangent schedule runs it). Their
-    ratio tangent / backward is what vitprune.discovery.engine.TANGENT_COST stands for."""
+    """Seconds of one block (the second) on the rows of one image: forward, backward to its input, and a
+    tangent pass as vitprune's tangent schedule runs it (the written-out JVP from the primal its step's
+    pass kept, one scope token), beside torch's forward-mode AD of the block (math attention), the
+    fallback for blocks the JVP does not know. Their ratios to the backward are what
+    vitprune.discovery.engine.TANGENT_COST and FORWARD_AD_TANGENT_COST stand for."""
     import torch
     import torch.autograd.forward_ad as fwAD
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from vitprune.model.adapter import ViTAdapter
     from vitprune.model.hooks import block_input
+    from vitprune.model.tangent import block_tangent, primal_capture
 
     adapter = ViTAdapter(model)
     block = adapter.blocks[1]
     x = block_input(adapter, images, 1)
     v = torch.randn_like(x)
+    width = adapter.hidden_widths[1]
+    clamp = torch.randn(len(x), 1, width)
+    direction = torch.zeros(1, len(x), 1, width)
+    direction[0, :, 0, :1] = 1.0
+    with torch.no_grad(), primal_capture(block) as kept:
+        block(x)
 
     def forward():
         with torch.no_grad():
@@ -185,6 +198,10 @@ def block_costs(model, images, reps: int = 5) -> dict:
         torch.autograd.grad(block(z), z, v)
 
     def tangent():
+        if block_tangent(block, x, v[None], clamp, direction, slice(0, 1), kept) is None:
+            raise RuntimeError("the benchmarked block's tangent is not written out")
+
+    def forward_ad():
         with torch.no_grad(), fwAD.dual_level(), sdpa_kernel([SDPBackend.MATH]):
             fwAD.unpack_dual(block(fwAD.make_dual(x, v))).tangent
 
@@ -197,8 +214,9 @@ def block_costs(model, images, reps: int = 5) -> dict:
             times.append(time.perf_counter() - t0)
         return min(times)
 
-    f, fb, tan = best(forward), best(forward_backward), best(tangent)
-    return {"block_forward_s": f, "block_backward_s": fb - f, "block_tangent_s": tan, "tangent_cost": tan / (fb - f)}
+    f, fb, tan, ad = best(forward), best(forward_backward), best(tangent), best(forward_ad)
+    return {"block_forward_s": f, "block_backward_s": fb - f, "block_tangent_s": tan, "tangent_cost": tan / (fb - f),
+            "block_forward_ad_s": ad, "forward_ad_cost": ad / (fb - f)}
 
 
 def run_comparison(name: str) -> dict:
@@ -286,6 +304,11 @@ def render(results: list[dict], machine: dict, costs: list[dict] | None = None, 
         f"Machine: {machine['cpu']}, {machine['cores']} cores, {machine['memory_gb']} GB, no GPU; "
         f"torch {machine['torch']}.",
     ]
+    notes: dict[str, list[str]] = {}
+    for entry in [*(comparisons or []), *results]:
+        if entry.get("note"):
+            notes.setdefault(entry["note"], []).append(entry.get("comparison") or entry["config"])
+    lines += [f"{', '.join(names)}: {note}" for note, names in notes.items()]
     if comparisons:
         lines += [
             "",
@@ -297,8 +320,9 @@ def render(results: list[dict], machine: dict, costs: list[dict] | None = None, 
             "forward from the images, one `autograd.grad` per clamped layer), one image per call as its top-K code. "
             "vitprune keeps the residual stream entering block t from greedy step t on (steps and the path score "
             "run only the later blocks; schedule `kept` keeps its graph and back-propagates through it, `tangent` "
-            "carries a forward-mode tangent one block per step instead, so no backward goes below the changed "
-            "block), has one backward per pass, and runs the last block's MLP on the tokens the head reads only.",
+            "carries the stream past the scored block and a tangent of the earlier path units one block per step "
+            "instead (a written-out JVP from the intermediates the step's own pass computed), so step t runs and "
+            "back-propagates blocks t.. only), has one backward per pass, and runs the last block's MLP on the tokens the head reads only.",
             "",
             "| model | L | tokens | images | rounds | reference s/image | vitprune s/image | speed-up, median [min, max] "
             "| paths identical | max relative score difference | block-rows forward / image, vitprune vs reference "
@@ -318,6 +342,8 @@ def render(results: list[dict], machine: dict, costs: list[dict] | None = None, 
                   + "; ".join(f"{c['model']}: `{c['schedule']}` ({c['tangent_block_rows_per_image']:.0f} tangent block-rows/image), "
                               f"forward {c['block_forward_s'] * 1e3:.3g} ms, backward {c['block_backward_s'] * 1e3:.3g} ms, "
                               f"tangent pass {c['block_tangent_s'] * 1e3:.3g} ms = **{c['tangent_cost']:.2f}** backwards"
+                              + (f" (forward-mode AD, the fallback: {c['block_forward_ad_s'] * 1e3:.3g} ms = {c['forward_ad_cost']:.2f})"
+                                 if "forward_ad_cost" in c else "")
                               for c in comparisons) + "."]
         lines += ["", "Per round (s/image, reference / vitprune): " + "; ".join(
             f"{c['model']}: " + ", ".join(f"{r:.3g}/{o:.3g}" for r, o in zip(c["seconds_per_image"]["reference"], c["seconds_per_image"]["ours"]))
@@ -352,7 +378,7 @@ def render(results: list[dict], machine: dict, costs: list[dict] | None = None, 
     lines += [
         "",
         "Cost per image against the FLOP count of the schedule: 2·MACs/L per block-row forward and per block-row "
-        "backward (input gradients only), twice that per tangent block-row (the block and its tangent), MACs of one "
+        "backward (input gradients only), twice that per tangent block-row (the block and its tangent, as forward-mode AD runs it; an upper bound for the written-out JVP, which reuses the primal of the step's pass), MACs of one "
         "forward from torch-pruning; the floor is that count at the GEMM throughput measured in the same process at "
         "the same precision (2048³ matmul).",
         "",
@@ -368,9 +394,17 @@ def render(results: list[dict], machine: dict, costs: list[dict] | None = None, 
             f"| {r['config']} | {r['precision']} | {r['macs_per_forward'] / 1e9:.3g} | {r['min_flop_per_image'] / 1e12:.3g} | "
             f"{r['gemm_flops'] / 1e9:.1f} | {floor} | {r['achieved_flops'] / 1e9:.0f} |"
         )
-    if any(r["seconds_per_image"] < r["min_seconds_per_image"] for r in results):
-        lines += ["", "¹ The plain fp16 matmul probe runs slower here than the model's own fp16 kernels under autocast "
-                  "(no native fp16 GEMM on this CPU), so it gives no floor for fp16."]
+    below = [r for r in results if r["seconds_per_image"] < r["min_seconds_per_image"]]
+    if below:
+        why = []
+        if any(r["precision"] == "fp16" for r in below):
+            why.append("fp16: the plain fp16 matmul probe runs slower here than the model's own fp16 kernels under "
+                       "autocast (no native fp16 GEMM on this CPU)")
+        others = [r["config"] for r in below if r["precision"] != "fp16"]
+        if others:
+            why.append(f"{', '.join(others)}: the probe of that run caught a more loaded moment of a shared machine, "
+                       "and the count takes a tangent block-row at twice a block (an upper bound for the written-out JVP)")
+        lines += ["", "¹ No floor where the matmul probe ran slower than the model's own work: " + "; ".join(why) + "."]
     by = {r["config"]: r for r in results}
     if "demo-compress" in by and "demo-compress-default" in by:
         f, d = by["demo-compress"], by["demo-compress-default"]
@@ -396,7 +430,7 @@ def render(results: list[dict], machine: dict, costs: list[dict] | None = None, 
             lines.append(f"| {c['model']} | {c['steps']} | {c['depth']} | {c['tokens']} | {c['macs_per_forward'] / 1e9:.2f} | `{c['schedule']}` | "
                          f"{c['block_rows_per_image']}, {c['backward_block_rows_per_image']}, {c['tangent_block_rows_per_image']} | "
                          f"{c['min_flop_per_image'] / 1e12:.1f} | {here} | {c['min_flop_per_image'] / 100e12:.2f} |")
-    agreement = [(name, path_agreement(by["demo"], by[name])) for name in ("demo-tangent", "demo-bf16", "demo-fp16")
+    agreement = [(name, path_agreement(by["demo"], by[name])) for name in ("demo-kept", "demo-bf16", "demo-fp16")
                  if name in by and "demo" in by]
     agreement += [(name, path_agreement(by["vit_base"], by[name])) for name in ("vit_base-tf32", "vit_base-bf16", "vit_base-fp16")
                   if name in by and "vit_base" in by and by[name]["steps"] == by["vit_base"]["steps"]]
@@ -441,6 +475,7 @@ def main() -> None:
     parser.add_argument("--configs", nargs="*", default=DEFAULT_CONFIGS, help=f"default: {' '.join(DEFAULT_CONFIGS)}")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--render-only", action="store_true", help="re-render the Markdown from the saved JSON")
+    parser.add_argument("--note", help="a line kept with the configurations run now (e.g. that the machine was shared)")
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
     sys.path.insert(0, str(HERE))
@@ -474,6 +509,8 @@ def main() -> None:
     for name in args.configs:
         print(f"running {name} ...", flush=True)
         kept[name] = _run_one(name)
+        if args.note:
+            kept[name]["note"] = args.note
         summary = (f"{kept[name]['ratio_median']:.2f}x the reference" if name in COMPARISONS
                    else f"{kept[name]['images_per_s']:.3f} images/s")
         print(f"  {summary}", flush=True)

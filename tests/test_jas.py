@@ -122,15 +122,17 @@ def test_tangent_schedule_work(monkeypatch):
     finder = PathFinder(model, DiscoverySettings(topk=2, steps=m, max_rows=m * B))  # no memory probe
     assert finder.engine.resolved_schedule() == "tangent"  # CLS scope, 9 > 2 * 1 * TANGENT_COST blocks
     assert PathFinder(model, DiscoverySettings(token_scope="all")).engine.resolved_schedule() == "kept"
-    assert PathFinder(tiny_vit(depth=6), DiscoverySettings()).engine.resolved_schedule() == "kept"
+    assert PathFinder(tiny_vit(depth=2), DiscoverySettings()).engine.resolved_schedule() == "kept"  # 2 < 2 * TANGENT_COST
     counter = _Counter(model, monkeypatch)
     finder.find(tiny_images(B), torch.arange(B))
     counter.remove()
     assert counter.backwards == L + 2
-    assert finder.stats.tangent_block_rows == m * B * (L - 1)  # one block per step 1..L-1, one scope token
-    # each backward stops at the boundary it started from: the backward block-rows equal the forward ones
-    assert finder.stats.backward_block_rows == m * B * _cached_block_passes(L)
-    assert counter.block_rows == B * L + m * B * _cached_block_passes(L) + m * B * (L - 1)  # + the tangent passes
+    assert finder.stats.tangent_block_rows == m * B * (L - 1)  # one block per step 0..L-2, one scope token
+    # step t >= 1 starts at block t from the carried stream; each backward stops at the block it started from
+    tangent_passes = L + sum(L - t for t in range(1, L)) + 1 + L
+    assert finder.stats.backward_block_rows == m * B * tangent_passes
+    # the counter's hooks make every block fall back: the carried stream and the tangent each run the block
+    assert counter.block_rows == B * L + m * B * tangent_passes + 2 * m * B * (L - 1)
     bf16 = PathFinder(model, DiscoverySettings(topk=2, steps=m, precision="bf16")).find(tiny_images(B), torch.arange(B))
     fp32 = vitprune.find_paths(model, tiny_images(B), torch.arange(B), topk=2, steps=m)
     assert all(abs(a.score - b.score) <= 0.05 * abs(b.score) + 1e-6 for a, b in zip(bf16, fp32))
@@ -234,6 +236,7 @@ def test_pass_counts_per_batch(monkeypatch, method):
     L, B, m = len(model.blocks), 5, 4
     counter = _Counter(model, monkeypatch)
     finder = PathFinder(model, DiscoverySettings(topk=2, steps=m, method=method))
+    finder.schedule = "kept"  # the counts below are the kept prefix's ('auto' carries tangents from 3 blocks on)
     finder.find(tiny_images(B), torch.arange(B) % 5)
     counter.forwards = counter.rows = counter.block_rows = counter.backwards = 0
     found = finder.find_batch(tiny_images(B), torch.arange(B) % 5)
@@ -273,7 +276,9 @@ def test_max_rows_chunks_every_pass(monkeypatch):
     model = tiny_vit()
     L, B, m, max_rows = len(model.blocks), 3, 4, 5
     counter = _Counter(model, monkeypatch)
-    vitprune.find_paths(model, tiny_images(B), torch.arange(B), steps=m, max_rows=max_rows)
+    finder = PathFinder(model, DiscoverySettings(topk=1, steps=m, max_rows=max_rows))
+    finder.schedule = "kept"  # the counts below are the kept prefix's ('auto' carries tangents from 3 blocks on)
+    finder.find(tiny_images(B), torch.arange(B))
     counter.remove()
     # a pass holds one image's m rows: the greedy steps and the path score run per image from the
     # kept prefix; the baseline's score is chunked by rows

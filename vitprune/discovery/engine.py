@@ -24,15 +24,19 @@ from torch import nn
 
 from ..model.adapter import ViTAdapter
 from ..model.hooks import capture_block_input, ffn_hooks, head_tokens_only, override_ffn
+from ..model.tangent import written_out
 from ..precision import at_least_fp32, precision_context
 from .memory import DEFAULT_FRACTION, PassMemory, PassMeter, fit_linear, free_bytes
 from .settings import DiscoverySettings
 
-# A one-block forward-mode tangent pass costs about this many one-block backwards (fp32 CPU, one
-# thread; torch's forward-mode linear also multiplies by a zero weight tangent): 3.4 on the demo
-# (96 wide), 3.0 on ViT-B/32 (768 wide), eval/results/discovery_benchmark.md. The larger one is kept:
-# on 6 blocks the two schedules measure about even.
-TANGENT_COST = 3.4
+# A one-block tangent pass costs about this many one-block backwards (fp32 CPU, one thread, the m rows
+# of one image; eval/bench_discovery.py, results/discovery_benchmark.md, a shared machine). Written out
+# (vitprune.model.tangent, from the intermediates the step's pass kept): 1.09 on the demo, 0.95 on
+# ViT-B/32; the larger, rounded up. By torch's forward-mode AD, the fallback for blocks the JVP does
+# not know (it recomputes the block; its linear also multiplies by a zero weight tangent): 3.28 and
+# 2.44 in the same runs (3.4 and 3.0 on a quiet machine before).
+TANGENT_COST = 1.1
+FORWARD_AD_TANGENT_COST = 3.4
 SCHEDULES = ("auto", "tangent", "kept", "recompute")
 
 
@@ -46,12 +50,13 @@ class PassStats:
     backward_calls: int = 0
     backward_rows: int = 0
     backward_block_rows: int = 0  # rows times the blocks a backward runs through (down to its lowest input)
-    tangent_block_rows: int = 0  # rows times blocks of forward-mode tangent passes (schedule 'tangent')
+    tangent_block_rows: int = 0  # rows times blocks of tangent passes, one per scope token (schedule 'tangent')
     images: int = 0
 
     def flops(self, macs_per_forward: int, depth: int) -> float:
         """FLOP count of the counted work (eval/bench_discovery.py): a forward and a backward (input gradients only)
-        each cost about one block's MACs per block-row (2 * MACs / L FLOP), a forward-mode tangent block twice that."""
+        each cost about one block's MACs per block-row (2 * MACs / L FLOP), a tangent block twice that (forward-mode AD
+        recomputes the block; the written-out JVP from the step's kept primal runs about one: an upper bound there)."""
         return 2.0 * macs_per_forward / depth * (self.block_rows + self.backward_block_rows + 2 * self.tangent_block_rows)
 
     def add(self, kind: str, rows: int, blocks: int = 0) -> None:
@@ -78,9 +83,11 @@ class Goal:
         return Goal(self.target[img], self.clean[img])
 
 
-def auto_schedule(depth: int, scope_tokens: int) -> str:
-    """The schedule 'auto' picks for a model of ``depth`` blocks and a scope of ``scope_tokens`` tokens."""
-    return "tangent" if scope_tokens <= 2 and depth > 2 * scope_tokens * TANGENT_COST else "kept"
+def auto_schedule(depth: int, scope_tokens: int, written_out: bool = True) -> str:
+    """The schedule 'auto' picks for a model of ``depth`` blocks and a scope of ``scope_tokens`` tokens;
+    ``written_out``: whether every block's tangent is the hand-written one (else forward-mode AD's, dearer)."""
+    cost = TANGENT_COST if written_out else FORWARD_AD_TANGENT_COST
+    return "tangent" if scope_tokens <= 2 and depth > 2 * scope_tokens * cost else "kept"
 
 
 def stable_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -206,11 +213,13 @@ class PassEngine:
 
     def resolved_schedule(self) -> str:
         """'tangent' when carrying tangents costs less than back-propagating through the prefix at every
-        step: (L-1)*T one-block tangent passes against L(L-1)/2 block backwards, i.e. L > 2*T*TANGENT_COST,
-        and only for scopes of a few tokens (CLS, CLS+DIST); else 'kept'."""
+        step: (L-1)*T one-block tangent passes against L(L-1)/2 block backwards, i.e. L > 2*T*TANGENT_COST
+        (FORWARD_AD_TANGENT_COST where a block's tangent is not written out), and only for scopes of a few
+        tokens (CLS, CLS+DIST); else 'kept'."""
         if self.schedule != "auto":
             return self.schedule
-        return auto_schedule(self.depth, len(range(*self.tokens.indices(10**9))))
+        written = all(written_out(block) for block in self.adapter.blocks)
+        return auto_schedule(self.depth, len(range(*self.tokens.indices(10**9))), written)
 
     # --------------------------------------------------------------------------------- clamps
     def path_clamp(self, a: torch.Tensor, units: torch.Tensor, img: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
@@ -259,4 +268,5 @@ class PassEngine:
         return fit_linear(rows, (measured[0], measured[1]), int(DEFAULT_FRACTION * free_bytes(device)))
 
 
-__all__ = ["PassEngine", "PassStats", "Goal", "stable_topk", "gather_units", "scale_units", "auto_schedule", "TANGENT_COST", "SCHEDULES"]
+__all__ = ["PassEngine", "PassStats", "Goal", "stable_topk", "gather_units", "scale_units", "auto_schedule", "TANGENT_COST",
+           "FORWARD_AD_TANGENT_COST", "SCHEDULES"]

@@ -17,9 +17,10 @@ Differences from the reference code, on purpose: top-K counts all K units of eve
 the m*B scaled rows has ONE backward for all clamped blocks. Work the reference repeats is done
 once: greedy steps t and t+1 clamp blocks < t alike, so the residual stream entering block t is
 kept from step t on and later steps and the path score run only the blocks after it (schedule
-``kept``: with its graph; ``tangent``: values only, plus a forward-mode tangent of the earlier path
-units carried one block per step). The records equal recomputing every pass (``recompute``; tests
-compare all three and the literal formulas).
+``kept``: with its graph; ``tangent``: values only, plus the tangent of the earlier path units carried
+one block per step, written out in ``vitprune.model.tangent``, by forward-mode AD for blocks it does
+not know). The records equal recomputing every pass (``recompute``; tests compare all three and the
+literal formulas).
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ..model.hooks import override_ffn
+from ..model.hooks import capture_block_input, override_ffn
+from ..model.tangent import block_output, block_tangent, primal_capture
 from ..precision import precision_context
 from .engine import Goal, PassEngine, gather_units, stable_topk
 from .method import DiscoveryMethod, MethodPaths
@@ -139,71 +141,109 @@ class JointAttribution(DiscoveryMethod):
 
     @classmethod
     def _tangent(cls, engine: PassEngine, images: torch.Tensor, goal: Goal, acts: list[torch.Tensor]) -> MethodPaths:
-        """The greedy steps and the path score with no backward below the changed block.
+        """The greedy steps and the path score with no backward below the block being scored.
 
-        At step t the path units of blocks < t-1 act on F only through the residual stream B entering
-        block t-1, so the sum of their gradients is <dF/dB, tau>, tau the derivative of B along those
-        units (one tangent per scope token). Step t keeps B (values only), runs blocks t-1.. and
-        back-propagates to B and to the clamps of blocks t-1 and t; then one forward-mode pass of
-        block t-1 carries tau to the next boundary. Per image: backward block-rows
-        m * (L + sum_{t=1}^{L-1} (L - t + 1) + 1) instead of m * L * (L + 1), plus (L-1)*T one-block
-        tangent passes.
+        At step t >= 1 the path units of blocks < t act on F only through the residual stream B_t entering
+        block t, so the sum of their gradients is <dF/dB_t, tau_t>, tau_t the derivative of B_t along those
+        units (one tangent per scope token). Step t runs blocks t.. from B_t (values only) and back-propagates
+        to B_t and to block t's clamp. Once it has chosen block t's path units, B_{t+1} (block t with its path
+        clamp: only the clamped rows of its MLP output differ from the pass's) and tau_{t+1} (one tangent pass
+        of block t, the written-out JVP) come from the intermediates that pass computed through block t. The
+        path score runs block L-1 from B_{L-1}. Per image: forward and backward block-rows
+        m * (L + sum_{t=1}^{L-1} (L - t) + 1) instead of m * L * (L + 1), plus (L-1)*T one-block tangent passes.
         """
         cfg, batch, device, depth = engine.settings, len(images), images.device, engine.depth
         img, alpha = engine.scaled_rows(batch, device)
         x, goal = images[img], goal.rows(img)
         greedy = _Greedy(torch.zeros(batch, acts[0].shape[1], dtype=torch.float64, device=device))
         path = greedy.path
-        tangent: torch.Tensor | None = None  # (T, R, N, D): d B / d (path units at scope token j of the blocks before it)
+        tangent: torch.Tensor | None = None  # (T, R, N, D): d B_t / d (path units at scope token j of the blocks before t)
         for t in range(depth + 1):  # t = depth: the path score
-            clamps, inputs = {}, []
+            last = t == depth
+            block = depth - 1 if last else t
+            if last:
+                clamp = engine.path_clamp(acts[block], path[block], img, alpha)
+            else:
+                clamp = (acts[t][img] * alpha[:, None, None].to(acts[t])).requires_grad_(True)
+            inputs = [clamp]
             if tangent is not None:
                 x = x.detach().requires_grad_(True)
-                inputs.append(x)
-            if t > 0:
-                clamps[t - 1] = engine.path_clamp(acts[t - 1], path[t - 1], img, alpha)
-                inputs.append(clamps[t - 1])
-            if t < depth:
-                clamps[t] = (acts[t][img] * alpha[:, None, None].to(acts[t])).requires_grad_(True)
-                inputs.append(clamps[t])
-            grads, entering = engine.step_pass(x, goal, clamps, inputs, t, depth - max(t - 1, 0))  # down to x only
+                inputs.insert(0, x)
+            carry = t < depth - 1
+            with ExitStack() as stack:
+                stack.enter_context(torch.enable_grad())
+                # before the clamp's hook: a block with hooks is not one the capture knows
+                primal = stack.enter_context(primal_capture(engine.adapter.blocks[block])) if carry else None
+                stack.enter_context(override_ffn(engine.adapter, {block: clamp}, engine.tokens))
+                entering = stack.enter_context(capture_block_input(engine.adapter, 0)) if t == 0 else None
+                out = engine.objective_sum(x, goal, None if t == 0 else block)
+                grads = list(engine.grad(out, inputs, len(x), depth - block))  # down to block's input only
+            if t == 0:
+                x = entering[0].detach()
             g_path = torch.zeros_like(greedy.a_path)
             if tangent is not None:
                 through = torch.einsum("rnd,jrnd->rj", grads.pop(0).double(), tangent.double())
                 g_path.index_add_(0, img, through)
-            if t > 0:
-                g_path.index_add_(0, img, gather_units(grads.pop(0).double(), path[t - 1][img]))
-                if t < depth:
-                    tangent = cls._carry_tangent(engine, t - 1, x.detach(), tangent, clamps[t - 1].detach(), path[t - 1][img])
-            if t == depth:
+            if last:
+                g_path.index_add_(0, img, gather_units(grads[0].double(), path[block][img]))
                 return greedy.result(greedy.path_score(g_path, cfg.steps))
-            x = entering.detach()
-            g_t = torch.zeros(acts[t].shape, dtype=torch.float64, device=device).index_add_(0, img, grads.pop(0).double())
+            g_t = torch.zeros(acts[t].shape, dtype=torch.float64, device=device).index_add_(0, img, grads[0].double())
             greedy.choose(g_t, g_path, acts[t], cfg.steps, cfg.topk)
+            if carry:
+                path_clamp = engine.path_clamp(acts[t], path[t], img, alpha).detach()
+                tangent = cls._carry_tangent(engine, t, x.detach(), tangent, path_clamp, path[t][img], primal)
+                x = cls._next_stream(engine, t, x.detach(), path_clamp, primal)
         raise AssertionError("unreachable: the loop returns at t = depth")
 
     @staticmethod
     @torch.no_grad()
+    def _next_stream(engine: PassEngine, block: int, x: torch.Tensor, clamp: torch.Tensor,
+                     primal: dict[str, torch.Tensor] | None) -> torch.Tensor:
+        """The residual stream leaving ``block`` (input x) with its path clamp: from the step pass's ``primal``
+        (only the clamped rows of the MLP output change), else by running the block."""
+        with precision_context(engine.settings.precision, x.device):
+            out = block_output(engine.adapter.blocks[block], primal, clamp, engine.tokens)
+            if out is None:
+                with override_ffn(engine.adapter, {block: clamp}, engine.tokens):
+                    out = engine.adapter.blocks[block](x)
+                engine.stats.add("forward", len(x), 1)
+        return out
+
+    @staticmethod
+    @torch.no_grad()
     def _carry_tangent(engine: PassEngine, block: int, x: torch.Tensor, tangent: torch.Tensor | None, clamp: torch.Tensor,
-                       units: torch.Tensor) -> torch.Tensor:
+                       units: torch.Tensor, primal: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """The tangent of the residual stream leaving ``block`` (entering block+1), one per scope token j:
-        the incoming tangent[j] carried through the block plus the block's own path units at token j."""
-        carried = []
-        for j in range(clamp.shape[1]):
-            direction = torch.zeros_like(clamp)
-            direction[:, j].scatter_(1, units, 1.0)
-            with ExitStack() as stack:
-                stack.enter_context(warnings.catch_warnings())
-                # torch's first make_dual scripts its forward-mode decompositions and warns that jit.script is deprecated
-                warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
-                stack.enter_context(fwAD.dual_level())
-                stack.enter_context(sdpa_kernel([SDPBackend.MATH]))  # the fused kernels have no forward-mode rule
-                stack.enter_context(precision_context(engine.settings.precision, x.device))
-                stack.enter_context(override_ffn(engine.adapter, {block: fwAD.make_dual(clamp, direction)}, engine.tokens))
-                x_in = x if tangent is None else fwAD.make_dual(x, tangent[j].to(x.dtype))
-                carried.append(fwAD.unpack_dual(engine.adapter.blocks[block](x_in)).tangent)
-            engine.stats.add("tangent", len(x), 1)
-        return torch.stack(carried)
+        the incoming tangent[j] carried through the block plus the block's own path units at token j.
+        Written out (``block_tangent``, from the step pass's ``primal`` when kept) where the block is the
+        stock one, else by forward-mode AD."""
+        scope = clamp.shape[1]
+        direction = clamp.new_zeros((scope, *clamp.shape))
+        for j in range(scope):
+            direction[j, :, j].scatter_(1, units, 1.0)
+        with precision_context(engine.settings.precision, x.device):
+            carried = block_tangent(engine.adapter.blocks[block], x, tangent, clamp, direction, engine.tokens, primal)
+        if carried is None:
+            carried = torch.stack([_forward_mode_tangent(engine, block, x, None if tangent is None else tangent[j], clamp,
+                                                         direction[j]) for j in range(scope)])
+        engine.stats.add("tangent", len(x) * scope, 1)
+        return carried
+
+
+def _forward_mode_tangent(engine: PassEngine, block: int, x: torch.Tensor, tangent: torch.Tensor | None, clamp: torch.Tensor,
+                          direction: torch.Tensor) -> torch.Tensor:
+    """The block's output tangent along x's ``tangent`` and the clamp's ``direction`` by torch's forward-mode AD
+    (any block the hooks can clamp)."""
+    with ExitStack() as stack:
+        stack.enter_context(warnings.catch_warnings())
+        # torch's first make_dual scripts its forward-mode decompositions and warns that jit.script is deprecated
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
+        stack.enter_context(fwAD.dual_level())
+        stack.enter_context(sdpa_kernel([SDPBackend.MATH]))  # the fused kernels have no forward-mode rule
+        stack.enter_context(precision_context(engine.settings.precision, x.device))
+        stack.enter_context(override_ffn(engine.adapter, {block: fwAD.make_dual(clamp, direction)}, engine.tokens))
+        x_in = x if tangent is None else fwAD.make_dual(x, tangent.to(x.dtype))
+        return fwAD.unpack_dual(engine.adapter.blocks[block](x_in)).tangent
 
 
 __all__ = ["JointAttribution"]
