@@ -3,7 +3,10 @@ and top-1, and the masks of the zoo's default points at 75% and 90% FFN sparsity
 
 Those were made with the reference's discovery (m = 20), compress's default before the cost-quality study
 (eval/cost_quality.py) made it cheaper: every test here discovers with that setting explicitly
-(``FAITHFUL_DISCOVERY``, ``compress --faithful-discovery``), so it keeps guarding the same computation."""
+(``FAITHFUL_DISCOVERY``, ``compress --faithful-discovery``), so it keeps guarding the same computation.
+
+zoo:gap-deep's masks stay in the golden file but are not re-made here: at 90 s it was the suite's costliest test,
+and its kind (an average-pooled model, patch tokens read by the head) is guarded by zoo:avgpool-p7's."""
 from __future__ import annotations
 
 import json
@@ -18,6 +21,7 @@ from vitprune.pipeline import Pipeline
 
 GOLDEN = Path(__file__).parent / "golden"
 ZOO = json.loads((GOLDEN / "zoo_default_masks.json").read_text())
+NOT_REMADE = ("demo", "zoo:gap-deep")  # demo: its own test below; gap-deep: see the module docstring
 
 
 def _pipeline(model: str) -> Pipeline:
@@ -55,6 +59,6 @@ def test_make_demo_and_the_demo_default_masks_are_unchanged(fashion_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", [m for m in ZOO if m != "demo"])
+@pytest.mark.parametrize("model", [m for m in ZOO if m not in NOT_REMADE])
 def test_zoo_default_masks_are_unchanged(model, fashion_dir):
     assert _default_masks(_pipeline(model)) == ZOO[model]
