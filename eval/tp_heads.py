@@ -74,6 +74,17 @@ def failure(exc: Exception, start: float) -> dict:
             "seconds": round(time.time() - start, 1)}
 
 
+def record(out: dict, spec: str, key: str, budget: float, point: dict) -> None:
+    """Keep one point of a variant and print it (its head count k when the variant chose one)."""
+    out["points"].setdefault(key, {})[str(budget)] = point
+    if "error" in point:
+        print(f"{spec} {key} {budget}: {point['error']}", flush=True)
+        return
+    k = f" k={point['k']}" if "k" in point else ""
+    print(f"{spec} {key} {budget}: x{point['macs_ratio']:.3f}{k} r={point['r']:.4f} test {point['test']:.3f} "
+          f"heads {point['heads']} mlp {point['mlp']}", flush=True)
+
+
 def importance(name: str):
     import torch_pruning as tp
 
@@ -182,9 +193,7 @@ def local_k(out: dict, spec: str, dense, dense_macs: int, example, grads, sel, t
                          "seconds": round(time.time() - t1, 1)}
             except Exception as exc:  # record, do not crash
                 point = failure(exc, t1)
-            out["points"].setdefault(key, {})[str(budget)] = point
-            print(f"{spec} {key} {budget}: " + (f"x{point['macs_ratio']:.3f} k={point['k']} r={point['r']:.4f} test {point['test']:.3f} "
-                  f"heads {point['heads']} mlp {point['mlp']}" if "error" not in point else point["error"]), flush=True)
+            record(out, spec, key, budget, point)
 
 
 def run_model(spec: str, pools, scopes: tuple[str, ...]) -> dict:
@@ -249,9 +258,7 @@ def run_model(spec: str, pools, scopes: tuple[str, ...]) -> dict:
                              "seconds": round(time.time() - t1, 1)}
                 except Exception as exc:  # record, do not crash
                     point = failure(exc, t1)
-                out["points"].setdefault(key, {})[str(budget)] = point
-                print(f"{spec} {key} {budget}: " + (f"x{point['macs_ratio']:.3f} r={point['r']:.4f} test {point['test']:.3f} "
-                      f"heads {point['heads']} mlp {point['mlp']}" if "error" not in point else point["error"]), flush=True)
+                record(out, spec, key, budget, point)
             for m, _ in cache.values():
                 del m
     out["seconds"] = round(time.time() - t0, 1)

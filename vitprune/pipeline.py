@@ -216,12 +216,13 @@ class Pipeline:
     def _path_condition(self, settings: DiscoverySettings) -> PathCondition:
         """The paths of every calibration image in the run of ``settings`` (the head passes run on those images)."""
         run = self.paths(settings)
-        missing = sorted(set(self.calib.ids()) - {r.id for r in run.records})
+        condition = PathCondition.of(run, self.adapter)
+        missing = condition.missing(self.calib.ids())
         if missing:
             raise UserError(f"head criterion path needs the discovery path of every calibration image, and {run.name} lacks "
                             f"{len(missing)} of them (e.g. {missing[0]}); pass a run discovered on the same --per-class and "
                             "--classes, or drop --paths")
-        return PathCondition.of(run, self.adapter)
+        return condition
 
     def head_scores(self, point: Point, settings: DiscoverySettings | None) -> list[torch.Tensor]:
         """One score per head per block by ``point.head_criterion`` (``settings``: the point's discovery, for the

@@ -62,9 +62,13 @@ class PathCondition:
     def of(cls, run: PathRun, adapter: ViTAdapter) -> "PathCondition":
         return cls({r.id: r.path for r in run.records}, {r.id: r.target for r in run.records}, adapter.token_slice(run.token_scope))
 
+    def missing(self, ids: Iterable[str]) -> list[str]:
+        """The images among ``ids`` that have no path here (sorted)."""
+        return sorted(set(ids) - self.units.keys())
+
     def rows(self, ids: Sequence[str], device: torch.device) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Per block the (B, K) path units of these images, and their (B,) targets."""
-        missing = [i for i in ids if i not in self.units]
+        missing = self.missing(ids)
         if missing:
             raise ValueError(f"no discovery path for calibration images {missing[:3]}: the head passes need the run of these images")
         depth = len(self.units[ids[0]])
@@ -150,12 +154,11 @@ def _taylor_pass(model, sites, images, labels, precision, mag, tay, tokens: slic
     def record(b: int, x: torch.Tensor) -> None:
         hidden[b] = at_least_fp32(x[:, tokens].detach())
 
-    adapter = ViTAdapter(model)
     with ExitStack() as stack:
         stack.enter_context(torch.enable_grad())
         stack.enter_context(site_input_hooks(sites, tap))
         if tokens is not None:
-            stack.enter_context(ffn_hooks(adapter, record))
+            stack.enter_context(ffn_hooks(ViTAdapter(model), record))
         stack.enter_context(precision_context(precision, images.device))
         logits = model(images)
         grads = torch.autograd.grad(F.cross_entropy(logits.float(), labels, reduction="sum"), [taps[b] for b in range(len(sites))])
@@ -174,7 +177,7 @@ def head_integrated_gradients(model: nn.Module, sites: list[Site], images: torch
     """The signed IG_h of every image: ``steps`` passes, every block's head outputs clamped to alpha_k times their
     clean value ``clean[b]`` (B, N, heads*d), F = the softmax probability of ``labels``. With ``held``, the MLP hidden
     units at its tokens are clamped too (clean, the path units scaled by alpha_k) and the path units' IG comes back."""
-    adapter = ViTAdapter(model)
+    adapter = ViTAdapter(model) if held is not None else None
     acc = [torch.zeros(len(images), s.width, dtype=torch.float64, device=images.device) for s in sites]
     path = torch.zeros(len(images), dtype=torch.float64, device=images.device) if held is not None else None
     for k in range(steps):
