@@ -65,3 +65,16 @@ def to_google_npz(model, path) -> None:
         out[q + "MlpBlock_3/Dense_0/kernel"], out[q + "MlpBlock_3/Dense_0/bias"] = sd[p + "mlp.fc1.weight"].T, sd[p + "mlp.fc1.bias"]
         out[q + "MlpBlock_3/Dense_1/kernel"], out[q + "MlpBlock_3/Dense_1/bias"] = sd[p + "mlp.fc2.weight"].T, sd[p + "mlp.fc2.bias"]
     np.savez(path, **out)
+
+
+def last_line(err: str, prefix: str = "vitprune: error:") -> str:
+    """The one line a refused or stopped run ends with (``prefix``), as the user reads it: the stage lines and progress
+    of what ran before may precede it, nothing follows it, no traceback anywhere. Returns it with its newline."""
+    import re
+
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith(prefix), err
+    for line in lines[:-1]:
+        assert (line.startswith("vitprune: ") and not line.startswith("vitprune: error")) or re.match(r"^[\w -]+: \d", line), err
+    return lines[-1] + "\n"

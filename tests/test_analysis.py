@@ -2,7 +2,6 @@
 proper similarity, every figure is a PNG, and the four commands run end to end on a tiny run."""
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 from pathlib import Path
@@ -14,14 +13,13 @@ import torch
 
 from vitprune.analysis import (class_mode_paths, class_similarity, edit_masks, edited_logits, label_units,
                                lens_statistics, preferred_position, resolve_readout)
-from vitprune.app.analyze import add_analyze_parser
 from vitprune.analysis.lens import capture_sites
 from vitprune.analysis.plots import path_violin
 from vitprune.app.cli import main
 from vitprune.discovery.records import PathRecord
 from vitprune.errors import UserError
 
-from .helpers import save_tiny_fashion_model, tiny_images, tiny_vit
+from .helpers import last_line, save_tiny_fashion_model, tiny_images, tiny_vit
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -182,14 +180,6 @@ def test_path_figure_with_degenerate_layer_is_a_png(tmp_path):
 
 
 # ------------------------------------------------------------------------------- end to end
-def _analyze(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_analyze_parser(sub)
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, fashion_dir):
     root = tmp_path_factory.mktemp("analysis")
@@ -212,7 +202,7 @@ def _pngs_valid(folder: Path) -> list[Path]:
 def test_cli_end_to_end(runs, tmp_path):
     jas, ip = str(runs / "jas"), str(runs / "ip")
     out = tmp_path / "manipulate"
-    assert _analyze(["analyze", "manipulate", "--paths", jas, "--paths", ip, "--eval-per-class", "2",
+    assert main(["analyze", "manipulate", "--paths", jas, "--paths", ip, "--eval-per-class", "2",
                      "--keep-fraction", "0.5", "--quiet", "--out", str(out)]) == 0
     report = json.loads((out / "manipulate.json").read_text())
     combos = {(r["mode"], r["method"], r["operation"]) for r in report["results"]}
@@ -222,7 +212,7 @@ def test_cli_end_to_end(runs, tmp_path):
     assert (out / "manipulate.csv").is_file() and (out / "manipulate_per_class.csv").is_file()
     assert {p.name for p in _pngs_valid(out)} == {"manipulate_per-image.png", "manipulate_class.png"}
 
-    assert _analyze(["analyze", "scores", "--paths", jas, "--paths", ip]) == 0  # default --out
+    assert main(["analyze", "scores", "--paths", jas, "--paths", ip]) == 0  # default --out
     out = runs / "jas" / "analysis" / "scores"
     scores = json.loads((out / "scores.json").read_text())
     assert [m["method"] for m in scores["methods"]] == ["jas", "activation", "influence-pattern"]
@@ -230,14 +220,14 @@ def test_cli_end_to_end(runs, tmp_path):
     assert (out / "scores.csv").is_file() and _pngs_valid(out)
 
     out = tmp_path / "similarity"
-    assert _analyze(["analyze", "similarity", "--paths", jas, "--classes", "0,3", "--quiet", "--out", str(out)]) == 0
+    assert main(["analyze", "similarity", "--paths", jas, "--classes", "0,3", "--quiet", "--out", str(out)]) == 0
     sim = json.loads((out / "similarity.json").read_text())
     assert len(sim["similarity"]) == 10 and sim["class_names"][0] == "T-shirt/top"
     assert {p.name for p in _pngs_valid(out)} == {"similarity_heatmap.png", "paths_0_T-shirt-top.png", "paths_3_Dress.png"}
     assert (out / "similarity.csv").is_file() and (out / "neighbours.csv").is_file()
 
     out = tmp_path / "lens"
-    assert _analyze(["analyze", "lens", "--paths", jas, "--quiet", "--out", str(out)]) == 0
+    assert main(["analyze", "lens", "--paths", jas, "--quiet", "--out", str(out)]) == 0
     lens = json.loads((out / "lens.json").read_text())
     assert lens["readout_max_abs_error"] < 1e-4 and lens["images"] == 20
     assert set(lens["path_units"]["self_fraction"]) == {str(c) for c in range(10)}
@@ -245,28 +235,37 @@ def test_cli_end_to_end(runs, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_user_errors(runs, tmp_path):
+def test_cli_user_errors(runs, tmp_path, capsys):
     jas = str(runs / "jas")
-    with pytest.raises(UserError, match="two jas runs"):
-        _analyze(["analyze", "scores", "--paths", jas, "--paths", jas, "--out", str(tmp_path)])
-    with pytest.raises(UserError, match="--ops"):
-        _analyze(["analyze", "manipulate", "--paths", jas, "--ops", "prune", "--out", str(tmp_path)])
-    with pytest.raises(UserError, match="not a folder"):
-        _analyze(["analyze", "similarity", "--paths", str(tmp_path / "missing")])
-    with pytest.raises(UserError, match="discovered on another model"):  # another model than the run's is refused
-        _analyze(["analyze", "lens", "--paths", jas, "--data", "fashion-mnist", "--model",
-                  str(save_tiny_fashion_model(tmp_path / "m5", num_classes=5)), "--out", str(tmp_path / "o"), "--quiet"])
-    with pytest.raises(UserError, match="overlaps the input"):  # an output over the model it reads
-        _analyze(["analyze", "lens", "--paths", jas, "--model", str(tmp_path / "m5"), "--out", str(tmp_path), "--quiet"])
+    m5 = str(save_tiny_fashion_model(tmp_path / "m5", num_classes=5))
+    for argv, fragment in (
+        (["analyze", "scores", "--paths", jas, "--paths", jas, "--out", str(tmp_path / "s")], "two jas runs"),
+        (["analyze", "manipulate", "--paths", jas, "--ops", "prune", "--out", str(tmp_path / "m")], "--ops"),
+        (["analyze", "similarity", "--paths", str(tmp_path / "missing")], "not a folder"),
+        # another model than the run's is refused
+        (["analyze", "lens", "--paths", jas, "--data", "fashion-mnist", "--model", m5, "--out", str(tmp_path / "o"), "--quiet"],
+         "discovered on another model"),
+        # an output over the model it reads
+        (["analyze", "lens", "--paths", jas, "--model", m5, "--out", str(tmp_path), "--quiet"], "overlaps the input"),
+    ):
+        assert main(argv) == 2, argv
+        assert fragment in last_line(capsys.readouterr().err), argv
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("what", ["manipulate", "scores", "similarity", "lens"])
-def test_every_analyze_command_takes_the_common_options(runs, tmp_path, what):
-    """One command line pattern for all: --model M --data D --device --batch-size --quiet --paths RUN."""
+def test_every_analyze_command_takes_the_options_it_uses_and_no_other(runs, tmp_path, what, capsys):
+    """Each analysis lists only what it reads: images and a model for manipulate and lens, a model (widths) for
+    similarity, the records alone for scores; an option it does not use is a one-line usage error."""
     jas = str(runs / "jas")
     model = json.loads((runs / "jas" / "config.json").read_text())["model"]["source"]["spec"]
-    extra = ["--ops", "remove", "--mode", "per-image"] if what == "manipulate" else []
-    assert _analyze(["analyze", what, "--model", model, "--data", "demo", "--device", "cpu", "--batch-size", "8", "--quiet",
-                     "--paths", jas, *extra, "--out", str(tmp_path / what)]) == 0
+    uses = {"manipulate": ["--model", model, "--data", "demo", "--device", "cpu", "--batch-size", "8", "--ops", "remove",
+                           "--mode", "per-image"],
+            "lens": ["--model", model, "--data", "demo", "--device", "cpu", "--batch-size", "8"],
+            "similarity": ["--model", model], "scores": []}[what]
+    assert main(["analyze", what, *uses, "--quiet", "--paths", jas, "--out", str(tmp_path / what)]) == 0
     assert any((tmp_path / what).glob("*.json"))
+    if what != "manipulate":
+        unused = "--batch-size" if what in ("scores", "similarity") else "--ops"
+        assert main(["analyze", what, "--paths", jas, unused, "8", "--out", str(tmp_path / "x")]) == 2
+        assert "unrecognized arguments" in last_line(capsys.readouterr().err)

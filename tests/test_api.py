@@ -46,8 +46,10 @@ def test_compress_a_user_model_on_tensor_datasets_saves_and_loads_back(tmp_path)
     assert json.loads((folder / "mask.json").read_text()) == result.mask.to_json()
     info = result.export_onnx(tmp_path / "m.onnx")
     assert info["onnx"]["parity_max_abs"] <= 1e-4 and (tmp_path / "m.onnx").is_file()
-    with pytest.raises(UserError, match="not empty"):
-        result.save(folder)
+    assert result.save(folder) == folder  # the same result again: vitprune's own files are replaced
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="did not write"):
+        result.save(folder, force=True)
 
 
 def test_compress_a_spec_model_in_memory_writes_nothing(model_dir, tmp_path, monkeypatch, fashion_dir):
@@ -74,8 +76,8 @@ def test_report_of_version_1_loads():
 
 
 def test_evaluate_and_discover_in_memory(model_dir, fashion_dir):
-    sweep = vitprune.evaluate(model_dir, "demo", criteria=("magnitude", "random"), compensate=("none",), sparsities=(0.5,),
-                              seeds=(0,), per_class=2, eval_per_class=3, quiet=True)
+    sweep = vitprune.evaluate(model_dir, "demo", criterion=("magnitude", "random"), compensate=("none",), sparsity=(0.5,),
+                              seed=(0,), per_class=2, eval_per_class=3, quiet=True)
     assert [(p.criterion, p.target) for p in sweep.points] == [("dense", 0.0), ("magnitude", 0.5), ("random", 0.5)]
     run = vitprune.discover(model_dir, "demo", per_class=1, classes=(0, 1), topk=2, steps=2, quiet=True)
     assert [r.label for r in run.records] == [0, 1] and run.header.discovery.topk == 2 and run.importance.images == 2

@@ -12,8 +12,8 @@ from vitprune.files import read_jsonl
 from vitprune.options import EvaluateOptions
 from vitprune.reports import SweepPoint, read_results
 
-OPTS = dict(sparsities=(0.3, 0.8), criteria=("jas", "jas-freq", "magnitude", "random"), compensate=("none", "lsq"), keep_topk=(1, 2),
-            seeds=(0, 1, 2), per_class=2, eval_per_class=3, selection_per_class=2, steps=3)
+OPTS = dict(sparsity=(0.3, 0.8), criterion=("jas", "jas-freq", "magnitude", "random"), compensate=("none", "lsq"), keep_topk=(1, 2),
+            seed=(0, 1, 2), per_class=2, eval_per_class=3, selection_per_class=2, steps=3)
 
 
 def _evaluate(model_dir, out, **kw):
@@ -58,7 +58,7 @@ def test_sweep_rows_budgets_plot_and_resume(model_dir, tmp_path, fashion_dir, mo
 
 
 def test_sweep_in_memory_equals_the_folder_run(model_dir, tmp_path, fashion_dir):
-    kw = dict(criteria=("magnitude", "jas-freq"), compensate=("none",), keep_topk=(), sparsities=(0.5,), selection_per_class=None)
+    kw = dict(criterion=("magnitude", "jas-freq"), compensate=("none",), keep_topk=(), sparsity=(0.5,), selection_per_class=None)
     memory = vitprune.evaluate(model_dir, "demo", quiet=True, **{**OPTS, **kw})
     folder = _evaluate(model_dir, tmp_path / "s", **kw)
     assert [p.to_json() | {"compensation_s": 0} for p in memory.points] == [p.to_json() | {"compensation_s": 0} for p in folder.points]
@@ -67,19 +67,21 @@ def test_sweep_in_memory_equals_the_folder_run(model_dir, tmp_path, fashion_dir)
 
 def test_sweep_refuses_other_settings(model_dir, tmp_path, fashion_dir):
     out = tmp_path / "s"
-    _evaluate(model_dir, out, criteria=("magnitude",), compensate=("none",), keep_topk=(), selection_per_class=None)
+    _evaluate(model_dir, out, criterion=("magnitude",), compensate=("none",), keep_topk=(), selection_per_class=None)
     with pytest.raises(UserError, match="different settings"):
-        _evaluate(model_dir, out, criteria=("activation",), compensate=("none",), keep_topk=(), selection_per_class=None)
-    with pytest.raises(UserError, match="--sparsities"):
-        _evaluate(model_dir, tmp_path / "t", sparsities=(1.5,))
+        _evaluate(model_dir, out, criterion=("activation",), compensate=("none",), keep_topk=(), selection_per_class=None)
+    with pytest.raises(UserError, match="--sparsity"):
+        _evaluate(model_dir, tmp_path / "t", sparsity=(1.5,))
     with pytest.raises(UserError, match="--compensate"):
         _evaluate(model_dir, tmp_path / "u", compensate=("mean", "yes"))
-    with pytest.raises(UserError, match="--objectives"):
-        _evaluate(model_dir, tmp_path / "v", objectives=("entropy",))
+    with pytest.raises(UserError, match="--objective"):
+        _evaluate(model_dir, tmp_path / "v", objective=("entropy",))
     with pytest.raises(UserError, match="path criterion"):
-        _evaluate(model_dir, tmp_path / "w", criteria=("magnitude",))
+        _evaluate(model_dir, tmp_path / "w", criterion=("magnitude",))
     with pytest.raises(TypeError, match="unknown option"):
-        _evaluate(model_dir, tmp_path / "x", sparsity=0.5)
+        _evaluate(model_dir, tmp_path / "x", sparsityy=0.5)
+    with pytest.raises(UserError, match="old name of 'sparsity'"):
+        _evaluate(model_dir, tmp_path / "x", sparsities=(0.5,))  # OPTS names sparsity already
 
 
 def test_sweep_points_of_version_1_still_load():

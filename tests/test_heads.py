@@ -254,8 +254,8 @@ def test_evaluate_runs_every_budget_point_once_per_head_criterion():
     from vitprune.options import EvaluateOptions
     from vitprune.reports import KEY_FIELDS
 
-    opts = EvaluateOptions(criteria=("magnitude", "jas-freq"), compensate=("lsq",), sparsities=(0.5,), target_macs=(0.4,),
-                           keep_topk=(5,), prune="mlp,heads", head_criteria=("ig", "taylor")).resolve().validate()
+    opts = EvaluateOptions(criterion=("magnitude", "jas-freq"), compensate=("lsq",), sparsity=(0.5,), target_macs=(0.4,),
+                           keep_topk=(5,), prune="mlp,heads", head_criterion=("ig", "taylor")).resolve().validate()
     points = opts.points()[1:]
     budgets = [p for p in points if p.budget.keep_topk is None]
     assert len(budgets) == 2 * 2 * 2 and {p.head_criterion for p in budgets} == {"ig", "taylor"}
@@ -263,7 +263,7 @@ def test_evaluate_runs_every_budget_point_once_per_head_criterion():
     assert [p.head_criterion for p in points if p.budget.keep_topk] == [None]  # keep-topk points prune MLPs only
     assert "head_criterion" in KEY_FIELDS  # resuming tells the head criteria apart
     with pytest.raises(UserError, match="head-criterion must be one of"):
-        EvaluateOptions(prune="mlp,heads", head_criteria=("nope",)).resolve().validate()
+        EvaluateOptions(prune="mlp,heads", head_criterion=("nope",)).resolve().validate()
 
 
 def test_pruning_heads_without_a_scope_takes_the_heads_study_allocation():
@@ -282,4 +282,4 @@ def test_a_head_criterion_without_heads_is_refused_not_ignored():
     with pytest.raises(UserError, match="--prune mlp,heads"):
         CompressOptions(sparsity=0.5, head_criterion="taylor").resolve().validate()
     with pytest.raises(UserError, match="--prune mlp,heads"):
-        EvaluateOptions(head_criteria=("taylor",)).resolve().validate()
+        EvaluateOptions(head_criterion=("taylor",)).resolve().validate()

@@ -32,7 +32,13 @@ def test_claims_same_other_and_forced_results(tmp_path):
             folder.claim("compress.json", {**SETTINGS, "topk": 3, "device": "cuda"}, what="compress result", force=False)
         assert (out / "a.txt").read_text() == "a.txt"
         assert folder.claim("compress.json", {"other": 1}, what="compress result", force=True) is False
-        assert not (out / "a.txt").exists() and not (out / "compress.json").exists()  # force removed what vitprune wrote
+        # force replaces, never destroys first: the old result stays until the new one is published
+        assert (out / "a.txt").exists() and json.loads((out / "compress.json").read_text()) == SETTINGS
+        (folder.staging / "b.txt").write_text("new")
+        atomic_write_json(folder.staging / "compress.json", {"other": 1})
+        folder.publish()
+    assert not (out / "a.txt").exists() and (out / "b.txt").read_text() == "new"  # what the old result had alone is gone
+    assert json.loads((out / "compress.json").read_text()) == {"other": 1} and not (out / META / "next").exists()
 
 
 def test_foreign_entries_are_never_removed_even_with_force(tmp_path):
@@ -104,16 +110,21 @@ def test_a_kill_during_publish_leaves_only_owned_entries(tmp_path):
         assert folder.foreign() == [] and "model.onnx" in folder.owned_names()
 
 
-def test_folders_of_vitprune_0_1_are_adopted(tmp_path):
+def test_folders_of_vitprune_0_1_are_adopted_by_their_whole_set_of_files(tmp_path):
     out = tmp_path / "old"
     out.mkdir()
-    for name in ("compress.json", "mask.json", "report.json"):
+    every = ("compress.json", "mask.json", "model.safetensors", "vitprune.json", "report.json", "report.md")
+    for name in every[:3]:
+        (out / name).write_text("{}")
+    with OutputFolder(out, "compress") as folder:  # one common name (or three) does not make a folder vitprune's
+        assert folder.owned_names() == [] and folder.foreign() == sorted(every[:3])
+    for name in every[3:]:
         (out / name).write_text("{}")
     (out / "paths").mkdir()
     (out / "mine.txt").write_text("x")
     with OutputFolder(out, "compress") as folder:
         assert folder.foreign() == ["mine.txt"]
-        assert set(folder.owned_names()) == {"compress.json", "mask.json", "report.json", "paths"}
+        assert set(folder.owned_names()) == {*every, "paths"}
 
 
 @pytest.mark.parametrize("kind", ["file", "dangling-link"])

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from .prune import COMPENSATIONS
 from .prune.compensate import CalibrationSet, CompensationInputs, Pruned, calibration_set, load_compensation
 from .defaults import HEAD_DEFAULT
 from .prune.macs import head_unit_macs, mlp_unit_macs
+from .progress import stage
 from .prune.masks import (NeuronMask, check_sparsity, from_keep_sets, from_macs, from_scores, heads_from_scores, joint_from_macs,
                           keep_label)
 
@@ -49,11 +51,32 @@ def resolve_model(model: str | nn.Module, arch: str | None = None, model_args: d
         return load_model(str(model), arch=arch, model_args=model_args)
     if not isinstance(model, nn.Module):
         raise UserError(f"model must be a spec string or a timm VisionTransformer (got {type(model).__name__})")
+    params = list(model.parameters())
+    if any(p.is_meta for p in params):
+        raise UserError("the model's weights are on the meta device (created without storage); load its weights first")
     ViTAdapter(model)  # refuses what vitprune cannot handle, with one line
-    if not hasattr(model, "vitprune_source"):
-        model.vitprune_source = describe_model(model)
-        model.vitprune_meta = {}
-    return model.eval()
+    source = getattr(model, "vitprune_source", None)
+    meta = getattr(model, "vitprune_meta", {})
+    fingerprint = getattr(model, "vitprune_fingerprint", None)
+    copy = _copy(model)  # the caller's model is never modified (mode, device, dtype, attributes)
+    if any(p.is_floating_point() and p.dtype != torch.float32 for p in copy.parameters()):
+        copy.float()  # half-precision weights: work in fp32 (--precision sets the forwards' precision)
+        fingerprint = None
+    copy.vitprune_source = source or describe_model(copy)
+    copy.vitprune_meta = meta
+    if fingerprint is not None:
+        copy.vitprune_fingerprint = fingerprint
+    return copy.eval()
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    import copy
+
+    try:
+        return copy.deepcopy(model)
+    except Exception as exc:  # a module holding something that cannot be copied (a lock, a file handle)
+        raise UserError(f"the model cannot be copied ({type(exc).__name__}: {exc}); vitprune works on a copy so that yours "
+                        "is never changed: pass a plain timm model") from exc
 
 
 def resolve_data(data: Any, num_classes: int) -> DataPools:
@@ -71,6 +94,9 @@ def resolve_data(data: Any, num_classes: int) -> DataPools:
 
 def check_pairing(pools: DataPools, adapter: ViTAdapter) -> None:
     """The data's classes and images fit the model: one line naming the mismatch."""
+    if adapter.num_classes < 2:
+        raise UserError(f"the model has {adapter.num_classes} class: its softmax is 1 whatever the input, so every attribution "
+                        "and accuracy is trivial; vitprune needs a classifier of 2 or more classes")
     if pools.num_classes != adapter.num_classes:
         raise UserError(
             f"the data '{pools.spec}' has {pools.num_classes} classes but the model head has {adapter.num_classes}; "
@@ -114,6 +140,7 @@ class Pipeline:
         check_pairing(self.pools, self.adapter)
         self.transform = model_transform(self.dense)
         self.run_folder = run_folder
+        self.point_quiet = False  # a sweep sets it: its points print one line each, not their stages
         self.timings: dict[str, float] = {}
         self.runs: dict[DiscoverySettings, PathRun] = {}
         self._unit_macs: tuple[list[float], int] | None = None
@@ -123,6 +150,7 @@ class Pipeline:
         self._head_path_ig: dict[DiscoverySettings, list[torch.Tensor]] = {}
         self._calibration: CalibrationSet | None = None
         self._images: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._identity: dict[tuple, dict[str, str]] = {}
 
     @functools.cached_property
     def calib(self) -> ImagePool:
@@ -136,18 +164,29 @@ class Pipeline:
     def _timed(self, key: str, start: float) -> None:
         self.timings[key] = self.timings.get(key, 0.0) + time.time() - start
 
+    @contextmanager
+    def stage(self, name: str, key: str | None = None, *, per_point: bool = False) -> Iterator[None]:
+        """A named stage of the run (one line when it starts), its time added to ``timings[key]``. A ``per_point`` stage
+        (mask, compensation) is silent while a sweep runs many points (``point_quiet``: the sweep reports each point)."""
+        t0 = time.time()
+        with stage(name, quiet=self.quiet or (per_point and self.point_quiet)):
+            yield
+        if key is not None:
+            self._timed(key, t0)
+
     # ------------------------------------------------------------------------------ stages
     def paths(self, settings: DiscoverySettings) -> PathRun:
         """The path records (and dense importance) of ``settings`` on the calibration images: a discovery run
         (resumable in ``run_folder(settings)`` when there is one), checked against this model and data."""
         if settings not in self.runs:
-            t0 = time.time()
-            run = discover(self.dense, settings, self.pools, self.calib, pool="calibration", per_class=self.opts.per_class,
-                           classes=self.opts.classes, batch_size=self.opts.batch_size, dist=self.dist,
-                           out=self.run_folder(settings), quiet=self.quiet, nested=True)
-            self._check(run)
+            with self.stage(f"discovery: {settings.method} top-{settings.topk} paths of {len(self.calib)} calibration images "
+                            f"(m = {settings.steps}, token scope {settings.token_scope}, objective {settings.objective})",
+                            "discovery_s"):
+                run = discover(self.dense, settings, self.pools, self.calib, pool="calibration", per_class=self.opts.per_class,
+                               classes=self.opts.classes, batch_size=self.opts.batch_size, dist=self.dist,
+                               out=self.run_folder(settings), quiet=self.quiet, nested=True)
+                self._check(run)
             self.runs[settings] = run
-            self._timed("discovery_s", t0)
         return self.runs[settings]
 
     def given_run_settings(self, folder: str | Path, *, given: Any, given_fields: list[str]) -> DiscoverySettings:
@@ -168,17 +207,44 @@ class Pipeline:
     def _check(self, run: PathRun, *, given: Any = None, given_fields: list[str] = ()) -> None:
         needed = self.opts.classes if self.opts.classes is not None else range(self.pools.num_classes)
         check_run(run, fingerprint=self.fingerprint, widths=self.adapter.hidden_widths, data_spec=self.pools.spec,
-                  given=given, given_fields=given_fields, classes=needed, evaluation_ids=self.evaluation_ids)
+                  given=given, given_fields=given_fields, classes=needed, evaluation_ids=self.evaluation_ids,
+                  data_digest=self._selection_digest)
         if run.importance is not None and list(run.importance.widths) != self.adapter.hidden_widths:
             raise UserError(f"the dense importance in {run.name} is for MLP widths {list(run.importance.widths)}, not this "
                             f"model's {self.adapter.hidden_widths}; pass paths discovered on this model")
+
+    def identity(self, eval_per_class: int | None = None) -> dict[str, str]:
+        """What a result made here is identified by, beside its options: the dense weights' fingerprint and a digest of
+        the images it reads (the calibration selection and the evaluation images)."""
+        import hashlib
+
+        key = ("identity", eval_per_class)
+        if key not in self._identity:
+            digest = hashlib.sha256()
+            for pool in (self.calib, self.evaluation_pool(eval_per_class)):
+                digest.update(pool.digest().encode())
+            self._identity[key] = {"model_fingerprint": self.fingerprint, "data_digest": digest.hexdigest()}
+        return self._identity[key]
 
     @functools.cached_property
     def evaluation_ids(self) -> list[str]:
         return self.pools.evaluation.ids()
 
-    def overlap(self, evaluation: ImagePool, run: PathRun | None = None) -> int:
-        """Images used for calibration (the records' images, or the calibration selection) that are also evaluated."""
+    def _selection_digest(self, header) -> str | None:
+        """The content digest of the images a run header names, in the data as it is now (None: not selectable here)."""
+        pool = {"calibration": self.pools.calibration, "evaluation": self.pools.evaluation}.get(header.data.pool)
+        if pool is None:
+            return None
+        try:
+            return select_per_class(pool, header.data.per_class, header.data.classes, num_classes=self.pools.num_classes).digest()
+        except UserError:
+            return None
+
+    def overlap(self, evaluation: ImagePool, run: PathRun | None = None) -> int | None:
+        """Images used for calibration (the records' images, or the calibration selection) that are also evaluated; None
+        when records of unknown provenance say nothing of the images they came from."""
+        if run is not None and run.header is None:
+            return None
         used = {r.id for r in run.records} if run is not None else set(self.calib.ids())
         return len(used & set(evaluation.ids()))
 
@@ -201,11 +267,13 @@ class Pipeline:
         missing_path = paths is not None and paths not in self._head_path_ig
         if self._head_stats is None or missing_ig or missing_path:
             condition = self._path_condition(paths) if missing_path else None
-            t0 = time.time()
-            stats = collect_head_stats(self.dense, self.calib.batches(self.transform, self.opts.batch_size, shard=self.dist),
-                                       ig=missing_ig, condition=condition, steps=HEAD_STEPS, total=len(self.calib) // self.dist.world,
-                                       quiet=self.quiet, dist=self.dist, precision=self.opts.precision)
-            self._timed("head_statistics_s", t0)
+            what = " and ".join(["output statistics"] + (["integrated gradients"] if missing_ig else [])
+                                + (["path-conditioned integrated gradients"] if missing_path else []))
+            with self.stage(f"head statistics: {what} of {len(self.calib)} calibration images", "head_statistics_s"):
+                stats = collect_head_stats(self.dense, self.calib.batches(self.transform, self.opts.batch_size, shard=self.dist),
+                                           ig=missing_ig, condition=condition, steps=HEAD_STEPS,
+                                           total=len(self.calib) // self.dist.world, quiet=self.quiet, dist=self.dist,
+                                           precision=self.opts.precision)
             if missing_path:
                 self._head_path_ig[paths] = stats.path_ig
             if not missing_ig and self._head_stats is not None:
@@ -270,17 +338,18 @@ class Pipeline:
     def stats(self, gradients: bool = False) -> ActivationStats:
         """Activation statistics of the calibration images (with the Taylor terms when ``gradients``)."""
         if self._stats is None or (gradients and self._stats.taylor is None):
-            t0 = time.time()
-            self._stats = collect_stats(self.dense, self.calib.batches(self.transform, self.opts.batch_size, shard=self.dist),
-                                        gradients=gradients, total=len(self.calib) // self.dist.world, quiet=self.quiet,
-                                        dist=self.dist, precision=self.opts.precision)
-            self._timed("statistics_s", t0)
+            what = "activations and gradients" if gradients else "activations"
+            with self.stage(f"statistics: MLP unit {what} of {len(self.calib)} calibration images", "statistics_s"):
+                self._stats = collect_stats(self.dense, self.calib.batches(self.transform, self.opts.batch_size, shard=self.dist),
+                                            gradients=gradients, total=len(self.calib) // self.dist.world, quiet=self.quiet,
+                                            dist=self.dist, precision=self.opts.precision)
         return self._stats
 
     def calibration(self) -> CalibrationSet:
         """This process's preprocessed calibration images (least squares)."""
         if self._calibration is None:
-            self._calibration = calibration_set(self.calib, self.transform, shard=self.dist)
+            with self.stage(f"preprocessing {len(self.calib)} calibration images", "preprocess_s"):
+                self._calibration = calibration_set(self.calib, self.transform, shard=self.dist)
         return self._calibration
 
     def evaluation_pool(self, per_class: int | None) -> ImagePool:
@@ -295,7 +364,8 @@ class Pipeline:
     def images(self, pool: ImagePool, key: tuple) -> tuple[torch.Tensor, torch.Tensor]:
         """A pool preprocessed once (this process's share), for scoring many models on it."""
         if key not in self._images:
-            self._images[key] = materialize(pool, self.transform, shard=self.dist)
+            with self.stage(f"preprocessing {len(pool)} {key[0]} images", "preprocess_s"):
+                self._images[key] = materialize(pool, self.transform, shard=self.dist)
         return self._images[key]
 
     def accuracy(self, models: dict[str, nn.Module], batches: Iterator, total: int, desc: str = "evaluate") -> dict[str, EvalResult]:
@@ -357,10 +427,13 @@ class Pipeline:
         needs = set(COMPENSATIONS.entry(compensate).meta.get("needs", ()))
         inputs = CompensationInputs(stats=self.stats() if "stats" in needs else None,
                                     calibration=self.calibration() if "calibration" in needs else None,
-                                    options=options, dist=self.dist, precision=self.opts.precision)
-        t0 = time.time()
-        result = load_compensation(compensate)(self.dense, mask, inputs)
-        self._timed("compensation_s", t0)
+                                    options=options, dist=self.dist, precision=self.opts.precision,
+                                    quiet=self.quiet or self.point_quiet)
+        how = {"none": "slicing", "mean": "slicing with the mean-shift bias"}.get(
+            compensate, f"slicing and compensating ({compensate})" if compensate != "lsq" else
+            f"slicing and refitting every block's output projection by least squares on {len(self.calib)} calibration images")
+        with self.stage(how, "compensation_s", per_point=True):
+            result = load_compensation(compensate)(self.dense, mask, inputs)
         if isinstance(result, nn.Module):
             result = Pruned(result)
         if not isinstance(result, Pruned):

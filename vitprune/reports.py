@@ -36,7 +36,8 @@ class DataSummary:
     classes: list[str]
     calibration_images: int
     evaluation_images: int
-    overlap: int = 0
+    overlap: int | None = 0  # calibration images also evaluated; None: unknown (records of unknown provenance)
+    digest: str | None = None  # of the images read (calibration and evaluation), what the result is identified by
 
 
 @dataclass
@@ -90,6 +91,8 @@ class CompressReport:
         if self.macs.target is None:
             out["macs"]["target"] = None
         out["params"].pop("target")
+        if self.data.digest is None:  # reports written before results were identified by their images read as they were
+            out["data"].pop("digest")
         if self.mask.kept_heads is None:  # MLP-only masks read as before heads existed
             for key in ("head_criterion", "kept_heads", "heads"):
                 out["mask"].pop(key)
@@ -120,6 +123,16 @@ class CompressReport:
     def headline(self) -> str:
         return headline(self.to_json())
 
+    def summary(self) -> dict[str, Any]:
+        """The result in one small JSON object (``--json``): where it is, what was kept, what it costs and scores."""
+        r = self.to_json()
+        acc = r["accuracy"]
+        return {"command": "compress", "output": r["output"], "model": r["model"].get("spec"), "data": r["data"]["spec"],
+                "criterion": r["mask"]["criterion"], "sparsity": r["mask"]["sparsity"], "kept": r["mask"]["kept_counts"],
+                "kept_heads": r["mask"].get("kept_heads"), "params": r["params"], "macs": r["macs"],
+                "top1": {k: v["top1"] for k, v in acc.items()}, "evaluation_images": r["data"]["evaluation_images"],
+                "onnx": r["onnx"], "int8": r["int8"], "latency": r["latency"], "timings": r["timings"]}
+
 
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
@@ -128,7 +141,7 @@ def _pct(x: float | None) -> str:
 def render_report(r: dict) -> str:
     acc, m = r["accuracy"], r["mask"]
     lines = [
-        f"# vitprune compress report: `{r['output']}`",
+        "# vitprune compress report" + (f": `{r['output']}`" if r.get("output") else " (in memory)"),
         "",
         f"- model: `{r['model']['spec']}` ({r['model']['arch']}); data: `{r['data']['spec']}`",
         f"- criterion: {m['criterion']}; compensation: {r['compensation']['mode']}; "
@@ -214,7 +227,8 @@ def headline(r: dict) -> str:
     files = ["model.safetensors", *(["model.onnx"] if r.get("onnx") else []), *([INT8_FILE] if int8.get("written") else []),
              "mask.json", "report.json", "report.md"]
     parts = [
-        f"wrote {r['output']}/ ({', '.join(files)})",
+        f"wrote {r['output']}/ ({', '.join(files)})" if r.get("output") else
+        "in memory, nothing written (result.save(folder) writes the checkpoint, result.export_onnx(path) the ONNX model)",
         f"FFN sparsity {_pct(m['sparsity'])}: kept {m['kept_counts']} of {m['widths']}"
         + (f"; heads kept {m['kept_heads']} of {m['heads']}" if m.get("kept_heads") else ""),
         f"params {r['params']['dense']:,} -> {r['params']['pruned']:,}; MACs {r['macs']['dense']:,} -> {r['macs']['pruned']:,} "
@@ -274,6 +288,8 @@ class SweepPoint:
     ort_b1_dense_ms: float | None = None
     head_criterion: str | None = None  # points that prune heads too (--prune mlp,heads)
     kept_heads: list[int] | None = None
+    model_fingerprint: str | None = None  # what the point was made from (the sweep's model and images)
+    data_digest: str | None = None
 
     @property
     def key(self) -> str:
@@ -306,8 +322,8 @@ def read_results(path: Path) -> tuple[dict, list[SweepPoint]]:
     return obj.get("settings", {}), [SweepPoint.from_json(p, f"{path} point {n}") for n, p in enumerate(obj["points"])]
 
 
-CSV_COLUMNS = ("criterion", "token_scope", "objective", "aggregation", "compensate", "seed", "target", "keep_topk", "target_macs",
-               "sparsity", "kept", "params", "params_ratio", "macs", "macs_ratio", "top1", "mean_true_prob", "top1_oneshot",
+CSV_COLUMNS = ("criterion", "token_scope", "objective", "aggregation", "head_criterion", "compensate", "seed", "target", "keep_topk",
+               "target_macs", "sparsity", "kept", "kept_heads", "params", "params_ratio", "macs", "macs_ratio", "top1", "mean_true_prob", "top1_oneshot",
                "mean_true_prob_oneshot", "finetune_epochs", "ort_b1_ms", "ort_b1_dense_ms", "compensation_s", "top1_selection")
 
 
@@ -318,7 +334,7 @@ def write_sweep_outputs(points: list[SweepPoint], out: Path, settings: dict, tit
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore")
     writer.writeheader()
     for r in rows:
-        writer.writerow({**r, "kept": json.dumps(r["kept"])})
+        writer.writerow({**r, "kept": json.dumps(r["kept"]), "kept_heads": json.dumps(r["kept_heads"]) if r.get("kept_heads") else ""})
     atomic_write_text(out / "results.csv", buf.getvalue())
     atomic_write_json(out / "results.json", {"format": SWEEP_FORMAT, "settings": settings, "points": rows})
     atomic_write_text(out / "results.md", render_table(rows))
@@ -326,9 +342,10 @@ def write_sweep_outputs(points: list[SweepPoint], out: Path, settings: dict, tit
 
 
 def method(r: dict) -> str:
-    """A point's criterion with its discovery variant, e.g. ``jas[all,kl,abs]``."""
+    """A point's criterion with its discovery variant and, pruning heads too, its head criterion, e.g.
+    ``jas[all,kl,abs]`` or ``wanda + heads:ig``: what tells two points of one budget apart, seeds aside."""
     var = [r.get(k) for k in ("token_scope", "objective", "aggregation") if r.get(k) is not None]
-    return r["criterion"] + (f"[{','.join(var)}]" if var else "")
+    return r["criterion"] + (f"[{','.join(var)}]" if var else "") + (f" + heads:{r['head_criterion']}" if r.get("head_criterion") else "")
 
 
 def summarize(rows: list[dict]) -> list[dict]:

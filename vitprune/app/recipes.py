@@ -14,7 +14,8 @@ from typing import Any
 
 from ..errors import UserError
 
-NOT_OPTIONS = {"help", "config", "func", "command"}
+MAX_RECIPE_BYTES = 1 << 20
+NOT_OPTIONS = {"help", "config", "func", "command", "json", "dry_run", "verbose", "log_level", "checkpoint"}
 
 
 def config_path(argv: Sequence[str]) -> str | None:
@@ -33,6 +34,8 @@ def load_recipe(path: str) -> dict[str, Any]:
     import yaml
 
     file = Path(path)
+    if file.is_file() and file.stat().st_size > MAX_RECIPE_BYTES:
+        raise UserError(f"recipe {file} is {file.stat().st_size:,} bytes; a recipe is a short YAML mapping of options")
     if file.is_dir():
         raise UserError(f"recipe {file} is a folder; pass a YAML file (see recipes/)")
     if not file.is_file():
@@ -41,6 +44,8 @@ def load_recipe(path: str) -> dict[str, Any]:
         data = yaml.load(file.read_text(), Loader=_unique_key_loader())
     except _DuplicateKey as exc:
         raise UserError(f"recipe {file} sets '{exc}' twice; keep one") from exc
+    except _Alias as exc:
+        raise UserError(f"recipe {file} uses a YAML anchor or alias (line {exc}); write each value out") from exc
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise UserError(f"cannot read recipe {file} ({type(exc).__name__}); it must be a YAML mapping of option names to values") from exc
     if data is None:
@@ -54,11 +59,21 @@ class _DuplicateKey(Exception):
     pass
 
 
+class _Alias(Exception):
+    pass
+
+
 def _unique_key_loader():
     import yaml
 
     class Loader(yaml.SafeLoader):
-        """YAML that refuses a key given twice (safe_load lets the last one win silently)."""
+        """YAML that refuses a key given twice (safe_load lets the last one win silently) and anchors / aliases (a
+        recipe of nested aliases expands exponentially; a recipe needs none)."""
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent) or getattr(self.peek_event(), "anchor", None):
+                raise _Alias(self.peek_event().start_mark.line + 1)
+            return super().compose_node(parent, index)
 
         def construct_mapping(self, node, deep=False):
             seen = set()
@@ -72,18 +87,37 @@ def _unique_key_loader():
     return Loader
 
 
-def apply_recipe(parser: argparse.ArgumentParser, recipe: dict[str, Any], source: str) -> None:
-    """Make the recipe's values the parser's defaults, converted and checked like command-line values."""
+def apply_recipe(parser: argparse.ArgumentParser, recipe: dict[str, Any], source: str) -> set[str]:
+    """Make the recipe's values the parser's defaults, converted and checked like command-line values; returns the
+    options it set. A key may be written with - or _ (and evaluate's old plural names still work), but one option
+    named twice is refused, whichever spellings it takes."""
+    legacy = getattr(parser.get_default("options"), "legacy_names", {})
     actions = {a.dest: a for a in parser._actions if a.dest not in NOT_OPTIONS}
+    # a flag's own name works too (no-export: true, as vitprune 0.1's config.yaml wrote it)
+    flags = {s.lstrip("-").replace("-", "_"): a for a in actions.values() for s in a.option_strings if s.startswith("--")}
     defaults = {}
+    spelled: dict[str, str] = {}
     for key, value in recipe.items():
         dest = str(key).replace("-", "_")
+        if dest not in actions and dest in flags and isinstance(flags[dest], argparse._StoreFalseAction):
+            action = flags[dest]
+            if not isinstance(value, bool):
+                raise UserError(f"recipe {source}: {key} must be true or false (got {value!r})")
+            dest, value = action.dest, not value
+        elif dest not in actions and dest in flags:
+            dest = flags[dest].dest
+        if dest not in actions and legacy.get(dest) in actions:
+            dest = legacy[dest]
+        if dest in spelled:
+            raise UserError(f"recipe {source} sets '{dest.replace('_', '-')}' twice (as '{spelled[dest]}' and '{key}'); keep one")
+        spelled[dest] = str(key)
         action = actions.get(dest)
         if action is None:
             known = ", ".join(sorted(d.replace("_", "-") for d in actions))
             raise UserError(f"recipe {source}: unknown key '{key}'; {parser.prog} takes {known}")
         defaults[dest] = _convert(action, value, f"recipe {source}: {key}")
     parser.set_defaults(**defaults)
+    return set(defaults)
 
 
 def _convert(action: argparse.Action, value: Any, where: str) -> Any:

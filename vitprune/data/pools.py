@@ -42,6 +42,11 @@ class ImagePool:
     def verify(self) -> None:
         """Fail with one line naming the image if a file of the pool cannot be opened (cheap; no decoding)."""
 
+    def digest(self) -> str:
+        """A digest of the pool's images, labels and ids, in order: what results made from them are identified by (a
+        changed file behind the same spec gives another digest)."""
+        raise NotImplementedError
+
 
 class FilePool(ImagePool):
     """A Hugging Face ``datasets.Dataset`` with ``image`` / ``label`` / ``id`` columns."""
@@ -84,6 +89,25 @@ class FilePool(ImagePool):
             if img.get("bytes") is None and img.get("path"):
                 open_image(ident, img["path"], verify_only=True).close()
 
+    def digest(self) -> str:
+        """The dataset's fingerprint (``datasets`` derives it from the content of data it holds, and from the indices
+        of a selection) and, for images kept as file paths, each file's path, size and modification time."""
+        import hashlib
+        import os
+
+        h = hashlib.sha256(f"file-pool:{getattr(self.dataset, '_fingerprint', '')}:{len(self)}".encode())
+        if len(self):
+            raw = self._raw()
+            if raw[0]["image"].get("bytes") is None:
+                for img in raw["image"]:
+                    path = img.get("path") or ""
+                    try:
+                        st = os.stat(path)
+                        h.update(f"{path}:{st.st_size}:{st.st_mtime_ns};".encode())
+                    except OSError:
+                        h.update(f"{path}:missing;".encode())
+        return h.hexdigest()
+
     def torch_loader(self, transform: Callable, batch_size: int, *, shuffle: bool = False, seed: int = 0):
         """A torch DataLoader of (images, labels), for training loops (accelerate-ready)."""
         from torch.utils.data import DataLoader
@@ -122,10 +146,14 @@ class TensorPool(ImagePool):
             else:
                 labels = [self._item(i)[1] for i in range(len(self.dataset))]
             try:
-                self._labels = np.asarray(torch.as_tensor(labels).cpu(), dtype=np.int64).reshape(-1)
+                values = torch.as_tensor(labels).cpu()
             except (TypeError, ValueError, RuntimeError) as exc:
                 raise UserError(f"the {self.name} dataset's labels are not integers ({type(exc).__name__}); "
                                 "yield (image_tensor, int_label) pairs") from exc
+            if values.is_floating_point() or values.is_complex() or values.dtype == torch.bool:
+                raise UserError(f"the {self.name} dataset's labels are {values.dtype}, not whole class ids; yield "
+                                "(image_tensor, int_label) pairs")
+            self._labels = np.asarray(values, dtype=np.int64).reshape(-1)
         return self._labels
 
     def _item(self, i: int) -> tuple[torch.Tensor, int]:
@@ -133,10 +161,33 @@ class TensorPool(ImagePool):
         if not isinstance(item, (tuple, list)) or len(item) < 2 or not isinstance(item[0], torch.Tensor):
             raise UserError(f"the {self.name} dataset must yield (image_tensor, int_label) pairs, already preprocessed "
                             f"for the model (item {i} is {type(item).__name__})")
-        return item[0], int(item[1])
+        image, label = item[0], item[1]
+        if isinstance(label, torch.Tensor):
+            if label.numel() != 1 or label.is_floating_point() or label.is_complex():
+                raise UserError(f"the {self.name} dataset's item {i} has label {label.tolist()!r}; labels are whole class ids "
+                                "(int, or an integer tensor of one element)")
+            label = int(label.item())
+        elif isinstance(label, bool) or not isinstance(label, (int, np.integer)):
+            raise UserError(f"the {self.name} dataset's item {i} has label {label!r} ({type(label).__name__}); labels are whole "
+                            "class ids (int)")
+        if image.is_floating_point() and not bool(torch.isfinite(image).all()):
+            raise UserError(f"the {self.name} dataset's item {i} has non-finite pixels (NaN or inf); fix its preprocessing")
+        return image, int(label)
 
     def labels(self) -> np.ndarray:
         return self._all_labels()[self.indices]
+
+    def digest(self) -> str:
+        """Every selected item's bytes and label, in order (the tensors are in memory: nothing else identifies them)."""
+        import hashlib
+
+        h = hashlib.sha256(f"tensor-pool:{self.name}:{len(self)}".encode())
+        for i in self.indices:
+            x, y = self._item(i)
+            t = x.detach().cpu().contiguous()
+            h.update(f"{i}:{y}:{t.dtype}:{tuple(t.shape)};".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
 
     def ids(self) -> list[str]:
         return [f"{self.name}/{i}" for i in self.indices]

@@ -52,6 +52,12 @@ class DataPools:
     @classmethod
     def from_datasets(cls, calibration, evaluation, class_names: tuple[str, ...]) -> "DataPools":
         """Pools over two torch Datasets yielding ``(image_tensor, int_label)``, already preprocessed for the model."""
+        if calibration is evaluation:
+            raise UserError("the calibration and evaluation datasets are the same object; pass two disjoint datasets "
+                            "(vitprune never measures accuracy on the images it calibrated on)")
+        for name, dataset in (("calibration", calibration), ("evaluation", evaluation)):
+            if len(dataset) == 0:
+                raise UserError(f"the {name} dataset is empty; pass a dataset with images of every class")
         return cls(f"datasets:{type(calibration).__name__}+{type(evaluation).__name__}", TensorPool(calibration, "calibration"),
                    TensorPool(evaluation, "evaluation"), tuple(class_names))
 
@@ -160,6 +166,12 @@ def scan_image_folder(root: Path) -> tuple[list[str], list[Path], list[int]]:
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise UserError(f"image folder {root} has no class sub-folders; put each class's images in DIR/<class>/")
+    real = root.resolve()
+    for name in classes:
+        target = (root / name).resolve()
+        if target == real or target in real.parents or real in target.parents and target.parent != real:
+            raise UserError(f"class folder {root / name} leads to {target}, which holds (or lies elsewhere in) the dataset "
+                            "itself; each class folder must hold that class's images only")
     paths: list[Path] = []
     labels: list[int] = []
     for label, name in enumerate(classes):
@@ -173,6 +185,12 @@ def scan_image_folder(root: Path) -> tuple[list[str], list[Path], list[int]]:
             raise UserError(f"class folder {root / name} has no images; add images or remove the folder")
         paths += files
         labels += [label] * len(files)
+    seen: dict[Path, Path] = {}
+    for path in paths:
+        first = seen.setdefault(path.resolve(), path)
+        if first != path:
+            raise UserError(f"{path} and {first} are the same image file (through a link): one image cannot be two images "
+                            "(or have two classes); keep one")
     return classes, paths, labels
 
 
@@ -195,6 +213,10 @@ def _imagefolder_pools(spec: str, root: Path, calib_fraction: float) -> DataPool
         scans = [scan_image_folder(d) for d in split_dirs]
         if scans[0][0] != scans[1][0]:
             raise UserError(f"{split_dirs[0]} and {split_dirs[1]} have different class folders; make them match")
+        shared = {p.resolve() for p in scans[0][1]} & {p.resolve() for p in scans[1][1]}
+        if shared:
+            raise UserError(f"{split_dirs[0]} and {split_dirs[1]} share image files (e.g. {sorted(shared)[0]}, through a link); "
+                            "calibration and evaluation images must be different files")
         calib, evaluation = (_folder_dataset(d, *s, root) for d, s in zip(split_dirs, scans))
         return DataPools(spec, FilePool(calib), FilePool(evaluation), tuple(scans[0][0]))
     classes, paths, labels = scan_image_folder(root)
@@ -252,6 +274,15 @@ def load_data(spec: str, *, calib_fraction: float = DEFAULT_CALIB_FRACTION) -> D
     raise UserError(f"unknown data spec '{spec}'; use demo, fashion-mnist[:DIR], imagefolder:DIR or hf:NAME")
 
 
+def absolute_spec(spec: str) -> str:
+    """The spec with its folder made absolute (what a checkpoint records, so it reads the same data from anywhere)."""
+    kind, _, arg = str(spec).partition(":")
+    location = data_location(spec)
+    if arg and location is not None:
+        return f"{kind}:{location.resolve()}"
+    return str(spec)
+
+
 def data_location(spec: str) -> Path | None:
     """The folder a data spec reads from (what an output must never overlap); None for hub datasets."""
     kind, _, arg = str(spec).partition(":")
@@ -262,5 +293,5 @@ def data_location(spec: str) -> Path | None:
     return None
 
 
-__all__ = ["data_location", "DataPools", "load_data", "fashion_mnist_arrays", "read_idx", "scan_image_folder", "cache_dir", "FASHION_MNIST_DIR",
+__all__ = ["data_location", "absolute_spec", "DataPools", "load_data", "fashion_mnist_arrays", "read_idx", "scan_image_folder", "cache_dir", "FASHION_MNIST_DIR",
            "FASHION_MNIST_CLASSES"]

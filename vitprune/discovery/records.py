@@ -124,6 +124,7 @@ class DataInfo:
     class_names: tuple[str, ...] = ()
     num_images: int = 0
     image_ids: str | None = None  # sha256 of the selected image ids, in order; None: a version-1 header
+    digest: str | None = None  # of the selected images' content (``ImagePool.digest``); None: written before it existed
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,8 @@ class RunHeader:
                                 tuple(tuple(int(u) for u in k) for k in unit_map) if unit_map is not None else None),
                 data=DataInfo(data["spec"], data.get("pool", "calibration"), data.get("per_class"),
                               tuple(data["classes"]) if data.get("classes") is not None else None,
-                              tuple(data.get("class_names") or ()), int(data.get("num_images") or 0), data.get("image_ids")),
+                              tuple(data.get("class_names") or ()), int(data.get("num_images") or 0), data.get("image_ids"),
+                              data.get("digest")),
                 batch_size=int(obj.get("batch_size", 16)), command=obj.get("command", "discover"),
                 vitprune_version=obj.get("vitprune_version", "?"), format=obj["format"],
             )
@@ -236,8 +238,44 @@ class PathRun:
         return self.importance
 
 
-def read_records(path: Path) -> list[PathRecord]:
+def read_records(path: Path, *, finished: bool = False) -> list[PathRecord]:
+    """The records of a JSONL file; ``finished``: a file that must be whole (a torn last line is damage, not a kill)."""
+    if finished:
+        with open(path, "rb") as f:
+            data = f.read()
+        if data and not data.endswith(b"\n"):
+            raise UserError(f"{path} ends in a torn line: the file is damaged; restore it or re-create the run")
     return [PathRecord.from_json(obj, f"{path} line {n}") for n, obj in enumerate(read_jsonl(path), 1)]
+
+
+SETTING_FIELDS = ("method", "steps", "token_scope", "topk", "objective")
+
+
+def check_integrity(run: "PathRun") -> None:
+    """A finished run against its own header: one record per selected image (count and ids), none twice, and every
+    line of the header's settings. A run without a header can only be checked for repeated images."""
+    seen: set[str] = set()
+    for rec in run.records:
+        if rec.id in seen:
+            raise UserError(f"{run.name} holds image '{rec.id}' more than once: the records are damaged; re-create the run")
+        seen.add(rec.id)
+    header = run.header
+    if header is None:
+        return
+    data = header.data
+    if data.num_images and len(run.records) != data.num_images:
+        raise UserError(f"{run.name} holds {len(run.records)} records but its header says {data.num_images} images: the run is "
+                        "damaged or was edited; re-create it")
+    if data.image_ids is not None and ids_digest([r.id for r in run.records]) != data.image_ids:
+        raise UserError(f"the records in {run.name} are not of the images its header names (or not in their order): the run "
+                        "was edited; re-create it")
+    d = header.discovery
+    for n, rec in enumerate(run.records, 1):
+        other = {k: getattr(rec, k) for k in SETTING_FIELDS
+                 if getattr(rec, k) is not None and getattr(rec, k) != getattr(d, k, getattr(rec, k))}
+        if other:
+            raise UserError(f"record {n} of {run.name} was made with {', '.join(f'{k}={v}' for k, v in other.items())}, not "
+                            "its header's settings: the run was edited; re-create it")
 
 
 def write_records(path: Path, records: list[PathRecord]) -> None:
@@ -261,9 +299,14 @@ def load_run(folder: Path) -> PathRun:
         raise UserError(f"{folder} is not a folder; pass a finished 'vitprune discover' run folder")
     if (folder / PATHS).is_file():
         importance = ImportanceSums.load(folder / IMPORTANCE)[0] if (folder / IMPORTANCE).is_file() else None
-        return PathRun(read_records(folder / PATHS), read_header(folder), importance, folder)
+        run = PathRun(read_records(folder / PATHS, finished=True), read_header(folder), importance, folder)
+        check_integrity(run)
+        return run
     if any(folder.glob("*.rlt.jsonl")):
-        return PathRun(read_reference(folder), None, None, folder)
+        records, header = read_reference_run(folder)
+        run = PathRun(records, header, None, folder)
+        check_integrity(run)
+        return run
     if (folder / PARTIAL).is_file():
         raise UserError(f"the run in {folder} is unfinished; complete it with 'vitprune discover ... --resume --out {folder}'")
     raise UserError(f"{folder} holds no path records (paths.jsonl or *.rlt.jsonl); run 'vitprune discover' first")
@@ -303,6 +346,46 @@ def _from_reference_line(obj: Any) -> list[dict]:
     raise UserError(f"unrecognised reference record with keys {sorted(obj)}")
 
 
+def read_reference_run(folder: Path, prefix: str | None = None) -> tuple[list[PathRecord], RunHeader | None]:
+    """Reference files as records, and the vitprune header ``convert`` stored beside them (``{prefix}.args.json`` keys
+    ``vitprune`` and ``vitprune_ids``): with it, the records get their original image ids back, so the provenance
+    checks hold across a round trip; without it, the records are of unknown provenance (header None)."""
+    records = read_reference(folder, prefix)
+    pfx = _reference_prefix(folder, prefix)
+    args_file = Path(folder) / f"{pfx}.args.json"
+    args = read_json(args_file) if args_file.is_file() else {}
+    if not isinstance(args, dict) or not args.get("vitprune"):
+        return records, None
+    header = RunHeader.from_json(args["vitprune"], str(args_file))
+    for rec in records:  # the reference format keeps no settings per line: the header's are the records'
+        for name in SETTING_FIELDS:
+            setattr(rec, name, getattr(header.discovery, name))
+    ids = args.get("vitprune_ids")
+    if isinstance(ids, dict):
+        by_label: dict[int, list[PathRecord]] = {}
+        for rec in records:
+            by_label.setdefault(rec.label, []).append(rec)
+        for label, recs in by_label.items():
+            names = ids.get(str(label))
+            if not isinstance(names, list) or len(names) != len(recs):
+                raise UserError(f"{args_file} names {len(names) if isinstance(names, list) else 'no'} images of class {label} "
+                                f"but its reference file holds {len(recs)}: the files were edited; re-create them with convert")
+            for rec, name in zip(recs, names):
+                rec.id = str(name)
+        order = {i: n for n, i in enumerate(i for label in sorted(ids, key=int) for i in ids[label])}
+        if header.data.image_ids is not None:  # back in the run's own image order
+            records.sort(key=lambda r: order.get(r.id, len(order)))
+    return records, header
+
+
+def _reference_prefix(folder: Path, prefix: str | None) -> str:
+    prefixes = {m["prefix"] for p in Path(folder).glob("*.rlt.jsonl") if (m := _REF_FILE.match(p.name))
+                and (prefix is None or m["prefix"] == prefix)}
+    if len(prefixes) != 1:
+        raise UserError(f"{folder} holds reference prefixes {sorted(prefixes)}; pass --prefix")
+    return prefixes.pop()
+
+
 def read_reference(folder: Path, prefix: str | None = None) -> list[PathRecord]:
     """Import ``{prefix}-{label}.rlt.jsonl`` files; image ids are ``{label}/{index in class}``."""
     folder = Path(folder)
@@ -336,12 +419,14 @@ def read_reference(folder: Path, prefix: str | None = None) -> list[PathRecord]:
 
 def write_reference(records: list[PathRecord], folder: Path, prefix: str = "imgnet_all", args: dict | None = None) -> list[Path]:
     """Export records as reference files, one per label: K = 1 runs in the main scripts' format
-    (a JSON array per line), K > 1 in the top-K script's format (one dict per line)."""
+    (a JSON array per line), K > 1 in the top-K script's format (one dict per line). ``{prefix}.args.json`` holds
+    ``args`` and, in ``vitprune_ids``, each file's image ids in line order (so an import restores them)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     by_label: dict[int, list[PathRecord]] = {}
     for rec in records:
         by_label.setdefault(rec.label, []).append(rec)
+    args = {**(args or {}), "vitprune_ids": {str(label): [r.id for r in recs] for label, recs in sorted(by_label.items())}}
     written = []
     for label, recs in sorted(by_label.items()):
         lines = []
@@ -360,7 +445,7 @@ def write_reference(records: list[PathRecord], folder: Path, prefix: str = "imgn
         path = folder / f"{prefix}-{label}.rlt.jsonl"
         atomic_write_text(path, "".join(line + "\n" for line in lines))
         written.append(path)
-    atomic_write_json(folder / f"{prefix}.args.json", args or {})
+    atomic_write_json(folder / f"{prefix}.args.json", args)
     return written
 
 
@@ -371,5 +456,5 @@ def ids_digest(ids: list[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()
 
 
-__all__ = ["ids_digest", "PathRecord", "RunHeader", "ModelInfo", "DataInfo", "PathRun", "load_run", "read_records", "write_records",
+__all__ = ["ids_digest", "check_integrity", "read_reference_run", "SETTING_FIELDS", "PathRecord", "RunHeader", "ModelInfo", "DataInfo", "PathRun", "load_run", "read_records", "write_records",
            "read_header", "read_reference", "write_reference", "CONFIG", "PATHS", "PARTIAL", "RUN_FORMAT"]

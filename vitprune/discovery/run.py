@@ -8,6 +8,7 @@ and the main process merges them in image order; in memory the records and sums 
 """
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import time
@@ -23,7 +24,7 @@ from ..distributed import Dist
 from ..errors import UserError
 from ..files import JsonlAppender, atomic_write_json, atomic_write_text, read_json
 from ..outdir import OutputFolder, differing
-from ..progress import progress_bar
+from ..progress import LOG, progress_bar
 from .finder import PathFinder
 from .importance import IMPORTANCE, ImportanceLog, ImportanceSums
 from .records import CONFIG, PARTIAL, PATHS, DataInfo, ModelInfo, PathRecord, PathRun, RunHeader, ids_digest, load_run
@@ -32,7 +33,7 @@ from .settings import DiscoverySettings
 
 
 def run_header(finder: PathFinder, model: nn.Module, pools: DataPools, pool: str, per_class: int | None,
-               classes: tuple[int, ...] | None, ids: list[str], batch_size: int) -> RunHeader:
+               classes: tuple[int, ...] | None, ids: list[str], batch_size: int, digest: str | None = None) -> RunHeader:
     """The header of a run of ``finder`` over the selected images (token scope resolved): the weights' fingerprint,
     the MLP widths (and a pruned model's dense unit indices), the settings, the data and the image ids' digest."""
     kept = (getattr(model, "vitprune_meta", None) or {}).get("kept")
@@ -42,7 +43,7 @@ def run_header(finder: PathFinder, model: nn.Module, pools: DataPools, pool: str
                         tuple(finder.adapter.hidden_widths), model_fingerprint(model),
                         tuple(tuple(int(u) for u in k) for k in kept) if kept else None),
         data=DataInfo(pools.spec, pool, per_class, tuple(classes) if classes is not None else None, tuple(pools.class_names),
-                      len(ids), ids_digest(ids)),
+                      len(ids), ids_digest(ids), digest),
         batch_size=batch_size,
     )
 
@@ -60,7 +61,7 @@ def discover(model: nn.Module, settings: DiscoverySettings, pools: DataPools, se
     finder = PathFinder(model, settings)
     selected.verify()
     ids = selected.ids()
-    header = run_header(finder, model, pools, pool, per_class, classes, ids, batch_size)
+    header = run_header(finder, model, pools, pool, per_class, classes, ids, batch_size, selected.digest())
     transform = model_transform(model)
     start = time.time()
     if out is None:
@@ -110,7 +111,8 @@ def _identity(header_json: dict) -> dict:
 
 def _claim(out: Path, config: dict, *, force: bool, folder: OutputFolder | None, dist: Dist) -> bool:
     """Whether ``out`` holds this very run (to resume); a run of other settings is refused unless ``force``, which
-    replaces it. A run folder of its own is claimed through its OutputFolder; one inside a result folder directly."""
+    replaces it (a run folder of its own: once the new run is complete). A run folder of its own is claimed through
+    its OutputFolder; one inside a result folder (which owns it, and replaces it as a whole) directly."""
     if folder is not None:
         return folder.claim(CONFIG, config, what="discover run", force=force, normalise=_identity)
     error, same = None, False
@@ -132,34 +134,53 @@ def _on_disk(finder: PathFinder, header: RunHeader, selected: ImagePool, transfo
              force: bool, quiet: bool, folder: OutputFolder | None) -> PathRun:
     config = header.to_json()
     ids = selected.ids()
-    if folder is not None and (out / CONFIG).is_file() and not force and not resume:
-        raise UserError(f"{out} already holds a run; pass --resume to continue it or --force to replace it")
     same = _claim(out, config, force=force, folder=folder, dist=dist)
     if same and (out / PATHS).is_file():
         if not quiet and dist.is_main:
-            print(f"{out / PATHS} is already complete ({len(ids)} images)")
+            LOG.info(f"{out / PATHS} is up to date ({len(ids)} images of the same model, data and settings)")
         return load_run(out)
-    if not force:
-        _check_shards(out, dist.world)
-    dist.barrier()
-    if dist.is_main and not same:
+    if folder is not None and same and not resume:
+        raise UserError(f"{out} holds an unfinished run of these settings; pass --resume to continue it or --force to start over")
+    if folder is not None and folder.replacing:
+        run_dir = folder.workdir()
+    else:
+        run_dir = out
         if folder is not None:
             folder.own(*run_files(dist.world))
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / CONFIG, config)
+    _check_shards(run_dir, dist.world)
     dist.barrier()
+    if dist.is_main and not (same and run_dir == out):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / CONFIG, config)
+    dist.barrier()
+    run = _discover_into(finder, header, selected, transform, run_dir, dist, quiet=quiet)
+    if run_dir != out:
+        if dist.is_main:
+            folder.publish()
+        dist.barrier()
+        return load_run(out)
+    return run
+
+
+def _discover_into(finder: PathFinder, header: RunHeader, selected: ImagePool, transform, out: Path, dist: Dist, *,
+                   quiet: bool) -> PathRun:
+    """The records (and dense importance) of every selected image in the run folder ``out``, resuming what is there."""
+    ids = selected.ids()
     batch = header.batch_size
     n_batches = (len(ids) + batch - 1) // batch
     mine = dist.mine(n_batches)
     my_ids = [ids[k * batch : (k + 1) * batch] for k in mine]
     widths = list(header.model.widths)
     dense_log = ImportanceLog(out / importance_dir(dist.rank, dist.world), widths) if finder.dense_importance else None
-    with JsonlAppender(out / shard_file(dist.rank, dist.world), batch=batch) as sink:
+    with JsonlAppender(out / shard_file(dist.rank, dist.world)) as sink:
         if dense_log is not None:
             if dense_log.records > len(sink.records):
                 raise UserError(f"{out} is damaged (the dense importance covers more images than the records); "
                                 "pass --force to start over")
-            sink.truncate(dense_log.records)  # records whose importance was not committed are redone
+        # resume at the last whole batch of this process whose records (and importance) were committed
+        committed = min(len(sink.records), dense_log.records if dense_log is not None else len(sink.records))
+        boundaries = [0, *itertools.accumulate(len(chunk) for chunk in my_ids)]
+        sink.truncate(max(b for b in boundaries if b <= committed))
         done = len(sink.records)
         expected = [i for chunk in my_ids for i in chunk]
         if [r.get("id") for r in sink.records] != expected[:done]:

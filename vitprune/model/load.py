@@ -41,6 +41,7 @@ CHECKPOINT_WEIGHTS = "model.safetensors"
 CHECKPOINT_CONFIG = "vitprune.json"
 HF_CONFIG = "config.json"
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+WEIGHTS_KEY = "weights_fingerprint"  # vitprune.json: the fingerprint of the weights it was written with
 STATE_DICT_SUFFIXES = (".npz", ".pth", ".pt", ".bin", ".safetensors")
 
 
@@ -65,6 +66,9 @@ def load_model(spec: str, *, arch: str | None = None, model_args: dict[str, Any]
         return _finish(model, {"spec": spec, "arch": name, "model_args": args})
     path = Path(spec).expanduser()
     if path.is_dir():
+        from ..outdir import check_not_being_written
+
+        check_not_being_written(path)
         if (path / CHECKPOINT_CONFIG).is_file() or _has_vitprune_meta(path / CHECKPOINT_WEIGHTS):
             _no_args(spec, arch, args)
             return _load_vitprune_dir(path, spec)
@@ -287,6 +291,9 @@ def _load_vitprune_dir(path: Path, spec: str) -> nn.Module:
     """A vitprune checkpoint folder: timm architecture + model args + pretrained config, pruned widths, weights."""
     from safetensors.torch import load_file
 
+    from ..outdir import check_not_being_written
+
+    check_not_being_written(path)
     weights = path / CHECKPOINT_WEIGHTS
     if not weights.is_file():
         raise UserError(f"{path} is a folder without {CHECKPOINT_WEIGHTS}; pass a vitprune checkpoint folder or a file")
@@ -302,6 +309,10 @@ def _load_vitprune_dir(path: Path, spec: str) -> nn.Module:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as exc:
         raise UserError(f"{weights} does not match its own configuration ({_first_mismatch(str(exc))}); re-create the checkpoint") from exc
+    recorded = meta.get(WEIGHTS_KEY)
+    if recorded is not None and recorded != fingerprint(model):
+        raise UserError(f"{weights} holds other weights than {path / CHECKPOINT_CONFIG} describes (another run's file?); keep the "
+                        "two files of one checkpoint together, or re-create it")
     cfg = meta.get("pretrained_cfg") or meta.get("data_config")
     if cfg:
         set_data_config(model, dict(cfg))
@@ -386,6 +397,7 @@ def save_checkpoint(model: nn.Module, folder: Path, meta: dict[str, Any], *, ver
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {**meta, WEIGHTS_KEY: fingerprint(model)}  # ties vitprune.json to these weights
     tmp = folder / f".{CHECKPOINT_WEIGHTS}.tmp"
     try:
         save_file(state, str(tmp), metadata={"vitprune": json.dumps(meta, sort_keys=True)})

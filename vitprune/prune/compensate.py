@@ -53,6 +53,7 @@ class CompensationInputs:
     options: dict[str, Any] = field(default_factory=dict)
     dist: Any = None
     precision: str = "fp32"
+    quiet: bool = True  # no progress bars
 
 
 @dataclass
@@ -79,7 +80,7 @@ def least_squares(dense: nn.Module, mask: NeuronMask, inputs: CompensationInputs
     model, recon = reconstruct(dense, mask, inputs.calibration.images, inputs.calibration.heldout,
                                target=inputs.options.get("lsq_target", LSQ_DEFAULT["target"]),
                                weighting=inputs.options.get("lsq_weighting", LSQ_DEFAULT["weighting"]),
-                               dist=inputs.dist, precision=inputs.precision)
+                               dist=inputs.dist, precision=inputs.precision, quiet=inputs.quiet)
     return Pruned(model, recon)
 
 

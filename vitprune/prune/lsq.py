@@ -39,6 +39,7 @@ from ..model.adapter import ViTAdapter
 from ..model.hooks import block_input, site_input_hooks
 from ..options import LSQ_TARGETS, TOKEN_WEIGHTINGS, check_choice
 from ..precision import precision_context
+from ..progress import progress_bar
 from .masks import NeuronMask
 from .slicing import slice_mlps
 
@@ -305,6 +306,7 @@ def reconstruct(
     chunk: int = 64,
     dist=None,
     precision: str = "fp32",
+    quiet: bool = True,
 ) -> tuple[nn.Module, Reconstruction]:
     """The sliced model with every block's fc2 (and, where heads were removed, the attention's proj) refit by least
     squares, and what each fit found.
@@ -327,13 +329,15 @@ def reconstruct(
         weights = token_weights(src, xs[0].shape[1], weighting).to(device) if xs else None
         fits, refit = [], []
         sites = {kind: (src.sites(kind), dst.sites(kind)) for kind in (("mlp", "heads") if mask.heads else ("mlp",))}
-        for b in range(src.depth):
-            for kind, kept_units, run_src, run_dst in _stages(src, dst, mask, b):
-                site, out = sites[kind][0][b], sites[kind][1][b]
-                proj, fit, xs, xd = _fit_site(src, site, out, kind, b, kept_units, run_src, run_dst, xs, xd, chunks, weights,
-                                              ridges, dist, device)
-                refit.append((proj.weight.detach().clone(), proj.bias.detach().clone()))
-                fits.append(fit)
+        with progress_bar(total=src.depth, desc="least squares", unit="block", disable=quiet) as bar:
+            for b in range(src.depth):
+                for kind, kept_units, run_src, run_dst in _stages(src, dst, mask, b):
+                    site, out = sites[kind][0][b], sites[kind][1][b]
+                    proj, fit, xs, xd = _fit_site(src, site, out, kind, b, kept_units, run_src, run_dst, xs, xd, chunks, weights,
+                                                  ridges, dist, device)
+                    refit.append((proj.weight.detach().clone(), proj.bias.detach().clone()))
+                    fits.append(fit)
+                bar.update(1)
     return pruned, Reconstruction(target, weighting, fits, time.time() - start, refit)
 
 
