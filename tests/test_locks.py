@@ -60,9 +60,19 @@ def test_every_command_refuses_a_held_folder(model_dir, tmp_path, capsys, fashio
 
 
 def test_export_refuses_a_checkpoint_being_written(model_dir, tmp_path, capsys):
-    with output_lock(tmp_path / "ckpt", "compress"):
-        assert main(["export", str(tmp_path / "ckpt")]) == 2
-    _one_line_refusal(capsys.readouterr().err)
+    """A checkpoint folder another process is writing (its lock held) is not read: one line naming the holder."""
+    ckpt = tmp_path / "ckpt"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from vitprune.outdir import OutputFolder\n"
+                               "with OutputFolder(sys.argv[1], 'compress'):\n    print('held', flush=True); time.sleep(120)",
+                               str(ckpt)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["export", "--model", str(ckpt)]) == 2
+        err = last_line(capsys.readouterr().err)
+        assert f"pid {holder.pid} on {socket.gethostname()}" in err and "another --out" in err
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 @pytest.mark.slow

@@ -102,7 +102,11 @@ def test_an_output_that_overlaps_an_input_is_refused(where, model_dir, tmp_path,
 def test_a_late_failure_then_the_corrected_run_equals_a_clean_run(command, model_dir, tmp_path, monkeypatch, fashion_dir):
     """A run that fails after its expensive work leaves the folder as it was (but its resumable discovery), and the
     corrected rerun needs no --force and gives the clean run's result."""
-    import vitprune.api.evaluate as sweep_api
+    import sys
+
+    import vitprune.api
+
+    sweep_api = sys.modules['vitprune.api._evaluate']
     from vitprune.reports import CompressReport
 
     common = ["--model", model_dir, "--data", "demo", *CHEAP, "--steps", "2", "--criterion", "jas-freq", "--compensate", "none",
@@ -219,8 +223,14 @@ def test_resume_after_the_weights_changed_or_with_foreign_records(model_dir, tmp
     weights["head.bias"] += 1.0
     save_file(weights, str(changed / "model.safetensors"))
     (out / PARTIAL).write_text("".join(lines[:4]))
-    assert main(["discover", "--model", str(changed), "--data", "demo", *DISCOVER, "--method", "influence-pattern", "--out",
-                 str(out), "--resume"]) == 2
+    again = ["discover", "--model", str(changed), "--data", "demo", *DISCOVER, "--method", "influence-pattern", "--out",
+             str(out), "--resume"]
+    assert main(again) == 2
+    assert "other weights than" in _err(capsys)  # the checkpoint's own configuration knows its weights
+    config = json.loads((changed / "vitprune.json").read_text())
+    del config["weights_fingerprint"]  # a checkpoint of vitprune 0.1: the run's header still tells
+    (changed / "vitprune.json").write_text(json.dumps(config))
+    assert main(again) == 2
     assert "model.fingerprint" in _err(capsys)
 
 

@@ -162,7 +162,7 @@ def check_not_being_written(path: Path) -> None:
     except BlockingIOError:
         holder = _read_holder(fd)
         if holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
-            return  # this very process holds it (a result it is reading back)
+            return  # this very process holds it: a result it is reading back
         who = f"pid {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}" if holder else "another process"
         raise UserError(f"{path} is being written by another vitprune {holder.get('command', 'run')} ({who}); wait for it to "
                         "finish, or pass another --out") from None
