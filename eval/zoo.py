@@ -41,8 +41,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results" / "zoo"
 MODELS = ("demo", "zoo:avgpool-p7", "zoo:cls-wide", "zoo:gap-deep")
-# Bundled after the defaults were fixed: they test the defaults on shapes the choice never saw.
-HELD_OUT = ("zoo:heads8", "zoo:swiglu")
+# Bundled after the defaults were fixed: they test the defaults on shapes (and, zoo:eva, a family) the choice never saw.
+HELD_OUT = ("zoo:heads8", "zoo:swiglu", "zoo:eva")
 SCREENING = ("demo", "zoo:avgpool-p7")  # run the full discovery-variant grid; the rest run its shortlist
 BASELINES = ("activation", "magnitude", "taylor", "variance", "wanda", "random")
 SELECTION = 500  # held-out training images per class that pick the defaults
