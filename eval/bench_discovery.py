@@ -174,11 +174,11 @@ def block_costs(model, images, reps: int = 5) -> dict:
     import torch.autograd.forward_ad as fwAD
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from vitprune.model.adapter import ViTAdapter
+    from vitprune.model.adapter import adapter_for
     from vitprune.model.hooks import block_input
     from vitprune.model.tangent import block_tangent, primal_capture
 
-    adapter = ViTAdapter(model)
+    adapter = adapter_for(model)
     block = adapter.blocks[1]
     x = block_input(adapter, images, 1)
     v = torch.randn_like(x)
@@ -225,7 +225,7 @@ def run_comparison(name: str) -> dict:
     import torch
 
     import vitprune
-    from vitprune.model.adapter import ViTAdapter
+    from vitprune.model.adapter import adapter_for
     from vitprune.discovery.finder import PathFinder
     from vitprune.discovery.settings import DiscoverySettings
     from vitprune.data import load_data, model_transform, select_per_class
@@ -245,7 +245,7 @@ def run_comparison(name: str) -> dict:
         x = torch.randn(cfg["images"], 3, *model.patch_embed.img_size)
         y = torch.arange(cfg["images"]) % model.num_classes
     ours = PathFinder(model, DiscoverySettings(topk=cfg["topk"], steps=cfg["steps"], token_scope="cls"))
-    reference = ReferenceJAS(model, cfg["topk"], cfg["steps"], ViTAdapter(model).token_slice("cls"))
+    reference = ReferenceJAS(model, cfg["topk"], cfg["steps"], adapter_for(model).token_slice("cls"))
 
     def run_ours():
         return ours.find(x, y)  # the whole set as one batch; rows per pass from the memory probe

@@ -60,7 +60,7 @@ def main() -> None:
     from machine import describe
 
     import vitprune
-    from vitprune.model.adapter import ViTAdapter
+    from vitprune.model.adapter import adapter_for
     from vitprune.export.onnx import export_onnx, ort_latency
     from vitprune.prune.masks import from_scores
     from vitprune.export.quantize import quantize
@@ -69,7 +69,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     dense = vitprune.load_model(args.model)
-    widths = ViTAdapter(dense).hidden_widths
+    widths = adapter_for(dense).hidden_widths
     pruned = slice_mlps(dense, from_scores([torch.rand(w, dtype=torch.float64) for w in widths], args.sparsity))
     shape = (3, *dense.patch_embed.img_size)
     calib = torch.randn(16, *shape)

@@ -34,7 +34,7 @@ def main() -> None:
     from machine import describe
 
     import vitprune
-    from vitprune.model.adapter import ViTAdapter
+    from vitprune.model.adapter import adapter_for
     from vitprune.export.onnx import export_onnx, ort_latency
     from vitprune.prune.masks import from_scores, heads_from_scores
     from vitprune.prune.macs import count_macs_params
@@ -42,7 +42,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     dense = vitprune.load_model(args.model)
-    widths = ViTAdapter(dense).hidden_widths
+    widths = adapter_for(dense).hidden_widths
     images = torch.randn(2, 3, *dense.patch_embed.img_size)
     models, head_sparsity = {"dense": dense}, {"dense": 0.0}
     sparsities = [float(x) for x in args.sparsities.split(",")]
@@ -50,7 +50,7 @@ def main() -> None:
         mask = from_scores([torch.rand(w, dtype=torch.float64) for w in widths], s)
         models[f"s{s:.2f}"], head_sparsity[f"s{s:.2f}"] = slice_mlps(dense, mask), 0.0
     if args.heads:
-        heads = heads_from_scores([torch.rand(n, dtype=torch.float64) for n in ViTAdapter(dense).head_counts], args.heads)
+        heads = heads_from_scores([torch.rand(n, dtype=torch.float64) for n in adapter_for(dense).head_counts], args.heads)
         name = f"s{max(sparsities):.2f}"
         models[f"{name}+h"], head_sparsity[f"{name}+h"] = slice_mlps(dense, mask.with_heads(heads)), 1 - sum(heads.kept_counts) / sum(heads.widths)
     macs = {name: count_macs_params(m)[0] for name, m in models.items()}

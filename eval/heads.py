@@ -49,12 +49,12 @@ SELECTION = 50  # held-out training images per class that choose
 def ffn_floor(model: str) -> float:
     """The lowest MAC ratio pruning MLPs alone reaches (one unit per block kept)."""
     from vitprune import load_model
-    from vitprune.model.adapter import ViTAdapter
+    from vitprune.model.adapter import adapter_for
     from vitprune.prune.macs import mlp_unit_macs
 
     dense = load_model(model)
     cost, total = mlp_unit_macs(dense)
-    return (total - sum(c * (w - 1) for c, w in zip(cost, ViTAdapter(dense).hidden_widths))) / total
+    return (total - sum(c * (w - 1) for c, w in zip(cost, adapter_for(dense).hidden_widths))) / total
 
 
 def jobs(models: tuple[str, ...]) -> list[tuple[Path, list[str]]]:

@@ -144,7 +144,7 @@ def local_k(out: dict, spec: str, dense, dense_macs: int, example, grads, sel, t
     checked after pruning); k is picked by top-1 on the selection images (never test images)."""
     import math
 
-    from vitprune.model.load import resize_heads, resize_mlps
+    from vitprune.model.load import resize_pruned
     from vitprune.prune.macs import count_macs_params
 
     heads = [blk.attn.num_heads for blk in dense.blocks]
@@ -154,8 +154,8 @@ def local_k(out: dict, spec: str, dense, dense_macs: int, example, grads, sel, t
     fitted: dict[tuple[float, int], float | None] = {}  # (budget, k) -> r_k (MACs do not depend on the importance)
 
     def predicted(hr: float, r: float) -> float:
-        resize_heads(probe, [h - (math.ceil(hr * h) if hr > 0 else 0) for h in heads])
-        resize_mlps(probe, [max(int(h * (1 - r)), 1) for h in hidden])
+        resize_pruned(probe, {"attn_heads": [h - (math.ceil(hr * h) if hr > 0 else 0) for h in heads],
+                              "mlp_hidden": [max(int(h * (1 - r)), 1) for h in hidden]})
         return count_macs_params(probe)[0] / dense_macs
 
     for name in IMPORTANCES:

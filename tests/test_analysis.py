@@ -144,15 +144,18 @@ def test_label_units_rank_classes_like_projecting_the_value_vector():
         assert torch.equal(labels[b]["top"], direct.topk(3, dim=1).indices)
 
 
-def test_lens_refuses_distilled_and_attention_pool_models():
+def test_lens_refuses_distilled_models_and_reads_attention_pools():
     distilled = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, img_size=32, patch_size=8,
                                   embed_dim=32, depth=2, num_heads=2, num_classes=5).eval()
     with pytest.raises(UserError, match="distill"):
         resolve_readout(distilled)
     with pytest.raises(UserError, match="distill"):
         lens_statistics(distilled, [(["a"], tiny_images(1), torch.tensor([0]))], quiet=True)
-    with pytest.raises(UserError, match="attention-pool"):
-        resolve_readout(tiny_vit(global_pool="map"))
+    pooled = tiny_vit(global_pool="map")  # SigLIP's readout: the lens reads through the attention pool
+    readout = resolve_readout(pooled)
+    stats = lens_statistics(pooled, [(["a", "b"], tiny_images(2), torch.tensor([0, 3]))], quiet=True)
+    assert readout.pool == "map" and stats["readout_max_abs_error"] < 1e-5 and "pooled" in stats["identifiability"]["resid"]
+    assert len(label_units(pooled, 2)) == len(pooled.blocks)
 
 
 # ------------------------------------------------------------------------------- similarity

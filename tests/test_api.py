@@ -13,7 +13,7 @@ from torch.utils.data import TensorDataset
 import vitprune
 from vitprune.criteria import CRITERIA
 from vitprune.errors import UserError
-from vitprune.model.adapter import ViTAdapter
+from vitprune.model.adapter import adapter_for
 from vitprune.prune import COMPENSATIONS
 from vitprune.reports import CompressReport
 
@@ -37,7 +37,7 @@ def test_compress_a_user_model_on_tensor_datasets_saves_and_loads_back(tmp_path)
     result = vitprune.compress(model, _user_data(), sparsity=0.5, criterion="wanda", compensate="lsq", per_class=6, quiet=True)
     assert result.mask.kept_counts == [96, 96] and result.report.data.calibration_images == 24
     assert result.report.accuracy["pruned"].n == 12 and result.report.output is None
-    assert [site.width for site in ViTAdapter(result.model).sites()] == [96, 96]
+    assert [site.width for site in adapter_for(result.model).sites()] == [96, 96]
     folder = result.save(tmp_path / "ckpt")
     loaded = vitprune.load_model(str(folder))
     x = torch.randn(3, 3, 32, 32)

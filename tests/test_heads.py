@@ -12,7 +12,7 @@ from torch.utils.data import TensorDataset
 import vitprune
 from vitprune.criteria.heads import PathClamp, PathCondition, collect_head_stats, head_integrated_gradients
 from vitprune.errors import UserError
-from vitprune.model.adapter import ViTAdapter
+from vitprune.model.adapter import adapter_for
 from vitprune.model.hooks import ffn_hooks, override_ffn, site_input_hooks
 from vitprune.prune.lsq import heldout_positions, reconstruct
 from vitprune.prune.macs import count_macs_params, head_unit_macs, mlp_unit_macs
@@ -30,7 +30,7 @@ VARIANTS = {
 
 
 def _mask(model, heads_kept, mlp_keep=None) -> NeuronMask:
-    adapter = ViTAdapter(model)
+    adapter = adapter_for(model)
     widths = adapter.hidden_widths
     kept = mlp_keep or [tuple(range(0, w, 2)) for w in widths]
     return NeuronMask(tuple(widths), tuple(tuple(k) for k in kept),
@@ -42,7 +42,7 @@ def test_sliced_heads_equal_masked_heads(variant):
     model = tiny_vit(embed_dim=48, num_heads=4, **VARIANTS[variant])
     mask = _mask(model, [(0, 2), (1,), (0, 1, 3)])
     pruned = slice_mlps(model, mask)
-    assert ViTAdapter(pruned).head_counts == [2, 1, 3]
+    assert adapter_for(pruned).head_counts == [2, 1, 3]
     x = tiny_images(4)
     with torch.no_grad():
         dense = model(x)
@@ -50,7 +50,7 @@ def test_sliced_heads_equal_masked_heads(variant):
         from vitprune.model.hooks import edit_ffn
         from vitprune.prune.slicing import masked_edits
         try:
-            with edit_ffn(ViTAdapter(model), masked_edits(mask)):
+            with edit_ffn(adapter_for(model), masked_edits(mask)):
                 masked = model(x)
         finally:
             for h in hooks:
@@ -73,7 +73,7 @@ def test_unit_costs_add_up_to_the_counted_macs():
 @pytest.mark.parametrize("scope", ["per-block", "global", "global-raw"])
 def test_one_mac_budget_over_units_and_heads_lands_within_one_unit(scope):
     model = tiny_vit(embed_dim=48, num_heads=4)
-    adapter = ViTAdapter(model)
+    adapter = adapter_for(model)
     mlp_cost, total = mlp_unit_macs(model)
     head_cost = head_unit_macs(model)
     gen = torch.Generator().manual_seed(0)
@@ -92,7 +92,7 @@ def test_one_mac_budget_over_units_and_heads_lands_within_one_unit(scope):
 
 def test_global_scope_keeps_the_best_heads_of_a_block():
     model = tiny_vit(embed_dim=48, num_heads=4)
-    adapter = ViTAdapter(model)
+    adapter = adapter_for(model)
     mlp_cost, total = mlp_unit_macs(model)
     head_cost = head_unit_macs(model)
     mlp_scores = [torch.ones(w, dtype=torch.float64) for w in adapter.hidden_widths]
@@ -105,7 +105,7 @@ def test_global_scope_keeps_the_best_heads_of_a_block():
 
 def test_head_integrated_gradients_add_up_to_the_change_of_the_target_probability():
     model = tiny_vit(embed_dim=48, num_heads=4)
-    sites = ViTAdapter(model).sites("heads")
+    sites = adapter_for(model).sites("heads")
     images, labels = tiny_images(3), torch.tensor([0, 1, 2])
     clean: dict[int, torch.Tensor] = {}
     with torch.no_grad(), site_input_hooks(sites, lambda b, x: clean.__setitem__(b, x.clone())):
@@ -123,7 +123,7 @@ def test_path_conditioned_head_and_path_terms_add_up_to_the_change_with_the_rest
     """Completeness of the conditioned passes: heads and path units go from 0 to clean together, every other MLP unit
     at ``tokens`` stays clean, so sum_h IG_h + IG_path = F(clean) - F(no heads, no path units)."""
     model = tiny_vit(embed_dim=48, num_heads=4)
-    adapter = ViTAdapter(model)
+    adapter = adapter_for(model)
     sites = adapter.sites("heads")
     images, labels = tiny_images(3), torch.tensor([0, 1, 2])
     clean: dict[int, torch.Tensor] = {}
@@ -158,7 +158,7 @@ def test_head_statistics_are_per_head_and_finite():
 
 def test_least_squares_refits_proj_of_pruned_heads():
     model = tiny_vit(embed_dim=48, num_heads=4)
-    mask = _mask(model, [(0, 2), (1, 3), (0, 1, 3)], mlp_keep=[tuple(range(w)) for w in ViTAdapter(model).hidden_widths])
+    mask = _mask(model, [(0, 2), (1, 3), (0, 1, 3)], mlp_keep=[tuple(range(w)) for w in adapter_for(model).hidden_widths])
     images = tiny_images(20, seed=4)
     refit, recon = reconstruct(model, mask, images, heldout_positions(len(images)))
     assert [f.site for f in recon.blocks] == ["heads", "mlp"] * 3
@@ -183,7 +183,7 @@ def test_compress_with_heads_saves_loads_and_exports(tmp_path):
     result = vitprune.compress(model, _data(), target_macs=0.5, prune=("mlp", "heads"), criterion="magnitude",
                                head_criterion="taylor", compensate="lsq", scope="global", per_class=6, quiet=True)
     heads = result.mask.heads
-    assert heads is not None and ViTAdapter(result.model).head_counts == heads.kept_counts
+    assert heads is not None and adapter_for(result.model).head_counts == heads.kept_counts
     assert result.report.mask.kept_heads == heads.kept_counts and result.report.mask.head_criterion == "taylor"
     assert result.report.macs.ratio <= 0.5 + 1e-9
     folder = result.save(tmp_path / "ckpt")
@@ -221,14 +221,14 @@ def test_attention_it_cannot_slice_by_head_is_refused_in_one_line():
     model = tiny_vit(embed_dim=48, num_heads=4)
     broken = copy.deepcopy(model)
     broken.blocks[1].attn = torch.nn.Identity()
-    with pytest.raises(UserError, match="block 1 uses Identity attention"):
-        ViTAdapter(broken).sites("heads")
-    assert len(ViTAdapter(broken).sites("mlp")) == 3  # pruning MLPs alone still works
+    with pytest.raises(UserError, match="block 1: --prune heads cannot remove heads here: it uses Identity attention"):
+        adapter_for(broken).sites("heads")
+    assert len(adapter_for(broken).sites("mlp")) == 3  # pruning MLPs alone still works
 
 
 def test_mlp_only_masks_keep_their_json_and_no_heads():
     model = tiny_vit()
-    adapter = ViTAdapter(model)
+    adapter = adapter_for(model)
     mask = NeuronMask(tuple(adapter.hidden_widths), tuple(tuple(range(w // 2)) for w in adapter.hidden_widths))
     assert "heads" not in mask.to_json() and NeuronMask.from_json(mask.to_json()) == mask
 

@@ -139,11 +139,11 @@ def test_tangent_schedule_work(monkeypatch):
 
 
 def test_head_tokens_only_and_forward_from_keep_the_logits():
-    from vitprune.model.adapter import ViTAdapter
+    from vitprune.model.adapter import adapter_for
     from vitprune.model.hooks import block_input, head_tokens_only
 
     for model in (tiny_vit(), _tiny_distilled()):
-        adapter, x = ViTAdapter(model), tiny_images(3)
+        adapter, x = adapter_for(model), tiny_images(3)
         with torch.no_grad():
             want = model(x)
             with head_tokens_only(adapter):
@@ -152,7 +152,7 @@ def test_head_tokens_only_and_forward_from_keep_the_logits():
                 torch.testing.assert_close(adapter.forward_from(b, block_input(adapter, x, b)), want, rtol=1e-5, atol=1e-6)
         assert _hook_count(model) == 0
     with pytest.raises(ValueError, match="reads tokens"):
-        with head_tokens_only(ViTAdapter(tiny_vit(global_pool="avg"))):
+        with head_tokens_only(adapter_for(tiny_vit(global_pool="avg"))):
             pass
 
 

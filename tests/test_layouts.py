@@ -7,7 +7,7 @@ import timm
 import torch
 
 import vitprune
-from vitprune.model.adapter import ViTAdapter
+from vitprune.model.adapter import adapter_for
 from vitprune.prune.lsq import heldout_positions, reconstruct
 from vitprune.prune.masks import from_keep_sets
 from vitprune.prune.slicing import slice_mlps
@@ -59,12 +59,12 @@ def _images(n, size, dtype=torch.float32):
 def test_sliced_equals_masked_and_the_checkpoint_round_trips(name, tmp_path):
     make, size, layout, _ = MODELS[name]
     model = make()
-    adapter = ViTAdapter(model)
+    adapter = adapter_for(model)
     assert {s.layout.__name__ for s in adapter.sites()} == {layout}
     widths = adapter.hidden_widths
     mask = from_keep_sets(widths, [list(range(1, w, 3)) for w in widths], "test")
     pruned = slice_mlps(model, mask)
-    assert ViTAdapter(pruned).hidden_widths == mask.kept_counts
+    assert adapter_for(pruned).hidden_widths == mask.kept_counts
     hooks = [h for site, kept in zip(adapter.sites(), mask.kept) for h in site.layout.masked(site.module, torch.tensor(kept))]
     x = _images(3, size)
     with torch.no_grad():
@@ -87,7 +87,7 @@ def test_discovery_equals_the_literal_formulas(name):
     x, y = _images(2, size, torch.float64), torch.tensor([1, 3])
     scope = "auto" if name != "dinov2" else "cls"
     fast = vitprune.find_paths(model, x, y, topk=2, steps=3, token_scope=scope)
-    prefix = ViTAdapter(model).layout.num_prefix
+    prefix = adapter_for(model).layout.num_prefix
     want = literal_jas(model, x, y, topk=2, steps=3, tokens=tokens if name != "pe" else slice(prefix, None))
     for f, s in zip(fast, want, strict=True):
         assert f.path == s["path"] and f.score == pytest.approx(s["score"], rel=1e-6, abs=1e-12)
@@ -97,7 +97,7 @@ def test_discovery_equals_the_literal_formulas(name):
 def test_least_squares_refits_the_output_projection(name):
     make, size, _, _ = MODELS[name]
     model = make()
-    widths = ViTAdapter(model).hidden_widths
+    widths = adapter_for(model).hidden_widths
     x, held = _images(30, size), heldout_positions(30)
     same, _ = reconstruct(model, from_keep_sets(widths, [list(range(w)) for w in widths], "all"), x, held)
     with torch.no_grad():

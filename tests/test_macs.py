@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from vitprune.model.adapter import ViTAdapter
+from vitprune.model.adapter import adapter_for
 from vitprune.app.cli import main
 from vitprune.prune.macs import count_macs_params, mask_for_macs, mlp_unit_macs
 from vitprune.prune.masks import from_keep_sets
@@ -18,7 +18,7 @@ from .helpers import tiny_vit, last_line
 def test_unit_costs_predict_the_counter_exactly():
     model = tiny_vit(depth=3, mlp_ratio=3.0)
     cost, total = mlp_unit_macs(model)
-    widths = ViTAdapter(model).hidden_widths
+    widths = adapter_for(model).hidden_widths
     mask = from_keep_sets(widths, [list(range(5)), list(range(40)), list(range(widths[2]))], "test")
     got, _ = count_macs_params(slice_mlps(model, mask))
     assert got == total - sum(c * (w - k) for c, w, k in zip(cost, widths, mask.kept_counts))
@@ -29,7 +29,7 @@ def test_unit_costs_predict_the_counter_exactly():
 def test_target_macs_within_one_unit_per_block(scope, target):
     model = tiny_vit(depth=4, mlp_ratio=8.0)  # the MLPs hold most of the MACs, so 50% is reachable
     gen = torch.Generator().manual_seed(1)
-    scores = [torch.rand(w, generator=gen) * (b + 1) for b, w in enumerate(ViTAdapter(model).hidden_widths)]
+    scores = [torch.rand(w, generator=gen) * (b + 1) for b, w in enumerate(adapter_for(model).hidden_widths)]
     mask = mask_for_macs(model, scores, target, scope=scope)
     cost, total = mlp_unit_macs(model)
     got, _ = count_macs_params(slice_mlps(model, mask))

@@ -8,7 +8,7 @@ import pytest
 import timm
 import torch
 
-from vitprune.model.adapter import ViTAdapter
+from vitprune.model.adapter import adapter_for
 from vitprune.errors import UserError
 from vitprune.model.load import load_model
 
@@ -57,7 +57,7 @@ def test_state_dict_files_roundtrip(tmp_path):
         with pytest.raises(UserError, match="global_pool=avg"):  # the architecture's token pooling does not fit: never guessed
             load_model(str(tmp_path / name), arch="test_vit")
         loaded = load_model(str(tmp_path / name), arch="test_vit", model_args={"global_pool": "avg"})
-        assert ViTAdapter(loaded).layout.pool == "avg"
+        assert adapter_for(loaded).layout.pool == "avg"
         assert _same_logits(src, loaded, 160)
 
 
@@ -108,7 +108,7 @@ def test_hub_name_without_network_is_one_line(monkeypatch):
 @pytest.mark.parametrize(
     "kwargs,fragment",
     [
-        (dict(global_pool="map"), "unsupported pooling"),
+        (dict(global_pool="avgmax"), "unsupported pooling"),
         (dict(mlp_layer="gated"), "no MLP layout handles"),
         (dict(num_classes=0), "no classification head"),
     ],
@@ -120,12 +120,12 @@ def test_adapter_refusals(kwargs, fragment):
         kwargs = dict(mlp_layer=GatedMlp)
     model = tiny_vit(**kwargs)
     with pytest.raises(UserError, match=fragment):
-        ViTAdapter(model)
+        adapter_for(model)
 
 
 def test_adapter_refuses_non_vit():
     with pytest.raises(UserError, match="unsupported architecture"):
-        ViTAdapter(torch.nn.Linear(2, 2))
+        adapter_for(torch.nn.Linear(2, 2))
 
 
 def test_zoo_models_load_with_their_recipes():
@@ -134,7 +134,7 @@ def test_zoo_models_load_with_their_recipes():
 
     import yaml
 
-    from vitprune.model.adapter import ViTAdapter
+    from vitprune.model.adapter import adapter_for
     from vitprune.model.load import ZOO_DIR, load_model, zoo_models
 
     names = zoo_models()
@@ -145,7 +145,7 @@ def test_zoo_models_load_with_their_recipes():
         recipe = recipes[f"vitprune/assets/zoo/{name}"]
         model = load_model(f"zoo:{name}")
         kw = recipe["model_kwargs"]
-        adapter = ViTAdapter(model)
+        adapter = adapter_for(model)
         packed = adapter.sites()[0].layout.__name__ == "PackedGluMlp"  # fc1 holds value and gate halves
         units = int(kw["embed_dim"] * kw["mlp_ratio"]) // (2 if packed else 1)
         assert adapter.depth == kw["depth"] and adapter.hidden_widths == [units] * kw["depth"]

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from vitprune.model.adapter import ViTAdapter
+from vitprune.model.adapter import adapter_for
 from vitprune.model.hooks import edit_ffn
 from vitprune.prune.compensate import CompensationInputs, calibration_set, least_squares
 from vitprune.prune.lsq import RIDGES, heldout_positions, reconstruct
@@ -19,7 +19,7 @@ from .helpers import tiny_images, tiny_vit
 
 def _mask(model, sparsity=0.75, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    return from_scores([torch.rand(w, generator=gen) for w in ViTAdapter(model).hidden_widths], sparsity)
+    return from_scores([torch.rand(w, generator=gen) for w in adapter_for(model).hidden_widths], sparsity)
 
 
 def _calib(n=20):
@@ -36,7 +36,7 @@ def test_heldout_positions():
 def test_keeping_every_unit_changes_nothing():
     model = tiny_vit()
     x, held = _calib()
-    full = from_keep_sets(ViTAdapter(model).hidden_widths, [list(range(w)) for w in ViTAdapter(model).hidden_widths], "all")
+    full = from_keep_sets(adapter_for(model).hidden_widths, [list(range(w)) for w in adapter_for(model).hidden_widths], "all")
     refit, info = reconstruct(model, full, x, held)
     for b in range(len(model.blocks)):
         assert (refit.blocks[b].mlp.fc2.weight - model.blocks[b].mlp.fc2.weight).abs().max() <= 1e-6
@@ -87,7 +87,7 @@ def test_refit_sliced_equals_refit_masked():
             fc2.weight[:, list(mask.kept[b])] = w
             fc2.bias.copy_(c)
         test = tiny_images(5, seed=11)
-        with edit_ffn(ViTAdapter(masked), masked_edits(mask)):
+        with edit_ffn(adapter_for(masked), masked_edits(mask)):
             want = masked(test)
         got = refit(test)
     assert (got - want).abs().max() <= 1e-5
@@ -112,7 +112,7 @@ def test_fewer_tokens_than_kept_units_still_solves():
     """2 images x 17 tokens = 34 rows for 64 kept units + bias: underdetermined, solved near the slice."""
     model = tiny_vit()
     x, held = tiny_images(2, seed=5), heldout_positions(2)
-    full = from_keep_sets(ViTAdapter(model).hidden_widths, [list(range(64))] * 3, "all")
+    full = from_keep_sets(adapter_for(model).hidden_widths, [list(range(64))] * 3, "all")
     refit, info = reconstruct(model, full, x, held)
     assert info.underdetermined == [0, 1, 2]
     assert all(torch.isfinite(p).all() for p in refit.parameters())
@@ -147,7 +147,7 @@ def test_compensations_and_calibration_set(model_dir, fashion_dir):
     none = load_compensation("none")(model, mask, CompensationInputs())
     lsq = least_squares(model, mask, CompensationInputs(calibration=cal))
     assert none.reconstruction is None and lsq.reconstruction is not None and len(lsq.reconstruction.blocks) == 3
-    assert ViTAdapter(lsq.model).hidden_widths == ViTAdapter(none.model).hidden_widths == mask.kept_counts
+    assert adapter_for(lsq.model).hidden_widths == adapter_for(none.model).hidden_widths == mask.kept_counts
     assert COMPENSATIONS.entry("lsq").meta["needs"] == ("calibration",)
     with pytest.raises(Exception, match="--compensate"):
         load_compensation("bogus")
@@ -160,7 +160,7 @@ def test_layer_scale_models_refit_in_fc2_space():
         for blk in model.blocks:
             blk.ls2.gamma.uniform_(0.2, 1.0)
     x, held = _calib(30)
-    widths = ViTAdapter(model).hidden_widths
+    widths = adapter_for(model).hidden_widths
     same, _ = reconstruct(model, from_keep_sets(widths, [list(range(w)) for w in widths], "all"), x, held, target="output")
     test = tiny_images(4, seed=9)
     with torch.no_grad():
@@ -176,6 +176,6 @@ def test_readout_weighting_weighs_the_cls_token_like_all_patches():
     from vitprune.prune.lsq import token_weights
 
     model = tiny_vit()
-    w = token_weights(ViTAdapter(model), 17, "readout")
+    w = token_weights(adapter_for(model), 17, "readout")
     assert w[0] == 16 and torch.all(w[1:] == 1)
-    assert torch.all(token_weights(ViTAdapter(tiny_vit(global_pool="avg")), 17, "readout") == 1)  # avg pool: uniform
+    assert torch.all(token_weights(adapter_for(tiny_vit(global_pool="avg")), 17, "readout") == 1)  # avg pool: uniform

@@ -10,7 +10,7 @@ from vitprune.criteria.stats import collect_stats
 from vitprune.discovery.importance import ImportanceSums
 from vitprune.discovery.records import PathRecord, PathRun
 from vitprune.errors import UserError
-from vitprune.model.adapter import ViTAdapter
+from vitprune.model.adapter import adapter_for
 from vitprune.model.hooks import edit_ffn
 from vitprune.model.load import load_model, save_checkpoint
 from vitprune.prune.macs import count_macs_params
@@ -25,7 +25,7 @@ def _stats(model, x, y):
 
 
 def _masked_logits(model, mask, x):
-    with torch.no_grad(), edit_ffn(ViTAdapter(model), masked_edits(mask)):
+    with torch.no_grad(), edit_ffn(adapter_for(model), masked_edits(mask)):
         return model(x)
 
 
@@ -41,7 +41,7 @@ def test_sliced_equals_masked_for_every_criterion(criterion, scope):
     scores = unit_scores(criterion, model, stats=_stats(model, x, y), paths=PathRun(records, None, importance), seed=3)
     mask = from_scores(scores, 0.6, scope=scope, criterion=criterion)
     pruned = slice_mlps(model, mask)
-    assert ViTAdapter(pruned).hidden_widths == mask.kept_counts
+    assert adapter_for(pruned).hidden_widths == mask.kept_counts
     with torch.no_grad():
         got = pruned(x)
     want = _masked_logits(model, mask, x)
@@ -53,11 +53,11 @@ def test_sliced_equals_masked_at_every_token_with_different_widths():
     model = tiny_vit()
     mask = from_keep_sets([64, 64, 64], [[0], list(range(10, 50)), list(range(64))], "test")
     pruned = slice_mlps(model, mask)
-    assert ViTAdapter(pruned).hidden_widths == [1, 40, 64]
+    assert adapter_for(pruned).hidden_widths == [1, 40, 64]
     x = tiny_images(3)
     with torch.no_grad():
         tokens_sliced = pruned.forward_features(x)
-        with edit_ffn(ViTAdapter(model), masked_edits(mask)):
+        with edit_ffn(adapter_for(model), masked_edits(mask)):
             tokens_masked = model.forward_features(x)
     assert (tokens_sliced - tokens_masked).abs().max() <= 1e-5
 

@@ -13,7 +13,7 @@ from vitprune.discovery import jas
 from vitprune.discovery.engine import FORWARD_AD_TANGENT_COST, TANGENT_COST, auto_schedule
 from vitprune.discovery.finder import PathFinder
 from vitprune.discovery.settings import DiscoverySettings
-from vitprune.model.adapter import ViTAdapter
+from vitprune.model.adapter import adapter_for
 from vitprune.model.hooks import block_input, override_ffn
 from vitprune.model.tangent import block_tangent, primal_capture, supports, written_out
 
@@ -40,7 +40,7 @@ def _model(kind, dtype=torch.float64):
 
 def _case(model, block=1, tangents=2, seed=0):
     """The block's input on random images, random input tangents, a clamp at the head tokens and its directions."""
-    adapter = ViTAdapter(model)
+    adapter = adapter_for(model)
     gen = torch.Generator().manual_seed(seed)
     dtype = next(model.parameters()).dtype
     x = block_input(adapter, tiny_images(3, dtype=dtype), block)

@@ -33,8 +33,8 @@ from .discovery.run import discover
 from .discovery.settings import DiscoverySettings
 from .distributed import Dist
 from .errors import UserError
-from .model.adapter import ViTAdapter
-from .model.load import describe_model, load_model, model_fingerprint
+from .model.adapter import FamilyAdapter, adapter_for
+from .model.load import channel_consistent, describe_model, load_model, model_fingerprint
 from .options import CalibrationOptions, Point
 from .prune import COMPENSATIONS
 from .prune.compensate import CalibrationSet, CompensationInputs, Pruned, calibration_set, load_compensation
@@ -54,7 +54,7 @@ def resolve_model(model: str | nn.Module, arch: str | None = None, model_args: d
     params = list(model.parameters())
     if any(p.is_meta for p in params):
         raise UserError("the model's weights are on the meta device (created without storage); load its weights first")
-    ViTAdapter(model)  # refuses what vitprune cannot handle, with one line
+    adapter_for(model)  # refuses what vitprune cannot handle, with one line
     source = getattr(model, "vitprune_source", None)
     meta = getattr(model, "vitprune_meta", {})
     fingerprint = getattr(model, "vitprune_fingerprint", None)
@@ -62,6 +62,7 @@ def resolve_model(model: str | nn.Module, arch: str | None = None, model_args: d
     if any(p.is_floating_point() and p.dtype != torch.float32 for p in copy.parameters()):
         copy.float()  # half-precision weights: work in fp32 (--precision sets the forwards' precision)
         fingerprint = None
+    channel_consistent(copy)
     copy.vitprune_source = source or describe_model(copy)
     copy.vitprune_meta = meta
     if fingerprint is not None:
@@ -92,7 +93,7 @@ def resolve_data(data: Any, num_classes: int) -> DataPools:
                     f"Datasets (got {type(data).__name__})")
 
 
-def check_pairing(pools: DataPools, adapter: ViTAdapter) -> None:
+def check_pairing(pools: DataPools, adapter: FamilyAdapter) -> None:
     """The data's classes and images fit the model: one line naming the mismatch."""
     if adapter.num_classes < 2:
         raise UserError(f"the model has {adapter.num_classes} class: its softmax is 1 whatever the input, so every attribution "
@@ -135,7 +136,7 @@ class Pipeline:
         self.dense = resolve_model(model, opts.arch, opts.model_args)
         self.fingerprint = model_fingerprint(self.dense)
         self.dense.to(dist.device)
-        self.adapter = ViTAdapter(self.dense)
+        self.adapter = adapter_for(self.dense)
         self.pools = resolve_data(data, self.adapter.num_classes)
         check_pairing(self.pools, self.adapter)
         self.transform = model_transform(self.dense)

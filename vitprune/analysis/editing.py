@@ -21,7 +21,7 @@ from torch import nn
 from ..discovery.records import PathRecord, PathRun
 from ..errors import UserError
 from ..files import atomic_write_json
-from ..model.adapter import ViTAdapter
+from ..model.adapter import FamilyAdapter, adapter_for
 from ..model.hooks import ffn_hooks
 from .runs import METHODS, check_paths, default_out, load_run_data, load_run_model, load_runs, method_sources, resolve_spec, write_csv
 
@@ -63,7 +63,7 @@ def edit_masks(paths: torch.Tensor, widths: Sequence[int], operation: str, *, ke
 
 
 @contextmanager
-def apply_masks(adapter: ViTAdapter, masks: Sequence[torch.Tensor], tokens: slice) -> Iterator[None]:
+def apply_masks(adapter: FamilyAdapter, masks: Sequence[torch.Tensor], tokens: slice) -> Iterator[None]:
     """Multiply the fc2 input of block b at ``tokens`` by ``masks[b]`` (one row per image)."""
 
     def edit(b: int, hidden: torch.Tensor) -> torch.Tensor:
@@ -80,7 +80,7 @@ def apply_masks(adapter: ViTAdapter, masks: Sequence[torch.Tensor], tokens: slic
 def edited_logits(model: nn.Module, images: torch.Tensor, paths: torch.Tensor, operation: str, *,
                   token_scope: str = "auto", keep_fraction: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
     """Logits of ``model`` with each image's path (B, L, K) edited by ``operation`` at ``token_scope``."""
-    adapter = ViTAdapter(model)
+    adapter = adapter_for(model)
     paths = torch.as_tensor(paths, dtype=torch.long)
     if paths.dim() == 2:
         paths = paths[None].expand(images.shape[0], -1, -1)
@@ -170,7 +170,7 @@ def manipulate(paths: Sequence[str | Path], out: str | Path | None = None, *, mo
     sources = method_sources(runs)
     net = load_run_model(runs, model, device)
     dev = next(net.parameters()).device
-    adapter = ViTAdapter(net)
+    adapter = adapter_for(net)
     widths = adapter.hidden_widths
     for method, (run, key) in sources.items():
         check_paths(run.records, key, widths, run.folder)

@@ -2,7 +2,7 @@
 
 Every token at every site is read with the model's own readout, ``head(norm_f(x))``: the
 residual stream after block b (``blocks[b]``), and what the attention and MLP sublayers add
-to it (``blocks[b].ls1`` / ``ls2``, correct with LayerScale). Sublayer outputs go through the
+to it (the attention's and the MLP's outputs times their layer scale). Sublayer outputs go through the
 final norm on their own, as in the paper, so the reading is about direction, not magnitude.
 MLP units are labelled as key-value memories: value v_m = fc2.weight[:, m] (times the ls2
 gain), scored against the classes with the final-norm gain folded into the head.
@@ -21,38 +21,35 @@ from torch import nn
 from ..discovery.records import PathRecord
 from ..errors import UserError
 from ..files import atomic_write_json
-from ..model.adapter import Readout, ViTAdapter
+from ..model.adapter import FamilyAdapter, Readout, adapter_for
 from .runs import check_paths, default_out, load_run_data, load_run_model, load_runs, resolve_spec
 
 SITES = ("resid", "attn", "mlp")
 
 
 def resolve_readout(model: nn.Module) -> Readout:
-    """The final norm + head, refusing models whose output is not one linear readout of the stream (and blocks
-    whose sublayer outputs the lens cannot read)."""
-    adapter = ViTAdapter(model)
-    readout = adapter.readout()
-    for b in range(adapter.depth):
-        adapter.sublayer_outputs(b)
-    return readout
+    """The model's readout (final norm, pool, head), refusing models whose output is not one readout of the stream."""
+    return adapter_for(model).readout()
 
 
 @contextmanager
 def capture_sites(model: nn.Module) -> Iterator[dict[tuple[str, int], torch.Tensor]]:
-    """Forward hooks recording (site, block) -> (B, N, d) for resid/attn/mlp; always removed."""
+    """Forward hooks recording (site, block) -> (B, N, d) for resid (the block's output) and attn / mlp (what each
+    branch adds to the stream: its module's output times the branch's layer scale); always removed."""
     store: dict[tuple[str, int], torch.Tensor] = {}
     handles = []
-    adapter = ViTAdapter(model)
+    adapter = adapter_for(model)
     try:
         for b, block in enumerate(adapter.blocks):
-            modules = {"resid": block, **adapter.sublayer_outputs(b)}
+            modules = {"resid": block, **adapter.branch_modules(b)}
             for site in SITES:
-                module = modules[site]
+                scale = adapter.branch_scale(b, site) if site != "resid" else None
 
-                def hook(_m, _inp, output, _key=(site, b)):
-                    store[_key] = output.detach()
+                def hook(_m, _inp, output, _key=(site, b), _scale=scale):
+                    out = output.detach()
+                    store[_key] = out if _scale is None else out * _scale.detach()
 
-                handles.append(module.register_forward_hook(hook))
+                handles.append(modules[site].register_forward_hook(hook))
         yield store
     finally:
         for h in handles:
@@ -88,7 +85,7 @@ def lens_statistics(model: nn.Module, batches: Iterable[tuple[list[str], torch.T
     from ..progress import progress_bar
 
     readout = resolve_readout(model)
-    depth, num_classes = ViTAdapter(model).depth, int(readout.head.out_features)
+    depth, num_classes = adapter_for(model).depth, int(readout.head.out_features)
     device = next(model.parameters()).device
     groups = (["cls"] if readout.has_cls else []) + ["image"]
     ident = {(s, g): _Mean(depth) for s in SITES for g in groups}
@@ -123,13 +120,13 @@ def lens_statistics(model: nn.Module, batches: Iterable[tuple[list[str], torch.T
                         for g, win in split(true_logit[t] > prev_true).items():
                             cscr[(t, g)].add(b, win.double())
                 prev_true = true_logit["resid"]
-                if readout.pool == "avg":
+                if readout.pool != "token":
                     pooled = readout.pooled(acts[("resid", b)]).float()
                     rank, _ = class_ranks(pooled, labels)
                     pooled_ident.add(b, 1.0 - rank.double() / num_classes)
                     pooled_top1.add(b, (rank == 0).double())
             last = acts[("resid", depth - 1)]
-            final = readout.pooled(last) if readout.pool == "avg" else readout.project(last[:, 0])
+            final = readout.pooled(last)
             readout_err = max(readout_err, float((final.float() - logits).abs().max()))
             n_images += len(labels)
             bar.update(len(labels))
@@ -142,7 +139,7 @@ def lens_statistics(model: nn.Module, batches: Iterable[tuple[list[str], torch.T
         "top1_rate": {s: {g: top1[(s, g)].values() for g in groups} for s in SITES},
         "cscr": {g: {t: cscr[(t, g)].values() for t in ("attn", "mlp")} for g in groups},
     }
-    if readout.pool == "avg":
+    if readout.pool != "token":
         result["identifiability"]["resid"]["pooled"] = pooled_ident.values()
         result["top1_rate"]["resid"]["pooled"] = pooled_top1.values()
     return result
@@ -156,7 +153,7 @@ def label_units(model: nn.Module, k: int = 5) -> list[dict[str, torch.Tensor]]:
     because it does not depend on the unit. Weights are read, never modified.
     """
     readout = resolve_readout(model)
-    adapter = ViTAdapter(model)
+    adapter = adapter_for(model)
     num_classes = int(readout.head.out_features)
     if not 1 <= k <= num_classes:
         raise UserError(f"--label-topk must be in 1..{num_classes} (got {k})")
@@ -167,7 +164,10 @@ def label_units(model: nn.Module, k: int = 5) -> list[dict[str, torch.Tensor]]:
     out = []
     for b in range(adapter.depth):
         values = adapter.mlp_value_vectors(b)  # (d, M): column m is what unit m writes
-        scores = weight @ (values - values.mean(0, keepdim=True))  # (C, M)
+        if readout.pool == "map":  # an attention pool is no linear map: read each value vector through it, as a token
+            scores = readout.project(values.T.to(weight.device)).float().T  # (C, M)
+        else:
+            scores = weight @ (values - values.mean(0, keepdim=True))  # (C, M)
         top = scores.topk(k, dim=0)
         out.append({"top": top.indices.T.cpu(), "score": top.values.T.cpu()})
     return out
@@ -205,7 +205,7 @@ def lens_analysis(path: str | Path, out: str | Path | None = None, *, model: str
     run = load_runs([path])[0]
     net = load_run_model([run], model, device)
     resolve_readout(net)  # refuses distilled / attention-pool models before any data is read
-    adapter = ViTAdapter(net)
+    adapter = adapter_for(net)
     check_paths(run.records, "path", adapter.hidden_widths, run.folder)
     data_spec, pools = load_run_data([run], data, adapter.num_classes)
     names = list(pools.class_names)

@@ -110,10 +110,10 @@ def _widths(run: PathRun, model: str | None) -> list[int]:
         return list(run.header.model.widths)
     if not model:
         raise UserError(f"{run.folder} does not record the MLP widths; pass --model to normalise unit indices")
-    from ..model.adapter import ViTAdapter
+    from ..model.adapter import FamilyAdapter, adapter_for
     from ..model.load import load_model
 
-    return ViTAdapter(load_model(model)).hidden_widths
+    return adapter_for(load_model(model)).hidden_widths
 
 
 def _slug(text: str) -> str:

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..discovery.records import PathRun
 from ..errors import UserError
-from ..model.adapter import ViTAdapter
+from ..model.adapter import FamilyAdapter, adapter_for
 from ..model.sites import Site
 from . import CRITERIA
 from .stats import ActivationStats
@@ -25,7 +25,7 @@ class CriterionInputs:
     order; a criterion returns one 1-D fp64 tensor of ``site.width`` scores per site."""
 
     model: nn.Module
-    adapter: ViTAdapter
+    adapter: FamilyAdapter
     sites: list[Site]
     stats: ActivationStats | None = None
     paths: PathRun | None = None
@@ -90,7 +90,7 @@ def checked_scores(name: str, scores: Any, sites: list[Site]) -> list[torch.Tens
 def unit_scores(name: str, model: nn.Module, *, stats: ActivationStats | None = None, paths: PathRun | None = None, seed: int = 0,
                 aggregation: str = "mean") -> list[torch.Tensor]:
     """The scores criterion ``name`` gives every MLP unit of ``model`` from the inputs given (one tensor per block)."""
-    adapter = ViTAdapter(model)
+    adapter = adapter_for(model)
     inputs = CriterionInputs(model, adapter, adapter.sites("mlp"), stats, paths, seed, {"aggregation": aggregation})
     return checked_scores(name, load_criterion(name).scores(inputs), inputs.sites)
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..model.adapter import ViTAdapter
+from ..model.adapter import FamilyAdapter, adapter_for
 from ..discovery.engine import gather_units, scale_units
 from ..discovery.records import PathRun
 from ..model.hooks import ffn_hooks, frozen_parameters, override_ffn, site_input_hooks
@@ -59,7 +59,7 @@ class PathCondition:
     tokens: slice
 
     @classmethod
-    def of(cls, run: PathRun, adapter: ViTAdapter) -> "PathCondition":
+    def of(cls, run: PathRun, adapter: FamilyAdapter) -> "PathCondition":
         return cls({r.id: r.path for r in run.records}, {r.id: r.target for r in run.records}, adapter.token_slice(run.token_scope))
 
     def missing(self, ids: Iterable[str]) -> list[str]:
@@ -108,7 +108,7 @@ def collect_head_stats(model: nn.Module, batches: Iterable[tuple[list[str], torc
                        quiet: bool = False, dist=None, precision: str = "fp32") -> HeadStats:
     """Head statistics over the calibration batches: one forward+backward per image, plus ``steps`` passes for the
     plain integrated gradients (``ig``) and ``steps`` more for those conditioned on the paths (``condition``)."""
-    adapter = ViTAdapter(model)
+    adapter = adapter_for(model)
     sites = adapter.sites("heads")
     device = next(model.parameters()).device
     zeros = [torch.zeros(s.width, dtype=torch.float64, device=device) for s in sites]
@@ -158,7 +158,7 @@ def _taylor_pass(model, sites, images, labels, precision, mag, tay, tokens: slic
         stack.enter_context(torch.enable_grad())
         stack.enter_context(site_input_hooks(sites, tap))
         if tokens is not None:
-            stack.enter_context(ffn_hooks(ViTAdapter(model), record))
+            stack.enter_context(ffn_hooks(adapter_for(model), record))
         stack.enter_context(precision_context(precision, images.device))
         logits = model(images)
         grads = torch.autograd.grad(F.cross_entropy(logits.float(), labels, reduction="sum"), [taps[b] for b in range(len(sites))])
@@ -177,7 +177,7 @@ def head_integrated_gradients(model: nn.Module, sites: list[Site], images: torch
     """The signed IG_h of every image: ``steps`` passes, every block's head outputs clamped to alpha_k times their
     clean value ``clean[b]`` (B, N, heads*d), F = the softmax probability of ``labels``. With ``held``, the MLP hidden
     units at its tokens are clamped too (clean, the path units scaled by alpha_k) and the path units' IG comes back."""
-    adapter = ViTAdapter(model) if held is not None else None
+    adapter = adapter_for(model) if held is not None else None
     acc = [torch.zeros(len(images), s.width, dtype=torch.float64, device=images.device) for s in sites]
     path = torch.zeros(len(images), dtype=torch.float64, device=images.device) if held is not None else None
     for k in range(steps):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..model.adapter import ViTAdapter
+from ..model.adapter import FamilyAdapter, adapter_for
 from ..model.hooks import ffn_hooks, frozen_parameters
 from ..precision import precision_context
 from ..progress import progress_bar
@@ -34,7 +34,7 @@ class ActivationStats:
 def collect_stats(model: nn.Module, batches: Iterable[tuple[list[str], torch.Tensor, torch.Tensor]], *, gradients: bool = True,
                   total: int | None = None, quiet: bool = False, dist=None, precision: str = "fp32") -> ActivationStats:
     """Statistics of every block's hidden units; with ``dist``, each rank passes its shard and the sums are gathered."""
-    adapter = ViTAdapter(model)
+    adapter = adapter_for(model)
     device = next(model.parameters()).device
     widths = adapter.hidden_widths
     s1 = [torch.zeros(w, dtype=torch.float64, device=device) for w in widths]

@@ -15,10 +15,10 @@ def model_transform(model: torch.nn.Module) -> Callable:
     """The model's eval preprocessing from its timm data config (PIL image -> tensor)."""
     import timm.data
 
-    from ..model.adapter import ViTAdapter
+    from ..model.adapter import FamilyAdapter, adapter_for
 
     cfg = timm.data.resolve_data_config({}, model=model)
-    cfg["input_size"] = ViTAdapter(model).input_size
+    cfg["input_size"] = adapter_for(model).input_size
     chans = cfg["input_size"][0]
     for key in ("mean", "std"):  # a single-channel model with RGB statistics: use their average
         if len(cfg[key]) != chans and chans == 1:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..model.adapter import ViTAdapter
+from ..model.adapter import FamilyAdapter, adapter_for
 from ..model.hooks import capture_block_input, ffn_hooks, head_tokens_only, override_ffn
 from ..model.tangent import written_out
 from ..precision import at_least_fp32, precision_context
@@ -111,9 +111,9 @@ def gather_units(x: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
 class PassEngine:
     """The passes of discovery on one model, at one token scope, with one pass counter."""
 
-    def __init__(self, model: nn.Module, settings: DiscoverySettings, adapter: ViTAdapter | None = None) -> None:
+    def __init__(self, model: nn.Module, settings: DiscoverySettings, adapter: FamilyAdapter | None = None) -> None:
         self.model = model
-        self.adapter = adapter or ViTAdapter(model)
+        self.adapter = adapter or adapter_for(model)
         self.settings = settings
         self.scope = self.adapter.resolve_scope(settings.token_scope)
         self.tokens = self.adapter.token_slice(self.scope)

@@ -205,7 +205,7 @@ class JointAttribution(DiscoveryMethod):
             out = block_output(engine.adapter.blocks[block], primal, clamp, engine.tokens)
             if out is None:
                 with override_ffn(engine.adapter, {block: clamp}, engine.tokens):
-                    out = engine.adapter.blocks[block](x)
+                    out = engine.adapter.run_block(block, x)
                 engine.stats.add("forward", len(x), 1)
         return out
 
@@ -243,7 +243,7 @@ def _forward_mode_tangent(engine: PassEngine, block: int, x: torch.Tensor, tange
         stack.enter_context(precision_context(engine.settings.precision, x.device))
         stack.enter_context(override_ffn(engine.adapter, {block: fwAD.make_dual(clamp, direction)}, engine.tokens))
         x_in = x if tangent is None else fwAD.make_dual(x, tangent.to(x.dtype))
-        return fwAD.unpack_dual(engine.adapter.blocks[block](x_in)).tangent
+        return fwAD.unpack_dual(engine.adapter.run_block(block, x_in)).tangent
 
 
 __all__ = ["JointAttribution"]

@@ -49,14 +49,9 @@ def export_onnx(model: nn.Module, path: Path, *, metadata: dict, parity_images: 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     model = model.eval().cpu().float()
-    example = parity_images[:1].float()
-    batch = torch.export.Dim("batch", min=1, max=4096)
+    example = parity_images[:2].float()  # a batch of 2: torch.export specialises a size-1 dimension
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, (example,), str(tmp), input_names=[INPUT], output_names=[OUTPUT],
-                              dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True,
-                              external_data=False, verbose=False)
+        exporter = _export(model, example, tmp, opset)
         proto = onnx.load(str(tmp))
         onnx.checker.check_model(proto, full_check=True)
         set_metadata(proto, metadata)
@@ -70,7 +65,34 @@ def export_onnx(model: nn.Module, path: Path, *, metadata: dict, parity_images: 
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return {"parity_max_abs": diff, "parity_images": int(len(parity_images)), "opset": opset, "bytes": path.stat().st_size}
+    return {"parity_max_abs": diff, "parity_images": int(len(parity_images)), "opset": opset, "bytes": path.stat().st_size,
+            "exporter": exporter}
+
+
+def _export(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> str:
+    """Write ``model`` as ONNX with a dynamic batch axis: torch's dynamo exporter, or, where it cannot convert a graph
+    (timm's Beit attention reshapes a transposed view it fails to decompose), the TorchScript exporter. Returns which
+    one wrote it; the parity check that follows holds either to the same bar."""
+    import logging
+
+    from torch.onnx._internal.exporter._errors import ConversionError
+
+    chatty = logging.getLogger("onnxscript")  # its optimizer logs a warning per multi-output op it leaves unfolded
+    level = chatty.level
+    chatty.setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(model, (example,), str(path), input_names=[INPUT], output_names=[OUTPUT],
+                              dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},), opset_version=opset,
+                              dynamo=True, external_data=False, verbose=False)
+            return "dynamo"
+        except ConversionError:
+            torch.onnx.export(model, (example,), str(path), input_names=[INPUT], output_names=[OUTPUT],
+                              dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}}, opset_version=opset, dynamo=False)
+            return "torchscript"
+        finally:
+            chatty.setLevel(level)
 
 
 def read_metadata(path: Path) -> dict[str, str]:

@@ -1,24 +1,35 @@
-"""ViTAdapter: the one module (with the MLP layouts) that knows timm's attribute names.
+"""Model families: one adapter per timm model family, picked by ``adapter_for(model)``.
 
-It resolves the blocks, their MLPs (through the registered MLP layouts), the token layout (CLS,
-distillation and register tokens, patches), the pooling and the readout, and refuses what vitprune
-cannot handle with one clear line. A *unit* is one input channel group of a pruning site's output
-projection: for the MLP sites, hidden unit j of block b's MLP, read at the input of its ``fc2``
-(post-activation); zeroing it there is exactly slicing fc1 row j and fc2 column j.
+A ``FamilyAdapter`` is the only place that knows a family's attribute names: its blocks, the sites of each block
+(MLP units through the registered MLP layouts, attention heads through the head layouts), how a block runs
+(``run_block``, with the arguments the family's forward passes it, e.g. Eva's rotary embedding), what each branch adds
+to the residual stream (``branch_scale``: LayerScale), the token layout and the readout (CLS token, average, attention
+pool). Everything else in vitprune — hooks, discovery, criteria, least squares, slicing, the MAC count, the lens —
+asks the adapter. A family subclass says what differs (``vitprune/model/families/``); the shared logic (tokens,
+scopes, readout, refusals) lives here. Families are registered in ``vitprune.model.FAMILIES``
+(``vitprune.register_family``); ``adapter_for`` asks each registered family, in order, whether it ``matches`` the
+model (as einops' ``get_backend`` asks its backends).
+
+A *unit* is one input channel group of a pruning site's output projection: for the MLP sites, hidden unit j of block
+b's MLP, read at the input of its ``fc2`` (post-activation); zeroing it there is exactly slicing fc1 row j and fc2
+column j.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from ..errors import UserError
 from ..options import TOKEN_SCOPES, check_choice
-from . import MLP_LAYOUTS, SITE_KINDS
+from . import FAMILIES, HEAD_LAYOUTS, MLP_LAYOUTS, SITE_KINDS
 from .layouts import MlpLayout, refusal
 from .sites import Site
+
+POOLS = ("token", "avg", "map")
 
 
 @dataclass(frozen=True)
@@ -26,27 +37,40 @@ class TokenLayout:
     num_prefix: int  # CLS + distillation + register tokens, all before the patches
     has_class_token: bool
     has_dist_token: bool
-    pool: str  # 'token' (head reads the CLS/DIST tokens) or 'avg' (head reads the mean patch token)
+    pool: str  # 'token' (head reads the CLS/DIST tokens), 'avg' (the mean patch token) or 'map' (an attention pool)
 
 
 @dataclass(frozen=True)
 class Readout:
-    """How the model turns a d-vector into logits: ``head(norm(x))``, plus its token layout (the lens reads every site this way)."""
+    """How the model turns its residual stream into logits: ``head(fc_norm(pool(norm(x))))``. ``project`` reads one
+    token (or one direction) the same way: the token alone through the final norm, the pool and the head — for an
+    attention pool, a sequence of that one token, so the latent query attends to it alone."""
 
-    norm: nn.Module
+    norm: nn.Module  # per token, before the pool (timm's final norm); for an avg pool with fc_norm, after it
     head: nn.Linear
-    pool: str  # 'token' or 'avg'
+    pool: str
     num_prefix: int
     has_cls: bool
     pool_uses_fc_norm: bool  # avg pool: norm after pooling (fc_norm) rather than per token (model.norm)
     pool_include_prefix: bool
+    attn_pool: nn.Module | None = None  # pool 'map': the attention pool, then ``fc_norm``
+    fc_norm: nn.Module | None = None
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.norm(x))
+        """(..., d) -> (..., classes): each vector read by the model's readout on its own."""
+        if self.pool != "map":
+            return self.head(self.norm(x))
+        flat = x.reshape(-1, 1, x.shape[-1])
+        pooled = self.attn_pool(self.norm(flat))
+        return self.head(self.fc_norm(pooled)).reshape(*x.shape[:-1], -1)
 
     def pooled(self, resid: torch.Tensor) -> torch.Tensor:
-        """The model's own avg-pool readout of a residual stream (B, N, d) -> (B, C)."""
+        """The model's own readout of a residual stream (B, N, d) -> (B, C)."""
+        if self.pool == "token":
+            return self.project(resid[:, 0])
         tokens = resid if self.pool_include_prefix else resid[:, self.num_prefix:]
+        if self.pool == "map":
+            return self.head(self.fc_norm(self.attn_pool(self.norm(tokens))))
         if self.pool_uses_fc_norm:
             return self.head(self.norm(tokens.mean(1)))
         return self.head(self.norm(tokens).mean(1))
@@ -82,133 +106,98 @@ def set_data_config(model: nn.Module, cfg: dict) -> None:
     model.pretrained_cfg = {**(getattr(model, "pretrained_cfg", None) or {}), **cfg}
 
 
-@torch.no_grad()
-def set_position_embedding(model: nn.Module, pos: torch.Tensor) -> None:
-    """Copy a position embedding of another grid into ``model``, resampled bilinearly with align_corners=True
-    (= ``scipy.ndimage.zoom(order=1)``, what the NeuronPath reference uses for B/32 and L/32 at 224)."""
-    import inspect
+class FamilyAdapter:
+    """Read-only view of one timm model for unit-level work: the contract a family implements (``matches`` and the
+    methods marked *family*), and what every family shares."""
 
-    from timm.layers import resample_abs_pos_embed
+    name: ClassVar[str] = ""  # the FAMILIES registry name
+    default_architecture: ClassVar[str | None] = None  # what an in-memory model without a recorded architecture is saved as
 
-    if pos.shape[1] == model.pos_embed.shape[1]:
-        return  # the same grid: timm's own loader already put it in place
-    align = {"align_corners": True} if "align_corners" in inspect.signature(resample_abs_pos_embed).parameters else {}
-    prefix = 0 if model.no_embed_class else model.num_prefix_tokens
-    model.pos_embed.copy_(resample_abs_pos_embed(pos.float(), new_size=list(model.patch_embed.grid_size), num_prefix_tokens=prefix,
-                                                 interpolation="bilinear", antialias=False, verbose=False, **align))
-
-
-def state_dict_mismatch(sd: dict[str, torch.Tensor], model: nn.Module) -> str | None:
-    """What in a timm-format state dict does not fit ``model`` that timm's loader would paper over (it resamples
-    patch kernels and position grids), named with the ``--model-args`` that fixes it; None when nothing does."""
-    mine = model.state_dict()
-    stem = "patch_embed.backbone."
-    if any(k.startswith(stem) for k in sd) != any(k.startswith(stem) for k in mine):
-        has = "has" if any(k.startswith(stem) for k in sd) else "has no"
-        return f"the checkpoint {has} a convolutional stem (hybrid ViT); pass the matching --arch (vit_*_r_*)"
-    kernel, want = sd.get("patch_embed.proj.weight"), mine.get("patch_embed.proj.weight")
-    if kernel is not None and want is not None and kernel.shape != want.shape:
-        if kernel.shape[2:] != want.shape[2:]:
-            return (f"its patches are {kernel.shape[2]}x{kernel.shape[3]}, the architecture's {want.shape[2]}x{want.shape[3]}; "
-                    f"pass --model-args patch_size={kernel.shape[2]}")
-        if kernel.shape[1] != want.shape[1]:
-            return f"it takes {kernel.shape[1]}-channel images, the architecture {want.shape[1]}; pass --model-args in_chans={kernel.shape[1]}"
-    depth, want_depth = ({int(k.split(".")[1]) for k in d if k.startswith("blocks.")} for d in (sd, mine))
-    if depth and len(depth) != len(want_depth):
-        return f"it has {len(depth)} blocks, the architecture {len(want_depth)}; pass --model-args depth={len(depth)}"
-    for key in ("cls_token", "reg_token", "dist_token", "fc_norm.weight"):
-        if (key in sd) == (key in mine):
-            continue
-        has = "has" if key in sd else "has no"
-        if key == "cls_token":
-            advice = f"pass --model-args class_token={str(key in sd).lower()}"
-        elif key == "reg_token":
-            advice = f"pass --model-args reg_tokens={sd[key].shape[1] if key in sd else 0}"
-        elif key == "fc_norm.weight":
-            advice = ("pass --model-args global_pool=avg (an average-pooled head with fc_norm, e.g. MAE fine-tuned)" if key in sd
-                      else "pass --model-args global_pool=token")
-        else:
-            advice = "pass a distilled --arch (deit_*_distilled_*)"
-        return f"the checkpoint {has} {key.split('.')[0]}; {advice}"
-    if "reg_token" in sd and sd["reg_token"].shape != mine["reg_token"].shape:
-        return f"it has {sd['reg_token'].shape[1]} register tokens; pass --model-args reg_tokens={sd['reg_token'].shape[1]}"
-    pos, want_pos = sd.get("pos_embed"), mine.get("pos_embed")
-    if pos is not None and want_pos is not None and pos.shape != want_pos.shape:
-        grid = model.patch_embed.grid_size
-        prefix = want_pos.shape[1] - grid[0] * grid[1]
-        side = int(max(pos.shape[1] - prefix, 0) ** 0.5)
-        hint = (f"pass --model-args img_size={side * model.patch_embed.patch_size[0]}" if side * side == pos.shape[1] - prefix
-                else "pass the --model-args of the checkpoint's image size")
-        return f"its position grid is {pos.shape[1] - prefix} patches, the architecture's {grid[0]}x{grid[1]}; {hint}"
-    return None
-
-
-def npz_mismatch(sd: dict[str, torch.Tensor], model: nn.Module) -> str | None:
-    """The same for a Google .npz checkpoint (its position grid may differ: that one is resampled as the reference does)."""
-    head = sd.get("head/kernel")
-    if head is not None and head.shape[-1] != model.num_classes:
-        return f"it has a {head.shape[-1]}-class head, the architecture {model.num_classes}; pass --model-args num_classes={head.shape[-1]}"
-    kernel = sd.get("embedding/kernel")  # (patch, patch, in, width)
-    want = model.patch_embed.proj.weight.shape
-    if kernel is not None and tuple(kernel.shape[:2]) != tuple(want[2:]):
-        return f"its patches are {kernel.shape[0]}x{kernel.shape[1]}, the architecture's {want[2]}x{want[3]}; pass --model-args patch_size={kernel.shape[0]}"
-    return None
-
-
-class ViTAdapter:
-    """Read-only view of a timm VisionTransformer for unit-level work."""
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        """*family*: whether this family handles ``model`` (usually: an instance of its timm class)."""
+        raise NotImplementedError
 
     def __init__(self, model: nn.Module) -> None:
-        from timm.models.vision_transformer import VisionTransformer
-
-        if not isinstance(model, VisionTransformer):
-            raise UserError(
-                f"unsupported architecture {type(model).__name__}: vitprune handles timm VisionTransformer models "
-                "(ViT, DeiT, MAE fine-tuned, ...)"
-            )
         self.model = model
         self.blocks = list(model.blocks)
-        self._layouts = [self._find_layout(b, block) for b, block in enumerate(self.blocks)]
-        pool = getattr(model, "global_pool", "token")
-        if getattr(model, "attn_pool", None) is not None or pool == "map":
-            raise UserError(f"unsupported pooling global_pool='{pool}': it reads the tokens through an attention-pool head, which "
-                            "has no per-token linear readout; vitprune needs a readout of the CLS token ('token') or of the mean "
-                            "patch token ('avg')")
-        if pool not in ("token", "avg"):
-            raise UserError(
-                f"unsupported pooling global_pool='{pool}': vitprune needs a linear readout of the CLS token "
-                "('token') or of the mean patch token ('avg')"
-            )
+        self._layouts = [self._find_layout(b) for b in range(len(self.blocks))]
+        self.layout = self._token_layout()
+        if self.layout.pool not in POOLS:
+            raise UserError(f"unsupported pooling global_pool='{self.layout.pool}': vitprune reads the CLS token ('token'), the "
+                            "mean patch token ('avg') or an attention pool ('map')")
         if getattr(model, "head", None) is None or isinstance(model.head, nn.Identity):
             raise UserError("the model has no classification head (num_classes=0); load it with its classifier")
-        self.layout = TokenLayout(
-            num_prefix=int(model.num_prefix_tokens),
-            has_class_token=model.cls_token is not None,
-            has_dist_token=getattr(model, "dist_token", None) is not None,
-            pool=pool,
-        )
 
-    @staticmethod
-    def _find_layout(b: int, block: nn.Module) -> type[MlpLayout]:
-        mlp = getattr(block, "mlp", None)
+    # ------------------------------------------------------------------------ what a family says
+    def _token_layout(self) -> TokenLayout:
+        """*family*: CLS, distillation and register tokens, and the pool."""
+        model = self.model
+        return TokenLayout(num_prefix=int(model.num_prefix_tokens), has_class_token=getattr(model, "cls_token", None) is not None,
+                           has_dist_token=getattr(model, "dist_token", None) is not None,
+                           pool="map" if getattr(model, "attn_pool", None) is not None else getattr(model, "global_pool", "token"))
+
+    def mlp(self, b: int) -> nn.Module:
+        """*family*: block b's MLP module."""
+        return self.blocks[b].mlp
+
+    def attention(self, b: int) -> nn.Module:
+        """*family*: block b's attention module."""
+        return self.blocks[b].attn
+
+    def branch_scale(self, b: int, branch: str) -> torch.Tensor | None:
+        """*family*: the LayerScale gamma of block b's ``attn`` or ``mlp`` branch (None: no layer scale)."""
+        raise NotImplementedError
+
+    def run_block(self, b: int, x: torch.Tensor) -> torch.Tensor:
+        """*family*: block b on the residual stream x, with the arguments the model's own forward passes it."""
+        return self.blocks[b](x)
+
+    def attention_half(self, b: int, x: torch.Tensor) -> torch.Tensor:
+        """*family*: the residual stream after block b's attention branch (eval mode)."""
+        raise UserError(f"block {b} ({type(self.blocks[b]).__name__}) cannot be run branch by branch; prune its MLPs only "
+                        "(--prune mlp)")
+
+    def mlp_half(self, b: int, x: torch.Tensor) -> torch.Tensor:
+        """*family*: the residual stream after block b's MLP branch, from the stream after its attention."""
+        raise UserError(f"block {b} ({type(self.blocks[b]).__name__}) cannot be run branch by branch; prune its MLPs only "
+                        "(--prune mlp)")
+
+    def final_norm(self) -> nn.Module:
+        """*family*: the norm every token passes after the blocks (identity when none)."""
+        return self.model.norm
+
+    def heads_refusal(self, b: int) -> str | None:
+        """*family*: why block b's attention heads cannot be pruned (None: they can, through a head layout)."""
+        return None
+
+    def attention_modules(self) -> list[nn.Module]:
+        """*family*: every attention module a forward runs (the blocks' and an attention pool's): the MAC count
+        measures those torch-pruning's counter does not know."""
+        pool = getattr(self.model, "attn_pool", None)
+        return [self.attention(b) for b in range(self.depth)] + ([pool] if pool is not None else [])
+
+    def structure(self) -> dict:
+        """*family*: the ``timm.create_model`` keyword arguments an in-memory model's structure implies (used when
+        timm did not record them)."""
+        raise UserError(f"this {type(self.model).__name__} was not made by timm.create_model, so vitprune cannot record how to "
+                        "rebuild it; create it with timm.create_model")
+
+    # ----------------------------------------------------------------------------- structure
+    def _find_layout(self, b: int) -> type[MlpLayout]:
+        mlp = getattr(self.blocks[b], "mlp", None)
         if mlp is None:
-            raise UserError(f"block {b} ({type(block).__name__}) has no separate MLP; parallel/fused blocks are not supported")
+            raise UserError(f"block {b} ({type(self.blocks[b]).__name__}) has no separate MLP; parallel/fused blocks are not "
+                            "supported")
         for entry in MLP_LAYOUTS:
             layout = entry.load()
             if layout.matches(mlp):
                 return layout
         raise UserError(refusal(b, mlp))
 
-    # ---------------------------------------------------------------------------- structure
     @property
     def depth(self) -> int:
         return len(self.blocks)
-
-    def mlp(self, b: int) -> nn.Module:
-        return self.blocks[b].mlp
-
-    def mlp_layout(self, b: int) -> type[MlpLayout]:
-        return self._layouts[b]
 
     def sites(self, kind: str = "mlp") -> list[Site]:
         """The pruning sites of one kind (``SITE_KINDS``), in block order."""
@@ -216,37 +205,22 @@ class ViTAdapter:
 
     def site(self, b: int) -> Site:
         """The MLP site of block b."""
-        return Site(f"blocks.{b}.mlp", "mlp", b, self.mlp(b), self._layouts[b])
+        return Site(f"blocks.{b}.mlp", "mlp", b, self.mlp(b), self._layouts[b], self.blocks[b], "mlp")
 
     def head_site(self, b: int) -> Site:
-        """The attention-heads site of block b; refuses (one line) attention modules it cannot slice by head,
-        and blocks that are not timm's pre-norm ``Block`` (the halves least squares refits one after the other)."""
-        from .heads import AttentionHeads, refusal as head_refusal
-
-        block = self.blocks[b]
-        attn = getattr(block, "attn", None)
-        if attn is None or not AttentionHeads.matches(attn):
-            raise UserError(head_refusal(b, attn if attn is not None else block))
-        from timm.models.vision_transformer import Block
-
-        if type(block) is not Block:
-            raise UserError(f"block {b} ({type(block).__name__}) is not a pre-norm timm Block; --prune heads needs one "
-                            "(prune its MLPs only: --prune mlp)")
-        return Site(f"blocks.{b}.attn", "heads", b, attn, AttentionHeads)
+        """The attention-heads site of block b; refuses (one line) attention it cannot slice by head."""
+        attn = self.attention(b)
+        reason = self.heads_refusal(b)
+        if reason is None:
+            layout = next((e.load() for e in HEAD_LAYOUTS if e.load().matches(attn)), None)
+            if layout is not None:
+                return Site(f"blocks.{b}.attn", "heads", b, attn, layout, self.blocks[b], "attn")
+            reason = (f"it uses {type(attn).__name__} attention, which no head layout handles ({', '.join(HEAD_LAYOUTS.names())})")
+        raise UserError(f"block {b}: --prune heads cannot remove heads here: {reason}; prune its MLPs only (--prune mlp)")
 
     @property
     def head_counts(self) -> list[int]:
-        return [int(block.attn.num_heads) for block in self.blocks]
-
-    def attention_half(self, b: int, x: torch.Tensor) -> torch.Tensor:
-        """The residual stream after block b's attention branch (timm Block's first line, in eval mode)."""
-        block = self.blocks[b]
-        return x + block.drop_path1(block.ls1(block.attn(block.norm1(x))))
-
-    def mlp_half(self, b: int, x: torch.Tensor) -> torch.Tensor:
-        """The residual stream after block b's MLP branch, from the stream after its attention."""
-        block = self.blocks[b]
-        return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+        return [site.width for site in self.sites("heads")]
 
     def unit_input(self, b: int) -> nn.Linear:
         """The layer whose input is block b's MLP unit vector (hooks tap, clamp and zero units there)."""
@@ -258,8 +232,8 @@ class ViTAdapter:
 
     def residual_scale_inverse(self, b: int, delta: torch.Tensor, branch: str = "mlp") -> torch.Tensor:
         """Map a change of block b's output back to its MLP (or ``branch="attn"``: attention) output space: undo the
-        branch's layer scale (timm ``ls2`` / ``ls1``, identity in most ViTs; channels whose scale is zero get no correction)."""
-        gamma = getattr(getattr(self.blocks[b], "ls2" if branch == "mlp" else "ls1", None), "gamma", None)
+        branch's layer scale (identity in most ViTs; channels whose scale is zero get no correction)."""
+        gamma = self.branch_scale(b, branch)
         if gamma is None:
             return delta
         safe = gamma.abs() > 1e-12
@@ -268,28 +242,25 @@ class ViTAdapter:
     def mlp_value_vectors(self, b: int) -> torch.Tensor:
         """(D, H): column m is what unit m writes into the residual stream (out-projection column times layer scale)."""
         values = self.unit_input(b).weight.detach().float()
-        gamma = getattr(getattr(self.blocks[b], "ls2", None), "gamma", None)
+        gamma = self.branch_scale(b, "mlp")
         return values * gamma.detach().float()[:, None] if gamma is not None else values
 
-    def sublayer_outputs(self, b: int) -> dict[str, nn.Module]:
-        """Modules whose outputs are what block b's attention and MLP add to the residual stream (after layer scale)."""
-        block = self.blocks[b]
-        if not (hasattr(block, "ls1") and hasattr(block, "ls2")):
-            raise UserError(f"block {b} ({type(block).__name__}) is not a pre-norm timm Block with ls1/ls2; "
-                            "post-norm and parallel blocks are not supported by the lens")
-        return {"attn": block.ls1, "mlp": block.ls2}
+    def branch_modules(self, b: int) -> dict[str, nn.Module]:
+        """Block b's attention and MLP modules: what each adds to the residual stream is its output times
+        ``branch_scale`` (the lens reads it so)."""
+        return {"attn": self.attention(b), "mlp": self.mlp(b)}
 
     def forward_from(self, block: int, x: torch.Tensor) -> torch.Tensor:
-        """Logits from the residual stream entering ``blocks[block]``: the rest of timm's own forward
-        (``forward_features`` after the blocks is the final norm, then ``forward_head``), stock modules only."""
-        for blk in self.blocks[block:]:
-            x = blk(x)
-        return self.model.forward_head(self.model.norm(x))
+        """Logits from the residual stream entering ``blocks[block]``: the rest of timm's own forward (the blocks,
+        the final norm, then ``forward_head``), stock modules only."""
+        for b in range(block, self.depth):
+            x = self.run_block(b, x)
+        return self.model.forward_head(self.final_norm()(x))
 
     @property
     def head_tokens(self) -> slice | None:
-        """Token positions the head reads when it reads tokens (CLS, and DIST for distilled models);
-        None for average-pooled models, whose head reads every patch."""
+        """Token positions the head reads when it reads tokens (CLS, and DIST for distilled models); None when it reads
+        every patch (average) or every token (attention pool)."""
         if self.layout.pool != "token":
             return None
         return slice(0, 2 if self.layout.has_dist_token else 1)
@@ -311,49 +282,53 @@ class ViTAdapter:
         return (int(chans), *(int(s) for s in embed.img_size))
 
     @property
+    def tokens(self) -> int:
+        """Tokens the blocks see: prefix tokens plus patches."""
+        return self.layout.num_prefix + int(self.model.patch_embed.num_patches)
+
+    @property
     def architecture(self) -> str | None:
         """The timm architecture name the model was created as (timm's ``pretrained_cfg``)."""
         return (getattr(self.model, "pretrained_cfg", None) or {}).get("architecture")
 
-    def structure(self) -> dict:
-        """The ``timm.create_model`` keyword arguments this model's structure implies (what an in-memory model is saved as)."""
-        model, attn = self.model, self.blocks[0].attn
-        return {
-            "img_size": list(model.patch_embed.img_size), "patch_size": list(model.patch_embed.patch_size),
-            "in_chans": self.input_size[0], "num_classes": self.num_classes, "global_pool": self.layout.pool,
-            "embed_dim": int(model.embed_dim), "depth": self.depth, "num_heads": int(attn.num_heads),
-            "qkv_bias": attn.qkv.bias is not None, "class_token": self.layout.has_class_token,
-            "reg_tokens": int(getattr(model, "num_reg_tokens", 0)), "no_embed_class": bool(getattr(model, "no_embed_class", False)),
-            "fc_norm": not isinstance(getattr(model, "fc_norm", nn.Identity()), nn.Identity),
-            "init_values": 1.0 if hasattr(self.blocks[0].ls1, "gamma") else None,
-            "mlp_ratio": self.hidden_widths[0] / float(model.embed_dim),
-        }
-
     def readout(self) -> Readout:
-        """The final norm + head, refusing models whose output is not one linear readout of the stream."""
+        """The final norm, pool and head, refusing models whose output is not one readout of the stream."""
         model = self.model
         if self.layout.has_dist_token or hasattr(model, "head_dist"):
             raise UserError("distilled models (DeiT distillation token + head_dist) average two heads; the class-embedding "
                             "lens supports single-head ViTs: use the non-distilled model")
         if not isinstance(model.head, nn.Linear):
             raise UserError(f"the head is {type(model.head).__name__}, not a linear classifier; the lens needs one")
-        fc_norm = getattr(model, "fc_norm", nn.Identity())
-        uses_fc_norm = self.layout.pool == "avg" and not isinstance(fc_norm, nn.Identity)
-        return Readout(norm=fc_norm if uses_fc_norm else model.norm, head=model.head, pool=self.layout.pool,
-                       num_prefix=self.layout.num_prefix, has_cls=self.layout.has_class_token,
-                       pool_uses_fc_norm=uses_fc_norm, pool_include_prefix=bool(getattr(model, "pool_include_prefix", False)))
+        fc_norm = getattr(model, "fc_norm", None)
+        fc_norm = nn.Identity() if fc_norm is None else fc_norm
+        pool = self.layout.pool
+        uses_fc_norm = pool == "avg" and not isinstance(fc_norm, nn.Identity)
+        return Readout(norm=fc_norm if uses_fc_norm else self.final_norm(), head=model.head, pool=pool,
+                       num_prefix=self.layout.num_prefix, has_cls=self.layout.has_class_token, pool_uses_fc_norm=uses_fc_norm,
+                       pool_include_prefix=self.pool_reads_prefix,
+                       attn_pool=getattr(model, "attn_pool", None) if pool == "map" else None,
+                       fc_norm=fc_norm if pool == "map" else None)
+
+    @property
+    def pool_reads_prefix(self) -> bool:
+        """*family*: whether an average or attention pool reads the prefix tokens too (timm's ``pool_include_prefix``;
+        Eva's attention pool reads every token)."""
+        return bool(getattr(self.model, "pool_include_prefix", False))
 
     # ------------------------------------------------------------------------------ tokens
     def resolve_scope(self, scope: str) -> str:
-        """'auto' -> the tokens the head reads: 'cls' for CLS-pooled, 'patches' for average-pooled models."""
+        """'auto' -> the tokens the head reads: 'cls' for CLS-pooled models, the tokens an average or attention pool
+        reads ('patches', or 'all' when it reads the prefix tokens too)."""
         check_choice("--token-scope", scope, TOKEN_SCOPES)
         if scope == "auto":
-            return "cls" if self.layout.pool == "token" else "patches"
+            if self.layout.pool == "token":
+                return "cls"
+            return "all" if self.layout.pool == "map" and self.pool_reads_prefix else "patches"
         if scope == "cls" and (self.layout.pool != "token" or not self.layout.has_class_token):
             raise UserError(
-                "--token-scope cls needs a model whose head reads the CLS token; this one average-pools the "
-                "patch tokens: use --token-scope patches (or all)"
-            )
+                f"--token-scope cls needs a model whose head reads the CLS token; this one reads "
+                f"{'every token through an attention pool' if self.layout.pool == 'map' else 'the mean patch token'}: "
+                "use --token-scope all (or patches)")
         return scope
 
     def token_slice(self, scope: str) -> slice:
@@ -366,4 +341,16 @@ class ViTAdapter:
         return slice(None)
 
 
-__all__ = ["ViTAdapter", "TokenLayout", "Readout", "state_dict_mismatch", "npz_mismatch", "data_config", "pretrained_config", "set_data_config", "set_position_embedding", "DATA_CONFIG_KEYS"]
+def adapter_for(model: nn.Module) -> FamilyAdapter:
+    """The adapter of the first registered family (``vitprune.model.FAMILIES``) that matches ``model``; a model no
+    family matches is one line naming the families and how to add one."""
+    for entry in FAMILIES:
+        family = entry.load()
+        if family.matches(model):
+            return family(model)
+    raise UserError(f"unsupported architecture {type(model).__name__}: vitprune handles the timm families "
+                    f"{', '.join(f'{e.name} ({e.help})' for e in FAMILIES)}; add one with vitprune.register_family")
+
+
+__all__ = ["FamilyAdapter", "adapter_for", "TokenLayout", "Readout", "data_config", "pretrained_config", "set_data_config",
+           "DATA_CONFIG_KEYS", "POOLS"]

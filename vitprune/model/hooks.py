@@ -10,13 +10,13 @@ from contextlib import contextmanager
 
 import torch
 
-from .adapter import ViTAdapter
+from .adapter import FamilyAdapter, adapter_for
 
 HiddenFn = Callable[[int, torch.Tensor], "torch.Tensor | None"]
 
 
 @contextmanager
-def ffn_hooks(adapter: ViTAdapter, fn: HiddenFn, blocks: Iterable[int] | None = None) -> Iterator[None]:
+def ffn_hooks(adapter: FamilyAdapter, fn: HiddenFn, blocks: Iterable[int] | None = None) -> Iterator[None]:
     """Call ``fn(b, hidden)`` on the (B, N, H) hidden vector of each chosen block; a returned tensor replaces it."""
     handles = []
     try:
@@ -69,7 +69,7 @@ class _Stop(Exception):
 
 
 @torch.no_grad()
-def block_input(adapter: ViTAdapter, images: torch.Tensor, block: int = 0) -> torch.Tensor:
+def block_input(adapter: FamilyAdapter, images: torch.Tensor, block: int = 0) -> torch.Tensor:
     """The residual stream entering ``blocks[block]`` (B, N, D); the rest of the forward is skipped."""
     store: list[torch.Tensor] = []
 
@@ -88,7 +88,7 @@ def block_input(adapter: ViTAdapter, images: torch.Tensor, block: int = 0) -> to
 
 
 @contextmanager
-def capture_block_input(adapter: ViTAdapter, block: int) -> Iterator[list[torch.Tensor]]:
+def capture_block_input(adapter: FamilyAdapter, block: int) -> Iterator[list[torch.Tensor]]:
     """Keep the residual stream entering ``blocks[block]`` (as computed, graph and all) in the yielded list."""
     store: list[torch.Tensor] = []
     handle = adapter.blocks[block].register_forward_pre_hook(lambda _module, args: store.append(args[0]))
@@ -99,7 +99,7 @@ def capture_block_input(adapter: ViTAdapter, block: int) -> Iterator[list[torch.
 
 
 @contextmanager
-def head_tokens_only(adapter: ViTAdapter) -> Iterator[None]:
+def head_tokens_only(adapter: FamilyAdapter) -> Iterator[None]:
     """Run the last block's MLP on the tokens the head reads only (CLS, and DIST if distilled).
 
     The other tokens' MLP output at the last block reaches nothing the head reads, so it is
@@ -142,7 +142,7 @@ def replace_tokens(hidden: torch.Tensor, tokens: slice, value: torch.Tensor) -> 
 
 
 @contextmanager
-def override_ffn(adapter: ViTAdapter, values: Mapping[int, torch.Tensor], tokens: slice) -> Iterator[None]:
+def override_ffn(adapter: FamilyAdapter, values: Mapping[int, torch.Tensor], tokens: slice) -> Iterator[None]:
     """Clamp the hidden rows at ``tokens`` of each block in ``values`` to the given (B, T, H) tensors.
 
     A clamp of every token is fc2's input itself. A clamp of some tokens replaces those rows of
@@ -172,7 +172,7 @@ def override_ffn(adapter: ViTAdapter, values: Mapping[int, torch.Tensor], tokens
 
 
 @contextmanager
-def edit_ffn(adapter: ViTAdapter, edits: Mapping[int, Callable[[torch.Tensor], torch.Tensor]]) -> Iterator[None]:
+def edit_ffn(adapter: FamilyAdapter, edits: Mapping[int, Callable[[torch.Tensor], torch.Tensor]]) -> Iterator[None]:
     """Apply ``edits[b](hidden)`` to the whole (B, N, H) hidden vector of block b (e.g. zero a set of units)."""
     with ffn_hooks(adapter, lambda b, hidden: edits[b](hidden), edits.keys()):
         yield

@@ -36,14 +36,21 @@ class SiteLayout:
         raise NotImplementedError
 
     @staticmethod
-    def slice(module: nn.Module, kept: torch.Tensor, *, out_bias: bool = False) -> None:
-        """Keep only the units ``kept`` (sorted indices), in place; ``out_bias`` gives ``out_proj`` a bias (zero if it had none)."""
+    def slice(module: nn.Module, kept: torch.Tensor, *, out_bias: bool = False) -> nn.Module | None:
+        """Keep only the units ``kept`` (sorted indices), in place; ``out_bias`` gives ``out_proj`` a bias (zero if it had
+        none). A layout whose module cannot hold fewer units returns the module that replaces it."""
         raise NotImplementedError
 
     @staticmethod
-    def resize(module: nn.Module, width: int) -> None:
-        """Give the module ``width`` units with fresh weights (a state dict is loaded next)."""
+    def resize(module: nn.Module, width: int) -> nn.Module | None:
+        """Give the module ``width`` units with fresh weights (a state dict is loaded next); or return the module of
+        that width that replaces it."""
         raise NotImplementedError
+
+    @classmethod
+    def unit_key(cls, module: nn.Module) -> tuple:
+        """What one unit's cost depends on (the MAC probe measures each distinct key once)."""
+        return (cls.__name__, type(module).__name__, cls.out_proj(module).out_features)
 
     @staticmethod
     def unit_norm(module: nn.Module) -> nn.Module | None:
@@ -145,9 +152,19 @@ def sliced_norm(norm: nn.Module, idx: torch.Tensor) -> nn.Module:
     return new
 
 
+@torch.no_grad()
 def resized_norm(norm: nn.Module, width: int) -> nn.Module:
-    """The norm for a pruned width (its values are loaded from a state dict next)."""
-    return sliced_norm(norm, torch.arange(width))
+    """The norm for a pruned width, whatever width it has now (its values are loaded from a state dict next)."""
+    import copy
+
+    current = next((p.shape[0] for p in norm.parameters()), None) or norm.normalized_shape[-1]
+    new = copy.deepcopy(norm)
+    for name, param in list(new.named_parameters(recurse=False)):
+        if param.dim() == 1 and param.shape[0] == current:
+            setattr(new, name, nn.Parameter(param.new_ones(width), requires_grad=param.requires_grad))
+    if hasattr(new, "normalized_shape"):
+        new.normalized_shape = (width,)
+    return new
 
 
 def norm_masked(norm: nn.Module, kept: torch.Tensor) -> list:

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .adapter import data_config, npz_mismatch, set_data_config, set_position_embedding, state_dict_mismatch
+from .adapter import adapter_for, data_config, set_data_config
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEMO_DIR = ASSETS / "demo"
@@ -118,6 +118,112 @@ def _create(name: str, args: dict[str, Any], what: str, **extra: Any) -> nn.Modu
         raise UserError(f"cannot build {what}: {str(exc).splitlines()[0][:200]}") from exc
 
 
+# ------------------------------------------------------------------------------ checkpoint checks
+@torch.no_grad()
+def set_position_embedding(model: nn.Module, pos: torch.Tensor) -> None:
+    """Copy a position embedding of another grid into ``model``, resampled bilinearly with align_corners=True
+    (= ``scipy.ndimage.zoom(order=1)``, what the NeuronPath reference uses for B/32 and L/32 at 224)."""
+    import inspect
+
+    from timm.layers import resample_abs_pos_embed
+
+    if pos.shape[1] == model.pos_embed.shape[1]:
+        return  # the same grid: timm's own loader already put it in place
+    align = {"align_corners": True} if "align_corners" in inspect.signature(resample_abs_pos_embed).parameters else {}
+    prefix = 0 if model.no_embed_class else model.num_prefix_tokens
+    model.pos_embed.copy_(resample_abs_pos_embed(pos.float(), new_size=list(model.patch_embed.grid_size), num_prefix_tokens=prefix,
+                                                 interpolation="bilinear", antialias=False, verbose=False, **align))
+
+
+def state_dict_mismatch(sd: dict[str, torch.Tensor], model: nn.Module) -> str | None:
+    """What in a timm-format state dict does not fit ``model`` that timm's loader would paper over (it resamples
+    patch kernels and position grids), named with the ``--model-args`` that fixes it (all of them at once, so the
+    advice never goes round in circles); None when nothing does."""
+    mine = model.state_dict()
+    stem = "patch_embed.backbone."
+    if any(k.startswith(stem) for k in sd) != any(k.startswith(stem) for k in mine):
+        has = "has" if any(k.startswith(stem) for k in sd) else "has no"
+        return f"the checkpoint {has} a convolutional stem (hybrid ViT); pass the matching --arch (vit_*_r_*)"
+    kernel, want = sd.get("patch_embed.proj.weight"), mine.get("patch_embed.proj.weight")
+    if kernel is not None and want is not None and kernel.shape != want.shape:
+        if kernel.shape[2:] != want.shape[2:]:
+            return (f"its patches are {kernel.shape[2]}x{kernel.shape[3]}, the architecture's {want.shape[2]}x{want.shape[3]}; "
+                    f"pass --model-args patch_size={kernel.shape[2]}")
+        if kernel.shape[1] != want.shape[1]:
+            return f"it takes {kernel.shape[1]}-channel images, the architecture {want.shape[1]}; pass --model-args in_chans={kernel.shape[1]}"
+    depth, want_depth = ({int(k.split(".")[1]) for k in d if k.startswith("blocks.")} for d in (sd, mine))
+    if depth and len(depth) != len(want_depth):
+        return f"it has {len(depth)} blocks, the architecture {len(want_depth)}; pass --model-args depth={len(depth)}"
+    if "dist_token" in sd and "dist_token" not in mine:
+        return "the checkpoint has a distillation token; pass a distilled --arch (deit_*_distilled_*)"
+    fixes: dict[str, object] = {}
+    said: list[str] = []
+    has_cls, has_fc_norm = "cls_token" in sd, "fc_norm.weight" in sd
+    if has_cls != ("cls_token" in mine):
+        said.append(f"{'a' if has_cls else 'no'} class token")
+        fixes["class_token"] = has_cls
+    if has_fc_norm != ("fc_norm.weight" in mine):
+        said.append(f"{'an' if has_fc_norm else 'no'} fc_norm")
+        fixes["fc_norm"] = has_fc_norm
+    if not has_cls and getattr(model, "global_pool", "token") == "token":
+        fixes["global_pool"] = "avg"  # token pooling needs the class token
+    elif has_fc_norm and "fc_norm.weight" not in mine:
+        fixes["global_pool"] = "avg"  # fc_norm: a norm after the mean
+    regs = int(sd["reg_token"].shape[1]) if "reg_token" in sd else 0
+    if regs != (int(mine["reg_token"].shape[1]) if "reg_token" in mine else 0):
+        said.append(f"{regs} register tokens")
+        fixes["reg_tokens"] = regs
+    if said:
+        args = ",".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in fixes.items())
+        return f"the checkpoint has {' and '.join(said)}; pass --model-args {args}"
+    pos, want_pos = sd.get("pos_embed"), mine.get("pos_embed")
+    if pos is not None and want_pos is not None and pos.shape != want_pos.shape:
+        grid = model.patch_embed.grid_size
+        patches = grid[0] * grid[1]
+        prefix = int(getattr(model, "num_prefix_tokens", 0))
+        if prefix and {pos.shape[1], want_pos.shape[1]} == {patches, patches + prefix}:
+            embed_class = pos.shape[1] == patches + prefix
+            return (f"its position embedding {'covers' if embed_class else 'skips'} the {prefix} prefix token(s), the "
+                    f"architecture's {'does not' if embed_class else 'does'}; pass --model-args "
+                    f"no_embed_class={str(not embed_class).lower()}")
+        prefix = want_pos.shape[1] - patches
+        side = int(max(pos.shape[1] - prefix, 0) ** 0.5)
+        hint = (f"pass --model-args img_size={side * model.patch_embed.patch_size[0]}" if side * side == pos.shape[1] - prefix
+                else "pass the --model-args of the checkpoint's image size")
+        return f"its position grid is {pos.shape[1] - prefix} patches, the architecture's {grid[0]}x{grid[1]}; {hint}"
+    return None
+
+
+def npz_mismatch(sd: dict[str, torch.Tensor], model: nn.Module) -> str | None:
+    """The same for a Google .npz checkpoint (its position grid may differ: that one is resampled as the reference does)."""
+    head = sd.get("head/kernel")
+    if head is not None and head.shape[-1] != model.num_classes:
+        return f"it has a {head.shape[-1]}-class head, the architecture {model.num_classes}; pass --model-args num_classes={head.shape[-1]}"
+    kernel = sd.get("embedding/kernel")  # (patch, patch, in, width)
+    want = model.patch_embed.proj.weight.shape
+    if kernel is not None and tuple(kernel.shape[:2]) != tuple(want[2:]):
+        return f"its patches are {kernel.shape[0]}x{kernel.shape[1]}, the architecture's {want[2]}x{want[3]}; pass --model-args patch_size={kernel.shape[0]}"
+    return None
+
+
+def channel_consistent(model: nn.Module) -> None:
+    """A model of fewer input channels than its pretrained config's mean/std (a 1-channel model of an RGB
+    architecture): the config made to say what preprocessing does (the channels' mean), so the checkpoint, the ONNX
+    metadata and the transform all agree."""
+    import numpy as np
+
+    chans = adapter_for(model).input_size[0]
+    cfg = data_config(model)
+    fixed = {}
+    for key in ("mean", "std"):
+        values = cfg.get(key)
+        if values is not None and len(values) != chans and chans == 1:
+            fixed[key] = [float(np.mean(values))]
+    if fixed or (cfg.get("input_size") and cfg["input_size"][0] != chans):
+        size = list(cfg.get("input_size") or [chans, *adapter_for(model).input_size[1:]])
+        set_data_config(model, {**fixed, "input_size": [chans, *size[1:]]})
+
+
 # ------------------------------------------------------------------------------------- hub
 def _check_timm_name(name: str) -> None:
     import timm
@@ -154,9 +260,7 @@ def _load_hf_dir(path: Path, spec: str, args: dict[str, Any]) -> nn.Module:
     except Exception as exc:
         raise UserError(f"cannot load {path} as a timm Hugging Face folder ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0][:200]})") from exc
-    from .adapter import ViTAdapter
-
-    arch = ViTAdapter(model).architecture or ""
+    arch = adapter_for(model).architecture or ""
     from timm.models import get_model_args
 
     return _finish(model, {"spec": spec, "arch": arch, "model_args": json.loads(json.dumps(get_model_args(model)))})
@@ -305,6 +409,7 @@ def _load_vitprune_dir(path: Path, spec: str) -> nn.Module:
     args = dict(meta.get("model_args", meta.get("model_kwargs", {})))
     model = _create(meta["arch"], args, f"'{meta['arch']}' from {path / CHECKPOINT_CONFIG}")
     resize_pruned(model, meta)
+    add_recorded_biases(model, sd)
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as exc:
@@ -328,12 +433,13 @@ def describe_model(model: nn.Module) -> dict[str, Any]:
     them and refuses to write a checkpoint that would not load back to the same outputs."""
     from timm.models import get_model_args
 
-    from .adapter import ViTAdapter
-
-    adapter = ViTAdapter(model)
+    adapter = adapter_for(model)
     recorded = get_model_args(model) if getattr(model, "_model_args", None) else {}
-    kwargs = _json_args(recorded) if recorded else adapter.structure()
-    return {"spec": f"<in-memory {type(model).__name__}>", "arch": adapter.architecture or "vit_base_patch16_224",
+    try:
+        kwargs = _json_args(recorded) if recorded else adapter.structure()
+    except UserError:
+        kwargs = None  # compressing works; saving it refuses, with the reason (save_checkpoint verifies the rebuild)
+    return {"spec": f"<in-memory {type(model).__name__}>", "arch": adapter.architecture or adapter.default_architecture,
             "model_args": kwargs, "data_config": data_config(model)}
 
 
@@ -350,35 +456,28 @@ def _json_args(recorded: dict[str, Any]) -> dict[str, Any]:
     return kept
 
 
-def resize_mlps(model: nn.Module, widths: list[int]) -> None:
-    """Give each block's MLP the hidden width ``widths[b]`` (fresh weights; load a state dict next)."""
-    from .adapter import ViTAdapter
-
-    sites = ViTAdapter(model).sites("mlp")
-    if len(widths) != len(sites):
-        raise UserError(f"checkpoint lists {len(widths)} MLP widths for a {len(sites)}-block model; re-create it")
-    for site, width in zip(sites, widths):
-        site.resize(int(width))
-
-
-def resize_heads(model: nn.Module, heads: list[int]) -> None:
-    """Give each block's attention ``heads[b]`` heads (fresh weights; load a state dict next)."""
-    from .adapter import ViTAdapter
-
-    sites = ViTAdapter(model).sites("heads")
-    if len(heads) != len(sites):
-        raise UserError(f"checkpoint lists {len(heads)} head counts for a {len(sites)}-block model; re-create it")
-    for site, count in zip(sites, heads):
-        if count != site.width:
-            site.resize(int(count))
-
-
 def resize_pruned(model: nn.Module, meta: dict[str, Any]) -> None:
-    """Give a freshly created model the pruned shapes a checkpoint's ``meta`` records (MLP widths, head counts)."""
-    if meta.get("mlp_hidden") is not None:
-        resize_mlps(model, meta["mlp_hidden"])
-    if meta.get("attn_heads") is not None:
-        resize_heads(model, meta["attn_heads"])
+    """Give a freshly created model the pruned shapes a checkpoint's ``meta`` records: every site kind's unit counts
+    (MLP widths, head counts), under the kind's checkpoint key."""
+    from . import SITE_KINDS
+
+    for entry in SITE_KINDS:
+        kind = entry.load()
+        counts = meta.get(kind.checkpoint_key)
+        if counts is not None:
+            kind.resize(adapter_for(model), list(counts))
+
+
+def add_recorded_biases(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Give every linear layer the bias the state dict has for it and the fresh model lacks: a compensation (least
+    squares, mean shift) gives an output projection without one (``proj_bias=False``, AIMv2's) a bias."""
+    modules = dict(model.named_modules())
+    mine = model.state_dict()
+    for key, value in state.items():
+        owner, _, leaf = key.rpartition(".")
+        layer = modules.get(owner)
+        if leaf == "bias" and key not in mine and isinstance(layer, nn.Linear) and layer.bias is None:
+            layer.bias = nn.Parameter(torch.zeros(layer.out_features, dtype=layer.weight.dtype, device=layer.weight.device))
 
 
 def save_checkpoint(model: nn.Module, folder: Path, meta: dict[str, Any], *, verify: bool = False) -> Path:
@@ -413,17 +512,20 @@ def save_checkpoint(model: nn.Module, folder: Path, meta: dict[str, Any], *, ver
 def _check_rebuilds(model: nn.Module, meta: dict[str, Any]) -> None:
     import timm
 
-    from .adapter import ViTAdapter
-
+    if meta.get("model_args") is None:
+        raise UserError(f"this {type(model).__name__} cannot be saved as a checkpoint: it was not made by timm.create_model, "
+                        "so nothing records how to rebuild it; create it with timm.create_model")
     what = f"timm.create_model('{meta['arch']}', **{meta.get('model_args', {})})"
     try:
         rebuilt = timm.create_model(meta["arch"], pretrained=False, **meta.get("model_args", {}))
         resize_pruned(rebuilt, meta)
-        rebuilt.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()}, strict=True)
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        add_recorded_biases(rebuilt, state)
+        rebuilt.load_state_dict(state, strict=True)
     except Exception as exc:
         raise UserError(f"this model cannot be saved as a checkpoint: {what} does not rebuild it "
                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from exc
-    x = torch.randn(2, *ViTAdapter(rebuilt).input_size, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, *adapter_for(rebuilt).input_size, generator=torch.Generator().manual_seed(0))
     p = next(model.parameters())
     want = model.eval()(x.to(p.device, p.dtype)).float().cpu()
     got = rebuilt.eval().to(p.dtype)(x.to(p.dtype)).float()
@@ -451,6 +553,7 @@ def model_fingerprint(model: nn.Module) -> str:
 
 def _finish(model: nn.Module, source: dict[str, Any], meta: dict[str, Any] | None = None) -> nn.Module:
     model.eval()
+    channel_consistent(model)
     bad = next((name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()), None)
     if bad is not None:
         raise UserError(f"'{source['spec']}' has non-finite weights (NaN or inf in {bad}); the checkpoint is damaged")
@@ -460,5 +563,5 @@ def _finish(model: nn.Module, source: dict[str, Any], meta: dict[str, Any] | Non
     return model
 
 
-__all__ = ["load_model", "model_location", "save_checkpoint", "fingerprint", "model_fingerprint", "resize_mlps", "resize_heads", "resize_pruned",
-           "describe_model", "zoo_models", "DEMO_DIR", "ZOO_DIR"]
+__all__ = ["state_dict_mismatch", "npz_mismatch", "set_position_embedding", "channel_consistent", "load_model", "model_location", "save_checkpoint", "fingerprint", "model_fingerprint", "resize_pruned",
+           "describe_model", "zoo_models", "add_recorded_biases", "DEMO_DIR", "ZOO_DIR"]

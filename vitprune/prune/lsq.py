@@ -35,7 +35,7 @@ from torch import nn
 
 from ..defaults import LSQ_DEFAULT
 from ..errors import UserError
-from ..model.adapter import ViTAdapter
+from ..model.adapter import FamilyAdapter, adapter_for
 from ..model.hooks import block_input, site_input_hooks
 from ..options import LSQ_TARGETS, TOKEN_WEIGHTINGS, check_choice
 from ..precision import precision_context
@@ -235,18 +235,18 @@ def _target_residual(dense: torch.Tensor, pruned: torch.Tensor, weight: torch.Te
     return target - pruned.double() @ w[:, kept].T
 
 
-def _stages(src: ViTAdapter, dst: ViTAdapter, mask: NeuronMask, b: int) -> list[tuple]:
+def _stages(src: FamilyAdapter, dst: FamilyAdapter, mask: NeuronMask, b: int) -> list[tuple]:
     """The fits of block b in forward order: (site kind, kept units, the dense and the pruned model's step over the
     residual stream). Without pruned heads, one MLP fit over the whole block; with them, the attention's proj first
     (over the attention half), then fc2 on the stream the refit attention leaves."""
     heads = mask.heads
     if heads is None or len(heads.kept[b]) == heads.widths[b]:
-        return [("mlp", list(mask.kept[b]), src.blocks[b], dst.blocks[b])]
+        return [("mlp", list(mask.kept[b]), lambda x: src.run_block(b, x), lambda x: dst.run_block(b, x))]
     return [("heads", list(heads.kept[b]), lambda x: src.attention_half(b, x), lambda x: dst.attention_half(b, x)),
             ("mlp", list(mask.kept[b]), lambda x: src.mlp_half(b, x), lambda x: dst.mlp_half(b, x))]
 
 
-def _fit_site(src: ViTAdapter, site, out, kind: str, b: int, kept_units: list[int], run_src, run_dst, xs, xd, chunks, weights,
+def _fit_site(src: FamilyAdapter, site, out, kind: str, b: int, kept_units: list[int], run_src, run_dst, xs, xd, chunks, weights,
               ridges, dist, device):
     """Refit ``out.out_proj`` (the pruned model's) from the moments of ``site``'s unit vector on the pruned stream ``xs``;
     returns the refit projection, its BlockFit and both streams moved past this step."""
@@ -282,7 +282,7 @@ def _fit_site(src: ViTAdapter, site, out, kind: str, b: int, kept_units: list[in
     return proj, fit, [run_dst(x) for x in xs], xd
 
 
-def token_weights(adapter: ViTAdapter, tokens: int, weighting: str) -> torch.Tensor:
+def token_weights(adapter: FamilyAdapter, tokens: int, weighting: str) -> torch.Tensor:
     """Per token position: 1, or for ``readout`` on a CLS-pooled model, the read tokens together as heavy as the rest."""
     check_choice("--lsq-weighting", weighting, TOKEN_WEIGHTINGS)
     w = torch.ones(tokens, dtype=torch.float64)
@@ -320,7 +320,7 @@ def reconstruct(
     if len(images) != len(heldout):
         raise ValueError("one held-out flag per calibration image")
     pruned = slice_mlps(dense, mask, fc2_bias=True)
-    src, dst = ViTAdapter(dense), ViTAdapter(pruned)
+    src, dst = adapter_for(dense), adapter_for(pruned)
     device = next(pruned.parameters()).device
     with precision_context(precision, device):
         chunks = [(images[s : s + chunk].to(device), heldout[s : s + chunk].to(device)) for s in range(0, len(images), chunk)]

@@ -12,14 +12,14 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..model.adapter import ViTAdapter
+from ..model.adapter import FamilyAdapter, adapter_for
 from .masks import NeuronMask
 
 
 def compensation_shift(model: nn.Module, mask: NeuronMask, means: list[torch.Tensor]) -> list[torch.Tensor]:
     """Per site: out_proj.weight[:, removed] @ mean_activation[removed], the bias change of mean-shift compensation."""
     out = []
-    for b, site in enumerate(ViTAdapter(model).sites("mlp")):
+    for b, site in enumerate(adapter_for(model).sites("mlp")):
         removed = torch.as_tensor(mask.removed(b), dtype=torch.long)
         w2 = site.out_proj.weight.detach()
         out.append(w2[:, removed].double() @ means[b].to(w2.device).double()[removed])
@@ -34,7 +34,7 @@ def slice_mlps(model: nn.Module, mask: NeuronMask, *, bias_shift: list[torch.Ten
 
     ``fc2_bias`` gives every sliced output projection a bias (zero where the original had none), as compensation needs.
     """
-    adapter = ViTAdapter(model)
+    adapter = adapter_for(model)
     if tuple(adapter.hidden_widths) != mask.widths:
         raise UserError(f"mask widths {list(mask.widths)} do not match the model's MLP widths {adapter.hidden_widths}")
     if any(len(k) == 0 for k in mask.kept):
@@ -42,7 +42,7 @@ def slice_mlps(model: nn.Module, mask: NeuronMask, *, bias_shift: list[torch.Ten
     if mask.heads is not None and tuple(adapter.head_counts) != mask.heads.widths:
         raise UserError(f"mask head counts {list(mask.heads.widths)} do not match the model's heads {adapter.head_counts}")
     pruned = copy.deepcopy(model)
-    out = ViTAdapter(pruned)
+    out = adapter_for(pruned)
     for b, site in enumerate(out.sites("mlp")):
         site.slice(torch.as_tensor(mask.kept[b], dtype=torch.long), out_bias=bias_shift is not None or fc2_bias)
         if bias_shift is not None:
@@ -56,7 +56,7 @@ def slice_mlps(model: nn.Module, mask: NeuronMask, *, bias_shift: list[torch.Ten
 
 def masked_heads(model: nn.Module, heads: NeuronMask) -> list:
     """Hooks on ``model`` that zero the removed heads (what slicing them computes); remove them after."""
-    return [hook for site, kept in zip(ViTAdapter(model).sites("heads"), heads.kept)
+    return [hook for site, kept in zip(adapter_for(model).sites("heads"), heads.kept)
             for hook in site.layout.masked(site.module, torch.as_tensor(kept, dtype=torch.long))]
 
 
