@@ -62,15 +62,16 @@ def main() -> None:
     import vitprune
     from vitprune.model.adapter import adapter_for
     from vitprune.export.onnx import export_onnx, ort_latency
-    from vitprune.prune.masks import from_scores
+    from vitprune.options import Budget
+    from vitprune.prune.masks import from_budget
     from vitprune.export.quantize import quantize
     from vitprune.prune.macs import count_macs_params
-    from vitprune.prune.slicing import slice_mlps
+    from vitprune.prune.slicing import slice_sites
 
     torch.manual_seed(0)
     dense = vitprune.load_model(args.model)
     widths = adapter_for(dense).hidden_widths
-    pruned = slice_mlps(dense, from_scores([torch.rand(w, dtype=torch.float64) for w in widths], args.sparsity))
+    pruned = slice_sites(dense, from_budget({"mlp": [torch.rand(w, dtype=torch.float64) for w in widths]}, Budget(sparsity=args.sparsity)))
     shape = (3, *dense.patch_embed.img_size)
     calib = torch.randn(16, *shape)
     macs = {"dense": count_macs_params(dense)[0], "pruned": count_macs_params(pruned)[0]}

@@ -36,9 +36,10 @@ def main() -> None:
     import vitprune
     from vitprune.model.adapter import adapter_for
     from vitprune.export.onnx import export_onnx, ort_latency
-    from vitprune.prune.masks import from_scores, heads_from_scores
+    from vitprune.options import Budget
+    from vitprune.prune.masks import Mask, from_budget
     from vitprune.prune.macs import count_macs_params
-    from vitprune.prune.slicing import slice_mlps
+    from vitprune.prune.slicing import slice_sites
 
     torch.manual_seed(0)
     dense = vitprune.load_model(args.model)
@@ -47,12 +48,14 @@ def main() -> None:
     models, head_sparsity = {"dense": dense}, {"dense": 0.0}
     sparsities = [float(x) for x in args.sparsities.split(",")]
     for s in sparsities:
-        mask = from_scores([torch.rand(w, dtype=torch.float64) for w in widths], s)
-        models[f"s{s:.2f}"], head_sparsity[f"s{s:.2f}"] = slice_mlps(dense, mask), 0.0
+        mask = from_budget({"mlp": [torch.rand(w, dtype=torch.float64) for w in widths]}, Budget(sparsity=s))
+        models[f"s{s:.2f}"], head_sparsity[f"s{s:.2f}"] = slice_sites(dense, mask), 0.0
     if args.heads:
-        heads = heads_from_scores([torch.rand(n, dtype=torch.float64) for n in adapter_for(dense).head_counts], args.heads)
+        head_scores = [torch.rand(n, dtype=torch.float64) for n in adapter_for(dense).head_counts]
+        heads = from_budget({"mlp": head_scores}, Budget(sparsity=args.heads)).sites["mlp"]  # one fraction of every block's heads
         name = f"s{max(sparsities):.2f}"
-        models[f"{name}+h"], head_sparsity[f"{name}+h"] = slice_mlps(dense, mask.with_heads(heads)), 1 - sum(heads.kept_counts) / sum(heads.widths)
+        both = Mask({"mlp": mask.sites["mlp"], "heads": heads})
+        models[f"{name}+h"], head_sparsity[f"{name}+h"] = slice_sites(dense, both), 1 - sum(heads.kept_counts) / sum(heads.widths)
     macs = {name: count_macs_params(m)[0] for name, m in models.items()}
     with tempfile.TemporaryDirectory() as tmp:
         paths = {}

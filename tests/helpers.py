@@ -78,3 +78,33 @@ def last_line(err: str, prefix: str = "vitprune: error:") -> str:
     for line in lines[:-1]:
         assert (line.startswith("vitprune: ") and not line.startswith("vitprune: error")) or re.match(r"^[\w -]+: \d", line), err
     return lines[-1] + "\n"
+
+
+def from_scores(scores, sparsity: float, *, scope: str = "per-block", min_keep: int = 1, round_to: int = 1, criterion: str = ""):
+    """The MLP mask of a sparsity budget (``from_budget`` with the MLP kind only)."""
+    from vitprune.options import Budget
+    from vitprune.prune.masks import Allocation, from_budget
+
+    return from_budget({"mlp": list(scores)}, Budget(sparsity=sparsity), Allocation(scope, min_keep, round_to),
+                       criteria={"mlp": criterion})
+
+
+def joint_from_macs(mlp_scores, mlp_cost, head_scores, head_cost, budget: float, *, scope: str = "per-block", min_keep: int = 1,
+                    round_to: int = 1):
+    """The mask of MLP units and heads within ``budget`` prunable MACs (``from_budget``'s MAC allocation)."""
+    from vitprune.prune.masks import Allocation, _counts_for_macs, _top_units, Mask
+
+    scores, costs = {"heads": list(head_scores), "mlp": list(mlp_scores)}, {"heads": list(head_cost), "mlp": list(mlp_cost)}
+    widths = {k: [int(s.numel()) for s in v] for k, v in scores.items()}
+    counts = _counts_for_macs(["heads", "mlp"], scores, widths, costs, budget, Allocation(scope, min_keep, round_to))
+    return Mask({k: _top_units(scores[k], counts[k], "") for k in ("mlp", "heads")})
+
+
+def mask_for_macs(model, scores, target: float, **kw):
+    """The MLP mask of ``model`` at ``target`` x its dense MACs."""
+    from vitprune.options import Budget
+    from vitprune.prune.macs import count_macs_params, unit_macs
+    from vitprune.prune.masks import Allocation, from_budget
+
+    return from_budget({"mlp": list(scores)}, Budget(target_macs=target), Allocation(**kw), costs={"mlp": unit_macs(model, "mlp")},
+                       total_macs=count_macs_params(model)[0])

@@ -104,14 +104,14 @@ def test_a_criterion_registered_outside_the_package(model_dir, fashion_dir):
 
 def test_a_compensation_registered_outside_the_package(model_dir, fashion_dir):
     from vitprune.prune.compensate import Pruned
-    from vitprune.prune.slicing import slice_mlps
+    from vitprune.prune.slicing import slice_sites
 
     seen = {}
 
     @vitprune.register_compensation("test-zero-bias", needs=("calibration",))
     def zero_bias(dense, mask, inputs):
         seen["calibration"] = len(inputs.calibration)
-        model = slice_mlps(dense, mask, fc2_bias=True)
+        model = slice_sites(dense, mask, out_bias=True)
         return Pruned(model)
 
     try:

@@ -16,10 +16,10 @@ from vitprune.model.adapter import adapter_for
 from vitprune.model.hooks import ffn_hooks, override_ffn, site_input_hooks
 from vitprune.prune.lsq import heldout_positions, reconstruct
 from vitprune.prune.macs import count_macs_params, head_unit_macs, mlp_unit_macs
-from vitprune.prune.masks import NeuronMask, joint_from_macs
-from vitprune.prune.slicing import masked_heads, slice_mlps
+from vitprune.prune.masks import Mask, NeuronMask
+from vitprune.prune.slicing import masked_sites, slice_sites
 
-from .helpers import tiny_images, tiny_vit
+from .helpers import tiny_images, tiny_vit, joint_from_macs
 
 VARIANTS = {
     "plain": {},
@@ -41,12 +41,12 @@ def _mask(model, heads_kept, mlp_keep=None) -> NeuronMask:
 def test_sliced_heads_equal_masked_heads(variant):
     model = tiny_vit(embed_dim=48, num_heads=4, **VARIANTS[variant])
     mask = _mask(model, [(0, 2), (1,), (0, 1, 3)])
-    pruned = slice_mlps(model, mask)
+    pruned = slice_sites(model, mask)
     assert adapter_for(pruned).head_counts == [2, 1, 3]
     x = tiny_images(4)
     with torch.no_grad():
         dense = model(x)
-        hooks = masked_heads(model, mask.heads)
+        hooks = masked_sites(model, mask.heads, "heads")
         from vitprune.model.hooks import edit_ffn
         from vitprune.prune.slicing import masked_edits
         try:
@@ -67,7 +67,7 @@ def test_unit_costs_add_up_to_the_counted_macs():
     mask = _mask(model, [(0,), (1, 2), (0, 1, 3)])
     predicted = total - sum(c * (w - k) for c, w, k in zip(mlp_cost, mask.widths, mask.kept_counts)) \
         - sum(c * (n - k) for c, n, k in zip(head_cost, mask.heads.widths, mask.heads.kept_counts))
-    assert count_macs_params(slice_mlps(model, mask))[0] == predicted
+    assert count_macs_params(slice_sites(model, mask))[0] == predicted
 
 
 @pytest.mark.parametrize("scope", ["per-block", "global", "global-raw"])
@@ -82,7 +82,7 @@ def test_one_mac_budget_over_units_and_heads_lands_within_one_unit(scope):
     prunable = sum(c * w for c, w in zip(mlp_cost, adapter.hidden_widths)) + sum(c * n for c, n in zip(head_cost, adapter.head_counts))
     for target in (0.6, 0.45, 0.35):
         mask = joint_from_macs(mlp_scores, mlp_cost, head_scores, head_cost, prunable - (1 - target) * total, scope=scope)
-        got = count_macs_params(slice_mlps(model, mask))[0]
+        got = count_macs_params(slice_sites(model, mask))[0]
         slack = max(head_cost) if scope == "per-block" else max(mlp_cost)  # rounding: one head per block, else one unit
         assert abs(got - target * total) <= len(mlp_cost) * slack + 1
         assert all(k >= 1 for k in mask.heads.kept_counts)
@@ -163,7 +163,7 @@ def test_least_squares_refits_proj_of_pruned_heads():
     refit, recon = reconstruct(model, mask, images, heldout_positions(len(images)))
     assert [f.site for f in recon.blocks] == ["heads", "mlp"] * 3
     assert [f.kept for f in recon.blocks if f.site == "heads"] == [24, 24, 36]  # head_dim 12 per kept head
-    plain = slice_mlps(model, mask)
+    plain = slice_sites(model, mask)
     x = tiny_images(20, seed=4)
     with torch.no_grad():
         dense = model(x)
@@ -188,7 +188,7 @@ def test_compress_with_heads_saves_loads_and_exports(tmp_path):
     assert result.report.macs.ratio <= 0.5 + 1e-9
     folder = result.save(tmp_path / "ckpt")
     assert json.loads((folder / "vitprune.json").read_text())["attn_heads"] == heads.kept_counts
-    assert NeuronMask.from_json(json.loads((folder / "mask.json").read_text())) == result.mask
+    assert Mask.from_json(json.loads((folder / "mask.json").read_text())) == result.mask
     loaded = vitprune.load_model(str(folder))
     x = tiny_images(3)
     with torch.no_grad():
@@ -230,7 +230,7 @@ def test_mlp_only_masks_keep_their_json_and_no_heads():
     model = tiny_vit()
     adapter = adapter_for(model)
     mask = NeuronMask(tuple(adapter.hidden_widths), tuple(tuple(range(w // 2)) for w in adapter.hidden_widths))
-    assert "heads" not in mask.to_json() and NeuronMask.from_json(mask.to_json()) == mask
+    assert "heads" not in mask.to_json() and Mask.from_json(mask.to_json()) == mask
 
 
 def test_a_head_criterion_registered_from_outside_ranks_the_heads():

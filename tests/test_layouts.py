@@ -10,7 +10,7 @@ import vitprune
 from vitprune.model.adapter import adapter_for
 from vitprune.prune.lsq import heldout_positions, reconstruct
 from vitprune.prune.masks import from_keep_sets
-from vitprune.prune.slicing import slice_mlps
+from vitprune.prune.slicing import slice_sites
 
 from .literal_jas import literal_jas
 
@@ -63,7 +63,7 @@ def test_sliced_equals_masked_and_the_checkpoint_round_trips(name, tmp_path):
     assert {s.layout.__name__ for s in adapter.sites()} == {layout}
     widths = adapter.hidden_widths
     mask = from_keep_sets(widths, [list(range(1, w, 3)) for w in widths], "test")
-    pruned = slice_mlps(model, mask)
+    pruned = slice_sites(model, mask)
     assert adapter_for(pruned).hidden_widths == mask.kept_counts
     hooks = [h for site, kept in zip(adapter.sites(), mask.kept) for h in site.layout.masked(site.module, torch.tensor(kept))]
     x = _images(3, size)
@@ -107,7 +107,7 @@ def test_least_squares_refits_the_output_projection(name):
     assert all(f.calibration_error["lsq"] <= f.calibration_error["slice"] * (1 + 1e-9) + 1e-12 for f in info.blocks)
     with torch.no_grad():
         dense = model(x)
-        assert (refit(x) - dense).pow(2).mean() < (slice_mlps(model, mask)(x) - dense).pow(2).mean()
+        assert (refit(x) - dense).pow(2).mean() < (slice_sites(model, mask)(x) - dense).pow(2).mean()
 
 
 @pytest.mark.slow

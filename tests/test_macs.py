@@ -8,11 +8,11 @@ import torch
 
 from vitprune.model.adapter import adapter_for
 from vitprune.app.cli import main
-from vitprune.prune.macs import count_macs_params, mask_for_macs, mlp_unit_macs
+from vitprune.prune.macs import count_macs_params, mlp_unit_macs
 from vitprune.prune.masks import from_keep_sets
-from vitprune.prune.slicing import slice_mlps
+from vitprune.prune.slicing import slice_sites
 
-from .helpers import tiny_vit, last_line
+from .helpers import tiny_vit, last_line, mask_for_macs
 
 
 def test_unit_costs_predict_the_counter_exactly():
@@ -20,7 +20,7 @@ def test_unit_costs_predict_the_counter_exactly():
     cost, total = mlp_unit_macs(model)
     widths = adapter_for(model).hidden_widths
     mask = from_keep_sets(widths, [list(range(5)), list(range(40)), list(range(widths[2]))], "test")
-    got, _ = count_macs_params(slice_mlps(model, mask))
+    got, _ = count_macs_params(slice_sites(model, mask))
     assert got == total - sum(c * (w - k) for c, w, k in zip(cost, widths, mask.kept_counts))
 
 
@@ -32,7 +32,7 @@ def test_target_macs_within_one_unit_per_block(scope, target):
     scores = [torch.rand(w, generator=gen) * (b + 1) for b, w in enumerate(adapter_for(model).hidden_widths)]
     mask = mask_for_macs(model, scores, target, scope=scope)
     cost, total = mlp_unit_macs(model)
-    got, _ = count_macs_params(slice_mlps(model, mask))
+    got, _ = count_macs_params(slice_sites(model, mask))
     assert abs(got - target * total) <= sum(cost)  # one unit per block
     if scope == "global-raw":  # raw scores grow with the block index: later blocks keep more
         assert mask.kept_counts[-1] > mask.kept_counts[0]

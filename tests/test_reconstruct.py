@@ -11,10 +11,10 @@ from vitprune.model.adapter import adapter_for
 from vitprune.model.hooks import edit_ffn
 from vitprune.prune.compensate import CompensationInputs, calibration_set, least_squares
 from vitprune.prune.lsq import RIDGES, heldout_positions, reconstruct
-from vitprune.prune.masks import from_keep_sets, from_scores
-from vitprune.prune.slicing import masked_edits, slice_mlps
+from vitprune.prune.masks import from_keep_sets
+from vitprune.prune.slicing import masked_edits, slice_sites
 
-from .helpers import tiny_images, tiny_vit
+from .helpers import tiny_images, tiny_vit, from_scores
 
 
 def _mask(model, sparsity=0.75, seed=0):
@@ -68,7 +68,7 @@ def test_reconstruction_improves_the_output():
     x, held = _calib(40)
     mask = _mask(model, 0.75)
     refit, _ = reconstruct(model, mask, x, held)
-    plain = slice_mlps(model, mask)
+    plain = slice_sites(model, mask)
     with torch.no_grad():
         dense = model(x)
         assert (refit(x) - dense).pow(2).mean() < (plain(x) - dense).pow(2).mean()
@@ -99,7 +99,7 @@ def test_infinite_ridge_is_the_plain_slice():
     x, held = _calib()
     mask = _mask(model)
     refit, info = reconstruct(model, mask, x, held, ridges=(math.inf,))
-    plain = slice_mlps(model, mask)
+    plain = slice_sites(model, mask)
     assert all(f.ridge is None for f in info.blocks)
     for a, b in zip(refit.state_dict().values(), plain.state_dict().values()):
         assert torch.equal(a, b)
@@ -169,7 +169,7 @@ def test_layer_scale_models_refit_in_fc2_space():
     refit, _ = reconstruct(model, mask, x, held, target="output")
     with torch.no_grad():
         dense = model(x)
-        assert (refit(x) - dense).pow(2).mean() < (slice_mlps(model, mask)(x) - dense).pow(2).mean()
+        assert (refit(x) - dense).pow(2).mean() < (slice_sites(model, mask)(x) - dense).pow(2).mean()
 
 
 def test_readout_weighting_weighs_the_cls_token_like_all_patches():

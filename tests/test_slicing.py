@@ -14,10 +14,10 @@ from vitprune.model.adapter import adapter_for
 from vitprune.model.hooks import edit_ffn
 from vitprune.model.load import load_model, save_checkpoint
 from vitprune.prune.macs import count_macs_params
-from vitprune.prune.masks import NeuronMask, from_keep_sets, from_scores
-from vitprune.prune.slicing import compensation_shift, masked_edits, slice_mlps
+from vitprune.prune.masks import Mask, NeuronMask, from_keep_sets
+from vitprune.prune.slicing import compensation_shift, masked_edits, slice_sites
 
-from .helpers import tiny_images, tiny_vit
+from .helpers import tiny_images, tiny_vit, from_scores
 
 
 def _stats(model, x, y):
@@ -40,7 +40,7 @@ def test_sliced_equals_masked_for_every_criterion(criterion, scope):
     importance.add([0, 1], scores, scores)
     scores = unit_scores(criterion, model, stats=_stats(model, x, y), paths=PathRun(records, None, importance), seed=3)
     mask = from_scores(scores, 0.6, scope=scope, criterion=criterion)
-    pruned = slice_mlps(model, mask)
+    pruned = slice_sites(model, mask)
     assert adapter_for(pruned).hidden_widths == mask.kept_counts
     with torch.no_grad():
         got = pruned(x)
@@ -52,7 +52,7 @@ def test_sliced_equals_masked_for_every_criterion(criterion, scope):
 def test_sliced_equals_masked_at_every_token_with_different_widths():
     model = tiny_vit()
     mask = from_keep_sets([64, 64, 64], [[0], list(range(10, 50)), list(range(64))], "test")
-    pruned = slice_mlps(model, mask)
+    pruned = slice_sites(model, mask)
     assert adapter_for(pruned).hidden_widths == [1, 40, 64]
     x = tiny_images(3)
     with torch.no_grad():
@@ -67,8 +67,8 @@ def test_compensation_changes_only_fc2_bias_by_the_formula():
     x, y = tiny_images(4), torch.tensor([0, 1, 2, 3])
     stats = _stats(model, x, y)
     mask = from_scores(unit_scores("variance", model, stats=stats), 0.5)
-    plain = slice_mlps(model, mask)
-    comp = slice_mlps(model, mask, bias_shift=compensation_shift(model, mask, stats.mean))
+    plain = slice_sites(model, mask)
+    comp = slice_sites(model, mask, bias_shift=compensation_shift(model, mask, stats.mean))
     for (name, a), (_, b) in zip(plain.state_dict().items(), comp.state_dict().items()):
         if name.endswith("mlp.fc2.bias"):
             blk = int(name.split(".")[1])
@@ -99,13 +99,13 @@ def test_budget_rules():
         from_scores(scores, 0.5, min_keep=0)
     with pytest.raises(UserError, match="block 1 would keep no units"):
         from_keep_sets([10, 10], [[1], []], "test")
-    assert NeuronMask.from_json(m.to_json()) == m
+    assert Mask.from_json(m.to_json()) == m
 
 
 def test_pruned_checkpoint_roundtrip(tmp_path):
     model = tiny_vit()
     mask = from_keep_sets([64, 64, 64], [[1, 2, 3], list(range(20)), [7]], "test")
-    pruned = slice_mlps(model, mask)
+    pruned = slice_sites(model, mask)
     meta = {**model.vitprune_source, "mlp_hidden": mask.kept_counts, "kept": [list(k) for k in mask.kept]}
     save_checkpoint(pruned, tmp_path / "p", meta)
     loaded = load_model(str(tmp_path / "p"))
@@ -117,7 +117,7 @@ def test_pruned_checkpoint_roundtrip(tmp_path):
 def test_macs_fall_with_the_mlp():
     model = tiny_vit()
     dense, _ = count_macs_params(model)
-    half = slice_mlps(model, from_scores([torch.arange(64.0)] * 3, 0.5))
+    half = slice_sites(model, from_scores([torch.arange(64.0)] * 3, 0.5))
     pruned, _ = count_macs_params(half)
     tokens, d = 17, 32
     # per removed unit and block: fc1 row + fc2 column per token, one GELU per token, one fc1 bias (torch-pruning's counting)

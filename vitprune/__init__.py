@@ -7,7 +7,7 @@ The public API (imported on first use, so that the command line answers ``--help
     vitprune.discover(model, data, **options) -> PathRun             # per-image top-K JAS paths
     vitprune.load_model(spec) / vitprune.load_data(spec) / vitprune.find_paths(model, images, labels)
     vitprune.register_criterion / register_head_criterion / register_compensation / register_discovery_method /
-    register_mlp_layout
+    register_mlp_layout / register_head_layout / register_family; vitprune.adapter_for(model) (a model family's adapter)
 """
 from __future__ import annotations
 
@@ -23,13 +23,14 @@ _EXPORTS = {
     "find_paths": "vitprune.discovery.finder", "PathFinder": "vitprune.discovery.finder",
     "PathRecord": "vitprune.discovery.records", "PathRun": "vitprune.discovery.records", "load_run": "vitprune.discovery.records",
     "DiscoverySettings": "vitprune.discovery.settings",
-    "NeuronMask": "vitprune.prune.masks",
+    "Mask": "vitprune.prune.masks", "SiteMask": "vitprune.prune.masks", "NeuronMask": "vitprune.prune.masks",
     "CompressReport": "vitprune.reports", "SweepPoint": "vitprune.reports",
     "CriterionInputs": "vitprune.criteria.base", "Criterion": "vitprune.criteria.base",
     "CompensationInputs": "vitprune.prune.compensate", "Pruned": "vitprune.prune.compensate",
     "register_criterion": "vitprune.criteria", "register_head_criterion": "vitprune.criteria",
     "register_compensation": "vitprune.prune",
     "register_discovery_method": "vitprune.discovery", "register_mlp_layout": "vitprune.model",
+    "register_family": "vitprune.model", "register_head_layout": "vitprune.model", "adapter_for": "vitprune.model.adapter",
     "UserError": "vitprune.errors",
 }
 __all__ = ["__version__", *_EXPORTS]

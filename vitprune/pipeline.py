@@ -39,10 +39,9 @@ from .options import CalibrationOptions, Point
 from .prune import COMPENSATIONS
 from .prune.compensate import CalibrationSet, CompensationInputs, Pruned, calibration_set, load_compensation
 from .defaults import HEAD_DEFAULT
-from .prune.macs import head_unit_macs, mlp_unit_macs
+from .prune.macs import count_macs_params, unit_macs
 from .progress import stage
-from .prune.masks import (NeuronMask, check_sparsity, from_keep_sets, from_macs, from_scores, heads_from_scores, joint_from_macs,
-                          keep_label)
+from .prune.masks import Allocation, Mask, check_sparsity, from_budget, from_keep_sets, keep_label, macs_floor
 
 
 def resolve_model(model: str | nn.Module, arch: str | None = None, model_args: dict | None = None) -> nn.Module:
@@ -121,7 +120,7 @@ class Compressed:
     """One point through the pipeline: its mask, the per-class units it kept (keep-topk), and the pruned model."""
 
     point: Point
-    mask: NeuronMask
+    mask: Mask
     pruned: Pruned
     critical: dict[int, list[list[int]]] | None
     seconds: float
@@ -144,8 +143,8 @@ class Pipeline:
         self.point_quiet = False  # a sweep sets it: its points print one line each, not their stages
         self.timings: dict[str, float] = {}
         self.runs: dict[DiscoverySettings, PathRun] = {}
-        self._unit_macs: tuple[list[float], int] | None = None
-        self._head_macs: list[float] | None = None
+        self._unit_costs: dict[str, list[float]] = {}
+        self._total_macs: int | None = None
         self._stats: ActivationStats | None = None
         self._head_stats: HeadStats | None = None
         self._head_path_ig: dict[DiscoverySettings, list[torch.Tensor]] = {}
@@ -249,17 +248,20 @@ class Pipeline:
         used = {r.id for r in run.records} if run is not None else set(self.calib.ids())
         return len(used & set(evaluation.ids()))
 
-    def unit_macs(self) -> tuple[list[float], int]:
-        """(MACs of one MLP unit per block, MACs of the dense model), counted once."""
-        if self._unit_macs is None:
-            self._unit_macs = mlp_unit_macs(self.dense)
-        return self._unit_macs
+    def unit_costs(self, kind: str) -> list[float]:
+        """MACs of one unit of each site of ``kind`` (SITE_KINDS), counted once."""
+        if kind not in self._unit_costs:
+            self._unit_costs[kind] = unit_macs(self.dense, kind)
+        return self._unit_costs[kind]
 
-    def head_macs(self) -> list[float]:
-        """MACs of one attention head per block, counted once."""
-        if self._head_macs is None:
-            self._head_macs = head_unit_macs(self.dense)
-        return self._head_macs
+    def total_macs(self) -> int:
+        """MACs of the dense model, counted once."""
+        if self._total_macs is None:
+            self._total_macs = count_macs_params(self.dense)[0]
+        return self._total_macs
+
+    def widths(self, kind: str) -> list[int]:
+        return [site.width for site in self.adapter.sites(kind)]
 
     def head_stats(self, ig: bool = False, paths: DiscoverySettings | None = None) -> HeadStats:
         """Head statistics of the calibration images (``--prune heads``), with the integrated-gradient passes when
@@ -293,16 +295,25 @@ class Pipeline:
                             "--classes, or drop --paths")
         return condition
 
-    def head_scores(self, point: Point, settings: DiscoverySettings | None) -> list[torch.Tensor]:
-        """One score per head per block by ``point.head_criterion`` (``settings``: the point's discovery, for the
-        criteria conditioned on its paths)."""
-        name = point.head_criterion or HEAD_DEFAULT["criterion"]
+    @staticmethod
+    def criterion_of(point: Point, kind: str) -> str:
+        """The criterion that ranks ``kind``'s units at ``point`` (the MLPs' ``--criterion``, the heads' ``--head-criterion``)."""
+        return point.criterion if kind == "mlp" else (point.head_criterion or HEAD_DEFAULT["criterion"])
+
+    def kind_scores(self, kind: str, point: Point, settings: DiscoverySettings | None) -> list[torch.Tensor]:
+        """One score per unit of every site of ``kind`` by the point's criterion for that kind (``settings``: the point's
+        discovery, for the criteria reading its paths), from what the criterion declared it needs."""
+        if kind == "mlp":
+            criterion = load_criterion(point.criterion)
+            inputs = self.criterion_inputs(point, settings, keep=False)
+            return checked_scores(point.criterion, criterion.scores(inputs), inputs.sites)
+        name = self.criterion_of(point, kind)
         needs = set(head_criterion_needs(name))
         if "head_path_ig" in needs and settings is None:
             raise ValueError(f"head criterion {name} needs the point's discovery settings")
         stats = (self.head_stats(ig="head_ig" in needs, paths=settings if "head_path_ig" in needs else None)
                  if needs & {"head_stats", "head_ig", "head_path_ig"} else None)
-        return head_scores(name, stats, self.adapter.sites("heads"), point.seed)
+        return head_scores(name, stats, self.adapter.sites(kind), point.seed, model=self.dense, adapter=self.adapter)
 
     def check_point(self, point: Point, settings: DiscoverySettings | None, *, scope: str, min_keep: int, round_to: int) -> None:
         """Every check of a point that needs the model but no expensive work: budgets that options would override,
@@ -314,19 +325,14 @@ class Pipeline:
             raise UserError(f"{flag} asks for more path units per block than the narrowest MLP has ({min(widths)}); lower it")
         if budget.sparsity is not None:
             check_sparsity(widths, budget.sparsity, scope=scope, min_keep=min_keep, round_to=round_to)
-        heads = "heads" in point.prune
-        if heads:
-            self.adapter.sites("heads")  # refuses attention it cannot slice by head, before any work
+        for kind in point.prune:
+            self.adapter.sites(kind)  # refuses sites it cannot slice (attention it cannot split by head), before any work
         if budget.target_macs is not None:
-            cost, total = self.unit_macs()
-            floor = sum(c * min(min_keep, w) for c, w in zip(cost, widths))
-            prunable = sum(c * w for c, w in zip(cost, widths))
-            if heads:
-                head_cost = self.head_macs()
-                floor += sum(head_cost)
-                prunable += sum(c * n for c, n in zip(head_cost, self.adapter.head_counts))
-            lowest = (total - prunable + floor) / total
+            kinds = point.prune
+            lowest = macs_floor(self.total_macs(), {k: self.unit_costs(k) for k in kinds}, {k: self.widths(k) for k in kinds},
+                                Allocation(scope, min_keep, round_to))
             if budget.target_macs < lowest:
+                heads = "heads" in kinds
                 what = "its MLPs and heads (one head per block)" if heads else "its MLPs"
                 raise UserError(f"--target-macs {budget.target_macs:g} is below what the model can reach by pruning {what} "
                                 f"({lowest:.3f} of its MACs with --min-keep {min_keep}); raise --target-macs"
@@ -396,34 +402,24 @@ class Pipeline:
         return inputs
 
     def mask(self, point: Point, settings: DiscoverySettings | None, *, scope: str, min_keep: int, round_to: int
-             ) -> tuple[NeuronMask, dict[int, list[list[int]]] | None]:
-        """The mask of a point, and for a keep-topk budget the per-class units it is the union of."""
-        criterion = load_criterion(point.criterion)
+             ) -> tuple[Mask, dict[int, list[list[int]]] | None]:
+        """The mask of a point over every site kind it prunes, and for a keep-topk budget the per-class units it is
+        the union of."""
         budget, widths = point.budget, self.adapter.hidden_widths
-        inputs = self.criterion_inputs(point, settings, keep=budget.keep_topk is not None)
         if budget.keep_topk is not None:
-            critical = criterion.class_units(inputs, budget.keep_topk)
+            inputs = self.criterion_inputs(point, settings, keep=True)
+            critical = load_criterion(point.criterion).class_units(inputs, budget.keep_topk)
             mask = from_keep_sets(widths, union_keep_sets(critical, len(widths)), keep_label(point.criterion, budget.keep_topk))
             return mask, critical
-        scores = checked_scores(point.criterion, criterion.scores(inputs), inputs.sites)
-        heads = self.head_scores(point, settings) if "heads" in point.prune else None
-        if budget.target_macs is not None:
-            cost, total = self.unit_macs()
-            prunable = sum(c * int(s.numel()) for c, s in zip(cost, scores))
-            if heads is None:
-                return from_macs(scores, cost, prunable - (1.0 - budget.target_macs) * total, scope=scope, min_keep=min_keep,
-                                 round_to=round_to, criterion=point.criterion), None
-            head_cost = self.head_macs()
-            prunable += sum(c * int(s.numel()) for c, s in zip(head_cost, heads))
-            return joint_from_macs(scores, cost, heads, head_cost, prunable - (1.0 - budget.target_macs) * total, scope=scope,
-                                   min_keep=min_keep, round_to=round_to, criterion=point.criterion,
-                                   head_criterion=point.head_criterion or ""), None
-        mask = from_scores(scores, budget.sparsity, scope=scope, min_keep=min_keep, round_to=round_to, criterion=point.criterion)
-        if heads is not None:
-            mask = mask.with_heads(heads_from_scores(heads, budget.sparsity, scope=scope, criterion=point.head_criterion or ""))
-        return mask, None
+        kinds = point.prune
+        scores = {kind: self.kind_scores(kind, point, settings) for kind in kinds}
+        macs = budget.target_macs is not None
+        return from_budget(scores, budget, Allocation(scope, min_keep, round_to),
+                           costs={k: self.unit_costs(k) for k in kinds} if macs else None,
+                           total_macs=self.total_macs() if macs else None,
+                           criteria={k: self.criterion_of(point, k) for k in kinds}), None
 
-    def prune(self, mask: NeuronMask, compensate: str, options: dict[str, Any]) -> Pruned:
+    def prune(self, mask: Mask, compensate: str, options: dict[str, Any]) -> Pruned:
         """The sliced model with ``compensate`` applied, on what that compensation declared it needs."""
         needs = set(COMPENSATIONS.entry(compensate).meta.get("needs", ()))
         inputs = CompensationInputs(stats=self.stats() if "stats" in needs else None,

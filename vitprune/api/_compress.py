@@ -23,7 +23,7 @@ from ..outdir import OutputFolder, check_inputs, output_path
 from ..pipeline import Pipeline, needs_paths
 from ..progress import LOG, stage
 from ..prune.macs import count_macs_params
-from ..prune.masks import NeuronMask
+from ..prune.masks import Mask
 from ..reports import CompressReport, Counts, DataSummary, MaskSummary
 from .common import (COMPRESS_SETTINGS, Plan, checkpoint_meta, inputs_of, make_options, onnx_metadata, settings_of, spec_of,
                      with_defaults)
@@ -45,7 +45,7 @@ class CompressResult:
     nothing vitprune did not write is ever replaced."""
 
     model: nn.Module
-    mask: NeuronMask
+    mask: Mask
     report: CompressReport
     dense: nn.Module
     meta: dict[str, Any]
@@ -204,7 +204,7 @@ def _up_to_date(out: Path, opts: CompressOptions, pipeline: Pipeline, identity: 
     if not quiet:
         LOG.info(f"vitprune: {out} is up to date (the same model, data and options); --force recomputes it")
     report = CompressReport.from_json(read_json(out / "report.json"), str(out / "report.json"))
-    mask = NeuronMask.from_json(read_json(out / "mask.json"))
+    mask = Mask.from_json(read_json(out / "mask.json"))
     model = load_model(str(out)).to(pipeline.dist.device)
     evaluation = pipeline.evaluation_pool(opts.eval_per_class)
     return CompressResult(model, mask, report, pipeline.dense, model.vitprune_meta, pipeline, evaluation,
@@ -336,12 +336,12 @@ def _onnx_meta(meta: dict, pipeline: Pipeline, evaluation: ImagePool) -> dict:
                          data_config=data_config(pipeline.dense))
 
 
-def _write_checkpoint(folder: Path, model: nn.Module, mask: NeuronMask, meta: dict, *, verify: bool) -> None:
+def _write_checkpoint(folder: Path, model: nn.Module, mask: Mask, meta: dict, *, verify: bool) -> None:
     atomic_write_json(folder / "mask.json", mask.to_json())
     save_checkpoint(model, folder, meta, verify=verify)
 
 
-def _write_result(folder: Path, model: nn.Module | None, mask: NeuronMask, report: CompressReport, meta: dict, settings: dict,
+def _write_result(folder: Path, model: nn.Module | None, mask: Mask, report: CompressReport, meta: dict, settings: dict,
                   *, recipe: str | None) -> None:
     """A compress result's files in ``folder`` (the checkpoint too when ``model`` is given); the settings file last."""
     if model is not None:
@@ -353,7 +353,7 @@ def _write_result(folder: Path, model: nn.Module | None, mask: NeuronMask, repor
     atomic_write_json(folder / COMPRESS_SETTINGS, settings)
 
 
-def _warn_drastic(opts: CompressOptions, mask: NeuronMask, macs_ratio: float) -> None:
+def _warn_drastic(opts: CompressOptions, mask: Mask, macs_ratio: float) -> None:
     """One warning line when a per-block budget removes more than half of some block's units or heads: the heads and
     zoo studies lose most there, and ``--target-macs`` spends the same MACs where they cost least."""
     if opts.target_macs is not None:

@@ -84,12 +84,14 @@ def checkpoint_meta(dense: nn.Module, mask, *, compensate: str, finetune_epochs:
     configuration and class names, and where it came from."""
     from ..model.adapter import pretrained_config
 
+    from ..model import SITE_KINDS
+
     source = dense.vitprune_source
+    kinds = {kind: SITE_KINDS.load(kind) for kind in mask.kinds}  # every kind's kept counts and indices, under its keys
+    pruned = {key: value for kind, site_kind in kinds.items() for key, value in
+              ((site_kind.checkpoint_key, mask.sites[kind].kept_counts), (site_kind.kept_key, [list(k) for k in mask.sites[kind].kept]))}
     return {"arch": source["arch"], "model_args": source.get("model_args", source.get("model_kwargs", {})),
-            "pretrained_cfg": pretrained_config(dense),
-            "source_model": source, "mlp_hidden": mask.kept_counts, "kept": [list(k) for k in mask.kept],
-            **({"attn_heads": mask.heads.kept_counts, "kept_heads": [list(k) for k in mask.heads.kept]} if mask.heads else {}),
-            "criterion": mask.criterion, "sparsity": mask.sparsity, "compensate": compensate, "finetune_epochs": finetune_epochs,
+            "pretrained_cfg": pretrained_config(dense), "source_model": source, **pruned, "criterion": mask.criterion, "sparsity": mask.sparsity, "compensate": compensate, "finetune_epochs": finetune_epochs,
             "data": data, "data_resolved": absolute_spec(data) if not data.startswith("<") else data,
             "class_names": list(class_names), "vitprune_version": __version__}
 

@@ -42,8 +42,8 @@ HEAD_CRITERIA.add("path", _H + "path", needs=("head_stats", "head_path_ig"),
                        "with the heads (conditioned on the discovery paths)")
 HEAD_CRITERIA.add("taylor", _H + "taylor", needs=("head_stats",), help="mean over images of |<head output, dCE/d output>|")
 HEAD_CRITERIA.add("magnitude", _H + "magnitude", needs=("head_stats",), help="mean L2 norm of the head's output")
-HEAD_CRITERIA.add("weight", _H + "weight", needs=(), help="L2 norm of the head's q, k, v rows and proj columns")
-HEAD_CRITERIA.add("random", _H + "random", needs=(), help="uniform, seeded")
+HEAD_CRITERIA.add("weight", _B + "magnitude", needs=(), help="L2 norm of the head's q, k, v rows and proj columns (criterion magnitude)")
+HEAD_CRITERIA.add("random", _B + "random", needs=(), help="uniform, seeded")
 
 
 def register_criterion(name: str, *, needs: Sequence[str] = (), help: str = "", replace: bool = False,
@@ -60,9 +60,10 @@ def register_criterion(name: str, *, needs: Sequence[str] = (), help: str = "", 
 
 def register_head_criterion(name: str, *, needs: Sequence[str] = (), help: str = "", replace: bool = False):
     """Register a head criterion (``--prune mlp,heads``): ``@register_head_criterion("mine", needs=("head_stats",))`` above
-    a function ``scores(stats, sites, seed) -> list[torch.Tensor]`` (one score per head of each ``blocks.N.attn`` site;
-    ``stats`` is a ``vitprune.criteria.heads.HeadStats``, None unless 'head_stats' is declared; its ``ig`` needs 'head_ig',
-    its ``path_ig`` 'head_path_ig')."""
+    a function ``scores(inputs) -> list[torch.Tensor]`` — the criterion contract of every site kind: ``inputs.sites`` are
+    the head sites (``blocks.N.attn``), one score per head each; ``inputs.stats`` is a
+    ``vitprune.criteria.heads.HeadStats``, None unless 'head_stats' is declared; its ``ig`` needs 'head_ig', its
+    ``path_ig`` 'head_path_ig'. (vitprune 0.1's ``scores(stats, sites, seed)`` still works.)"""
     unknown = [n for n in needs if n not in HEAD_NEEDS]
     if unknown:
         raise ValueError(f"unknown needs {unknown}; a head criterion may need {', '.join(HEAD_NEEDS)}")

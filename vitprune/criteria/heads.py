@@ -201,47 +201,52 @@ def head_integrated_gradients(model: nn.Module, sites: list[Site], images: torch
 
 
 # ------------------------------------------------------------------------------- criteria
-def ig(stats: HeadStats, sites: list[Site], seed: int) -> list[torch.Tensor]:
+# A head criterion is a criterion (``CriterionInputs`` in, one score tensor per site out) over the head sites, whose
+# ``inputs.stats`` is the ``HeadStats`` it declared it needs; ``weight`` and ``random`` are the MLP criteria
+# ``magnitude`` and ``random`` themselves (registered under the head names in ``vitprune.criteria``).
+def _stats(inputs, what: str) -> HeadStats:
+    stats = inputs.stats
+    if not isinstance(stats, HeadStats):
+        raise ValueError(f"this head criterion needs the head statistics ({what}); declare them in needs=")
+    return stats
+
+
+def ig(inputs) -> list[torch.Tensor]:
+    stats = _stats(inputs, "head_ig")
     if stats.ig is None:
         raise ValueError("head criterion ig needs the integrated-gradient passes (needs head_ig)")
     return [t.clone() for t in stats.ig]
 
 
-def path(stats: HeadStats, sites: list[Site], seed: int) -> list[torch.Tensor]:
+def path(inputs) -> list[torch.Tensor]:
+    stats = _stats(inputs, "head_path_ig")
     if stats.path_ig is None:
         raise ValueError("head criterion path needs the path-conditioned passes (needs head_path_ig)")
     return [t.clone() for t in stats.path_ig]
 
 
-def taylor(stats: HeadStats, sites: list[Site], seed: int) -> list[torch.Tensor]:
-    return [t.clone() for t in stats.taylor]
+def taylor(inputs) -> list[torch.Tensor]:
+    return [t.clone() for t in _stats(inputs, "head_stats").taylor]
 
 
-def magnitude(stats: HeadStats, sites: list[Site], seed: int) -> list[torch.Tensor]:
-    return [t.clone() for t in stats.magnitude]
+def magnitude(inputs) -> list[torch.Tensor]:
+    return [t.clone() for t in _stats(inputs, "head_stats").magnitude]
 
 
-def weight(stats: HeadStats, sites: list[Site], seed: int) -> list[torch.Tensor]:
-    return [site.unit_sq_norms().sqrt() for site in sites]
+def head_scores(name: str, stats: HeadStats | None, sites: list[Site], seed: int = 0, *, model: nn.Module | None = None,
+                adapter=None) -> list[torch.Tensor]:
+    """The scores head criterion ``name`` gives every head (one fp64 tensor per block), checked like every criterion's.
+    A head criterion registered with vitprune 0.1's signature ``fn(stats, sites, seed)`` is called so."""
+    import inspect
 
+    from .base import CriterionInputs, checked_scores
 
-def random(stats: HeadStats, sites: list[Site], seed: int) -> list[torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    return [torch.rand(site.width, generator=generator, dtype=torch.float64) for site in sites]
-
-
-def head_scores(name: str, stats: HeadStats | None, sites: list[Site], seed: int = 0) -> list[torch.Tensor]:
-    """The scores head criterion ``name`` gives every head (one fp64 tensor per block)."""
     fn = HEAD_CRITERIA.load(name)
-    scores = fn(stats, sites, seed)
-    out = []
-    for site, s in zip(sites, scores):
-        t = torch.as_tensor(s).detach().double().cpu().reshape(-1)
-        if t.numel() != site.width or not torch.isfinite(t).all():
-            raise ValueError(f"head criterion '{name}' gave {t.numel()} scores (finite: {bool(torch.isfinite(t).all())}) "
-                             f"for {site.name}, which has {site.width} heads")
-        out.append(t)
-    return out
+    if len(inspect.signature(fn).parameters) == 3:
+        scores = fn(stats, sites, seed)
+    else:
+        scores = fn(CriterionInputs(model, adapter, sites, stats=stats, seed=seed))
+    return checked_scores(name, scores, sites)
 
 
 __all__ = ["HeadStats", "HeadIG", "PathCondition", "PathClamp", "collect_head_stats", "head_integrated_gradients", "head_scores", "HEAD_STEPS"]

@@ -13,8 +13,8 @@ from ..data import ImagePool
 from ..defaults import LSQ_DEFAULT
 from . import COMPENSATIONS
 from .lsq import Reconstruction, heldout_positions, reconstruct
-from .masks import NeuronMask
-from .slicing import compensation_shift, slice_mlps
+from .masks import Mask
+from .slicing import compensation_shift, slice_sites
 
 
 @dataclass(frozen=True)
@@ -64,17 +64,17 @@ class Pruned:
     reconstruction: Reconstruction | None = None
 
 
-def plain_slice(dense: nn.Module, mask: NeuronMask, inputs: CompensationInputs) -> Pruned:
-    return Pruned(slice_mlps(dense, mask))
+def plain_slice(dense: nn.Module, mask: Mask, inputs: CompensationInputs) -> Pruned:
+    return Pruned(slice_sites(dense, mask))
 
 
-def mean_shift(dense: nn.Module, mask: NeuronMask, inputs: CompensationInputs) -> Pruned:
+def mean_shift(dense: nn.Module, mask: Mask, inputs: CompensationInputs) -> Pruned:
     if inputs.stats is None:
         raise ValueError("mean-shift compensation needs the activation statistics")
-    return Pruned(slice_mlps(dense, mask, bias_shift=compensation_shift(dense, mask, inputs.stats.mean)))
+    return Pruned(slice_sites(dense, mask, bias_shift=compensation_shift(dense, mask, inputs.stats.mean)))
 
 
-def least_squares(dense: nn.Module, mask: NeuronMask, inputs: CompensationInputs) -> Pruned:
+def least_squares(dense: nn.Module, mask: Mask, inputs: CompensationInputs) -> Pruned:
     if inputs.calibration is None:
         raise ValueError("lsq compensation needs the calibration images")
     model, recon = reconstruct(dense, mask, inputs.calibration.images, inputs.calibration.heldout,
@@ -84,7 +84,7 @@ def least_squares(dense: nn.Module, mask: NeuronMask, inputs: CompensationInputs
     return Pruned(model, recon)
 
 
-def load_compensation(name: str) -> Callable[[nn.Module, NeuronMask, CompensationInputs], Pruned]:
+def load_compensation(name: str) -> Callable[[nn.Module, Mask, CompensationInputs], Pruned]:
     fn = COMPENSATIONS.load(name)
     if not callable(fn) or inspect.isclass(fn):
         raise TypeError(f"compensation '{name}' must be a function (dense, mask, inputs) -> Pruned")

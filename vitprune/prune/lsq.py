@@ -26,6 +26,7 @@ see (fewer tokens than kept units), the solution stays at the plain slice.
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -40,8 +41,8 @@ from ..model.hooks import block_input, site_input_hooks
 from ..options import LSQ_TARGETS, TOKEN_WEIGHTINGS, check_choice
 from ..precision import precision_context
 from ..progress import progress_bar
-from .masks import NeuronMask
-from .slicing import slice_mlps
+from .masks import PRIMARY, Mask
+from .slicing import slice_sites
 
 # lam = r * (mean eigenvalue of M_KK); inf = the plain slice
 RIDGES: tuple[float, ...] = (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, math.inf)
@@ -235,15 +236,25 @@ def _target_residual(dense: torch.Tensor, pruned: torch.Tensor, weight: torch.Te
     return target - pruned.double() @ w[:, kept].T
 
 
-def _stages(src: FamilyAdapter, dst: FamilyAdapter, mask: NeuronMask, b: int) -> list[tuple]:
+BRANCHES = ("attn", "mlp")  # a block's branches in forward order: least squares refits their sites in this order
+
+
+def _stages(src: FamilyAdapter, dst: FamilyAdapter, mask: Mask, b: int) -> list[tuple]:
     """The fits of block b in forward order: (site kind, kept units, the dense and the pruned model's step over the
-    residual stream). Without pruned heads, one MLP fit over the whole block; with them, the attention's proj first
-    (over the attention half), then fc2 on the stream the refit attention leaves."""
-    heads = mask.heads
-    if heads is None or len(heads.kept[b]) == heads.widths[b]:
-        return [("mlp", list(mask.kept[b]), lambda x: src.run_block(b, x), lambda x: dst.run_block(b, x))]
-    return [("heads", list(heads.kept[b]), lambda x: src.attention_half(b, x), lambda x: dst.attention_half(b, x)),
-            ("mlp", list(mask.kept[b]), lambda x: src.mlp_half(b, x), lambda x: dst.mlp_half(b, x))]
+    residual stream). The MLP site is refit in every block; a site of another kind (heads) where it lost units. With
+    the MLP alone, one fit over the whole block; else one per branch, each on the stream the branch before it left
+    (the attention's proj first, then fc2)."""
+    from ..model import SITE_KINDS
+
+    refit = [k for k in mask.kinds if k == PRIMARY or len(mask.sites[k].kept[b]) < mask.sites[k].widths[b]]
+    if refit == [PRIMARY]:
+        return [(PRIMARY, list(mask.kept[b]), lambda x: src.run_block(b, x), lambda x: dst.run_block(b, x))]
+    halves = {"attn": (src.attention_half, dst.attention_half), "mlp": (src.mlp_half, dst.mlp_half)}
+    stages = []
+    for kind in sorted(refit, key=lambda k: BRANCHES.index(SITE_KINDS.load(k).branch)):
+        run_src, run_dst = halves[SITE_KINDS.load(kind).branch]
+        stages.append((kind, list(mask.sites[kind].kept[b]), functools.partial(run_src, b), functools.partial(run_dst, b)))
+    return stages
 
 
 def _fit_site(src: FamilyAdapter, site, out, kind: str, b: int, kept_units: list[int], run_src, run_dst, xs, xd, chunks, weights,
@@ -296,7 +307,7 @@ def token_weights(adapter: FamilyAdapter, tokens: int, weighting: str) -> torch.
 @torch.no_grad()
 def reconstruct(
     dense: nn.Module,
-    mask: NeuronMask,
+    mask: Mask,
     images: torch.Tensor,
     heldout: torch.Tensor,
     *,
@@ -319,7 +330,7 @@ def reconstruct(
     start = time.time()
     if len(images) != len(heldout):
         raise ValueError("one held-out flag per calibration image")
-    pruned = slice_mlps(dense, mask, fc2_bias=True)
+    pruned = slice_sites(dense, mask, out_bias=True)
     src, dst = adapter_for(dense), adapter_for(pruned)
     device = next(pruned.parameters()).device
     with precision_context(precision, device):
@@ -328,7 +339,7 @@ def reconstruct(
         xd = [x.clone() for x in xs] if target == "output" else None  # the dense model's
         weights = token_weights(src, xs[0].shape[1], weighting).to(device) if xs else None
         fits, refit = [], []
-        sites = {kind: (src.sites(kind), dst.sites(kind)) for kind in (("mlp", "heads") if mask.heads else ("mlp",))}
+        sites = {kind: (src.sites(kind), dst.sites(kind)) for kind in mask.kinds}
         with progress_bar(total=src.depth, desc="least squares", unit="block", disable=quiet) as bar:
             for b in range(src.depth):
                 for kind, kept_units, run_src, run_dst in _stages(src, dst, mask, b):

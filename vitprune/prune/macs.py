@@ -20,7 +20,6 @@ from torch import nn
 from ..model import SITE_KINDS
 from ..model.adapter import adapter_for
 from ..model.hooks import frozen_parameters
-from .masks import NeuronMask, from_macs
 
 
 def _tp_rules() -> set[type]:
@@ -106,11 +105,4 @@ def head_unit_macs(model: nn.Module) -> list[float]:
     return unit_macs(model, "heads")
 
 
-def mask_for_macs(model: nn.Module, scores: list[torch.Tensor], target: float, **kw) -> NeuronMask:
-    """``from_macs`` for a model at ``target`` x its dense MACs (unit costs from the counter above)."""
-    cost, total = mlp_unit_macs(model)
-    mlp = sum(c * int(s.numel()) for c, s in zip(cost, scores))
-    return from_macs(scores, cost, mlp - (1.0 - target) * total, **kw)
-
-
-__all__ = ["count_macs_params", "unit_macs", "mlp_unit_macs", "head_unit_macs", "mask_for_macs"]
+__all__ = ["count_macs_params", "unit_macs", "mlp_unit_macs", "head_unit_macs"]

@@ -1,36 +1,33 @@
-"""NeuronMask: which hidden units (and, with ``--prune heads``, which attention heads) of each block survive;
-built from keep sets or from a budget."""
+"""Masks: which units of every site survive, one ``SiteMask`` per site kind (``vitprune.model.SITE_KINDS``), built
+from per-class keep sets or from one budget spent over every kind a point prunes (``from_budget``)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import torch
 
 from ..errors import UserError
-from ..options import MASK_SCOPES as SCOPES, check_choice
+from ..options import MASK_SCOPES as SCOPES, Budget, check_choice
+
+PRIMARY = "mlp"  # the kind every mask has, and the one a mask's own fields read (the MLP hidden units)
 
 
 @dataclass(frozen=True)
-class NeuronMask:
-    """Kept hidden-unit indices (sorted) per block, out of the original widths; ``heads``, when attention heads are
-    pruned too, is the same for the heads (widths = the heads per block)."""
+class SiteMask:
+    """Kept unit indices (sorted) of every site of one kind (one site per block), out of the original widths."""
 
     widths: tuple[int, ...]
     kept: tuple[tuple[int, ...], ...]
     criterion: str = ""
-    heads: "NeuronMask | None" = None
 
     def __post_init__(self) -> None:
         if len(self.widths) != len(self.kept):
-            raise ValueError("one kept set per block")
-        if self.heads is not None:
-            if len(self.heads.widths) != len(self.widths):
-                raise ValueError("one kept head set per block")
-            if any(not k for k in self.heads.kept):
-                raise ValueError("every block keeps at least one head")
+            raise ValueError("one kept set per site")
         for b, (w, k) in enumerate(zip(self.widths, self.kept)):
             if list(k) != sorted(set(k)) or (k and not 0 <= k[0] <= k[-1] < w):
-                raise ValueError(f"block {b}: kept indices must be sorted, unique and < {w}")
+                raise ValueError(f"site {b}: kept indices must be sorted, unique and < {w}")
 
     @property
     def kept_counts(self) -> list[int]:
@@ -38,7 +35,7 @@ class NeuronMask:
 
     @property
     def sparsity(self) -> float:
-        """Fraction of all MLP hidden units removed."""
+        """Fraction of all units of this kind removed."""
         return 1.0 - sum(self.kept_counts) / sum(self.widths)
 
     @property
@@ -49,20 +46,94 @@ class NeuronMask:
         keep = set(self.kept[b])
         return [u for u in range(self.widths[b]) if u not in keep]
 
-    def with_heads(self, heads: "NeuronMask | None") -> "NeuronMask":
-        return NeuronMask(self.widths, self.kept, self.criterion, heads)
-
     def to_json(self) -> dict:
-        out = {"criterion": self.criterion, "widths": list(self.widths), "kept": [list(k) for k in self.kept],
-               "kept_counts": self.kept_counts, "sparsity": self.sparsity, "block_sparsity": self.block_sparsity}
-        if self.heads is not None:
-            out["heads"] = self.heads.to_json()
-        return out
+        return {"criterion": self.criterion, "widths": list(self.widths), "kept": [list(k) for k in self.kept],
+                "kept_counts": self.kept_counts, "sparsity": self.sparsity, "block_sparsity": self.block_sparsity}
 
     @classmethod
-    def from_json(cls, obj: dict) -> "NeuronMask":
-        heads = cls.from_json(obj["heads"]) if obj.get("heads") else None
-        return cls(tuple(obj["widths"]), tuple(tuple(k) for k in obj["kept"]), obj.get("criterion", ""), heads)
+    def from_json(cls, obj: dict) -> "SiteMask":
+        return cls(tuple(obj["widths"]), tuple(tuple(k) for k in obj["kept"]), obj.get("criterion", ""))
+
+
+@dataclass(frozen=True)
+class Mask:
+    """One ``SiteMask`` per site kind the point prunes (``mlp`` always). The mask's own fields (``widths``, ``kept``,
+    ``sparsity`` ...) are the MLP kind's, as a mask read before site kinds existed."""
+
+    sites: Mapping[str, SiteMask] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if PRIMARY not in self.sites:
+            raise ValueError("a mask always holds the MLP units")
+        depth = len(self.sites[PRIMARY].widths)
+        for kind, site in self.sites.items():
+            if len(site.widths) != depth:
+                raise ValueError(f"one kept set per block for {kind}")
+            if kind != PRIMARY and any(not k for k in site.kept):
+                raise ValueError(f"every block keeps at least one of its {kind}")
+        object.__setattr__(self, "sites", MappingProxyType(dict(self.sites)))
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(self.sites)
+
+    def get(self, kind: str) -> SiteMask | None:
+        return self.sites.get(kind)
+
+    @property
+    def heads(self) -> SiteMask | None:
+        return self.sites.get("heads")
+
+    # the MLP kind's fields
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return self.sites[PRIMARY].widths
+
+    @property
+    def kept(self) -> tuple[tuple[int, ...], ...]:
+        return self.sites[PRIMARY].kept
+
+    @property
+    def criterion(self) -> str:
+        return self.sites[PRIMARY].criterion
+
+    @property
+    def kept_counts(self) -> list[int]:
+        return self.sites[PRIMARY].kept_counts
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of all MLP hidden units removed."""
+        return self.sites[PRIMARY].sparsity
+
+    @property
+    def block_sparsity(self) -> list[float]:
+        return self.sites[PRIMARY].block_sparsity
+
+    def removed(self, b: int) -> list[int]:
+        return self.sites[PRIMARY].removed(b)
+
+    def to_json(self) -> dict:
+        """The MLP kind's fields at the top (as mask.json always had them), every other kind under its name."""
+        return {**self.sites[PRIMARY].to_json(), **{kind: site.to_json() for kind, site in self.sites.items() if kind != PRIMARY}}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "Mask":
+        from ..model import SITE_KINDS
+
+        others = {kind: SiteMask.from_json(obj[kind]) for kind in SITE_KINDS.names() if kind != PRIMARY and obj.get(kind)}
+        return cls({PRIMARY: SiteMask.from_json(obj), **others})
+
+
+def NeuronMask(widths, kept, criterion: str = "", heads: SiteMask | Mask | None = None) -> Mask:  # noqa: N802 (0.1's name)
+    """A mask of MLP units (and, given ``heads``, of attention heads): the constructor of vitprune 0.1's NeuronMask."""
+    sites = {PRIMARY: SiteMask(tuple(widths), tuple(tuple(k) for k in kept), criterion)}
+    if heads is not None:
+        sites["heads"] = heads.sites[PRIMARY] if isinstance(heads, Mask) else heads
+    return Mask(sites)
+
+
+NeuronMask.from_json = Mask.from_json  # vitprune 0.1's NeuronMask.from_json(mask.json) reads a Mask
 
 
 def keep_label(criterion: str, k: int) -> str:
@@ -70,12 +141,121 @@ def keep_label(criterion: str, k: int) -> str:
     return f"{criterion}-keep-top{k}"
 
 
-def from_keep_sets(widths: list[int], keep: list[list[int]], criterion: str) -> NeuronMask:
-    """Mask from explicit keep sets (e.g. the union of per-class critical units)."""
+def from_keep_sets(widths: list[int], keep: list[list[int]], criterion: str) -> Mask:
+    """Mask of the MLP units from explicit keep sets (e.g. the union of per-class critical units)."""
     for b, k in enumerate(keep):
         if not k:
             raise UserError(f"block {b} would keep no units; lower the sparsity, raise --keep-topk or set --min-keep")
     return NeuronMask(tuple(widths), tuple(tuple(sorted(set(k))) for k in keep), criterion)
+
+
+# ----------------------------------------------------------------------------------- allocation
+@dataclass(frozen=True)
+class Allocation:
+    """How a budget is spread (``--scope``), and each kind's floor and rounding: the MLP kind keeps ``min_keep``
+    units per block rounded to ``round_to``; every other kind keeps its ``SiteKind.min_units``, unrounded."""
+
+    scope: str = "per-block"
+    min_keep: int = 1
+    round_to: int = 1
+
+    def floor(self, kind: str) -> int:
+        from ..model import SITE_KINDS
+
+        return self.min_keep if kind == PRIMARY else SITE_KINDS.load(kind).min_units
+
+    def rounding(self, kind: str) -> int:
+        return self.round_to if kind == PRIMARY else 1
+
+
+def from_budget(scores: Mapping[str, list[torch.Tensor]], budget: Budget, allocation: Allocation = Allocation(), *,
+                costs: Mapping[str, list[float]] | None = None, total_macs: float | None = None,
+                criteria: Mapping[str, str] | None = None) -> Mask:
+    """Keep the highest-scoring units of every kind in ``scores`` for one budget.
+
+    ``budget.sparsity`` removes that fraction of every kind's units (per kind: per-block = the same fraction in every
+    block, rounded; global = one ranking over all blocks of scores divided by their block mean; global-raw = of the raw
+    scores). ``budget.target_macs`` keeps ``target_macs x total_macs`` MACs, a unit of kind k in block b costing
+    ``costs[k][b]``: per-block spends one kept fraction on every kind but the MLPs, which spend the rest; global is one
+    ranking of every unit of every kind by score per MAC, each site's scores first scaled so that its mean score per
+    MAC is 1 (with one kind: its block-mean-normalised score per MAC); global-raw trusts the raw score per MAC. Ties
+    keep the lower index."""
+    _check_allocation(allocation)
+    criteria = dict(criteria or {})
+    kinds = [k for k in scores if k != PRIMARY] + [PRIMARY]  # the MLPs spend what the other kinds leave (per-block)
+    widths = {k: [int(s.numel()) for s in scores[k]] for k in kinds}
+    if budget.target_macs is None:
+        counts = {k: _counts_for_fraction(k, scores[k], 1.0 - budget.sparsity, allocation) for k in kinds}
+    else:
+        counts = _counts_for_macs(kinds, scores, widths, costs, macs_budget(budget.target_macs, total_macs, costs, widths),
+                                  allocation)
+    return Mask({k: _top_units(scores[k], counts[k], criteria.get(k, "")) for k in [PRIMARY, *kinds[:-1]]})
+
+
+def macs_budget(target: float, total: float, costs: Mapping[str, list[float]], widths: Mapping[str, list[int]]) -> float:
+    """The MACs a ``target`` fraction of a model's ``total`` leaves to its prunable units: prunable - (1 - target) x total."""
+    prunable = sum(c * w for k in costs for c, w in zip(costs[k], widths[k]))
+    return prunable - (1.0 - target) * total
+
+
+def macs_floor(total: float, costs: Mapping[str, list[float]], widths: Mapping[str, list[int]], allocation: Allocation) -> float:
+    """The lowest fraction of ``total`` MACs pruning can reach: every site at its floor."""
+    prunable = sum(c * w for k in costs for c, w in zip(costs[k], widths[k]))
+    floor = sum(c * min(allocation.floor(k), w) for k in costs for c, w in zip(costs[k], widths[k]))
+    return (total - prunable + floor) / total
+
+
+def _counts_for_fraction(kind: str, scores: list[torch.Tensor], keep: float, allocation: Allocation) -> list[int]:
+    widths = [int(s.numel()) for s in scores]
+    floor, round_to = allocation.floor(kind), allocation.rounding(kind)
+    if kind == PRIMARY:
+        check_sparsity(widths, 1.0 - keep, scope=allocation.scope, min_keep=floor, round_to=round_to)
+    if allocation.scope == "per-block":
+        counts = [_rounded(w * keep, w, floor, round_to) for w in widths]
+    else:
+        counts = _global_counts(scores, [1.0] * len(widths), round(sum(widths) * keep), allocation.scope, floor, round_to)
+    if kind == PRIMARY:
+        _check_achieved(widths, counts, keep, floor, round_to)
+    return counts
+
+
+def _counts_for_macs(kinds: list[str], scores: Mapping[str, list[torch.Tensor]], widths: Mapping[str, list[int]],
+                     costs: Mapping[str, list[float]], budget: float, allocation: Allocation) -> dict[str, list[int]]:
+    floor = sum(c * min(allocation.floor(k), w) for k in kinds for c, w in zip(costs[k], widths[k]))
+    if budget < floor:
+        raise UserError("the MAC target leaves less than --min-keep units per block" + (" and one head per block" if len(kinds) > 1
+                        else "") + "; raise --target-macs or lower --min-keep")
+    whole = sum(c * w for k in kinds for c, w in zip(costs[k], widths[k]))
+    frac = min(1.0, budget / whole)
+    counts: dict[str, list[int]] = {}
+    if allocation.scope == "per-block":  # every kind but the MLPs at one fraction, rounded; the MLPs spend the rest
+        left = budget
+        for k in kinds[:-1]:
+            counts[k] = [_rounded(n * frac, n, allocation.floor(k), 1) for n in widths[k]]
+            left -= sum(c * n for c, n in zip(costs[k], counts[k]))
+        mlp_frac = min(1.0, max(0.0, left / sum(c * w for c, w in zip(costs[PRIMARY], widths[PRIMARY]))))
+        counts[PRIMARY] = [_rounded(w * mlp_frac, w, allocation.min_keep, allocation.round_to) for w in widths[PRIMARY]]
+        if len(kinds) == 1:
+            _check_achieved(widths[PRIMARY], counts[PRIMARY], frac, allocation.min_keep, allocation.round_to)
+        return counts
+    if len(kinds) == 1:
+        counts[PRIMARY] = _global_counts(scores[PRIMARY], list(costs[PRIMARY]), budget, allocation.scope, allocation.min_keep,
+                                         allocation.round_to)
+        return counts
+    order = [PRIMARY, *kinds[:-1]]  # one ranking over every site, the MLPs' first (ties keep the earlier site)
+    flat = [s for k in order for s in scores[k]]
+    cost = [c for k in order for c in costs[k]]
+    if allocation.scope == "global":
+        flat = [s.double() / (s.double().abs().mean() + 1e-12) * c for s, c in zip(flat, cost)]
+    floors = [allocation.floor(k) for k in order for _ in widths[k]]
+    both = _ranked_counts(flat, cost, budget, floors, fill=True)  # meets the budget within one unit
+    start = 0
+    for k in order:
+        counts[k] = both[start:start + len(widths[k])]
+        start += len(widths[k])
+    if allocation.round_to > 1:
+        counts[PRIMARY] = [_rounded(c, w, allocation.min_keep, allocation.round_to) for c, w in zip(counts[PRIMARY], widths[PRIMARY])]
+    return counts
 
 
 def _rounded(n: float, width: int, min_keep: int, round_to: int) -> int:
@@ -83,39 +263,12 @@ def _rounded(n: float, width: int, min_keep: int, round_to: int) -> int:
     return max(min(n, width), min(min_keep, width))
 
 
-def from_scores(
-    scores: list[torch.Tensor],
-    sparsity: float,
-    *,
-    scope: str = "per-block",
-    min_keep: int = 1,
-    round_to: int = 1,
-    criterion: str = "",
-) -> NeuronMask:
-    """Keep the highest-scoring units for a budget: ``sparsity`` = fraction of units removed.
-
-    per-block: every block removes the same fraction (kept count rounded to ``round_to``).
-    global:    one ranking over all blocks after dividing each block's scores by its mean
-               (so blocks with larger raw scores do not win by scale), at least ``min_keep`` per block.
-    global-raw: one ranking over all blocks of the raw scores.
-    Ties keep the lower index.
-    """
-    widths = [int(s.numel()) for s in scores]
-    check_sparsity(widths, sparsity, scope=scope, min_keep=min_keep, round_to=round_to)
-    if scope == "per-block":
-        counts = [_rounded(w * (1.0 - sparsity), w, min_keep, round_to) for w in widths]
-    else:
-        counts = _global_counts(scores, [1.0] * len(widths), round(sum(widths) * (1.0 - sparsity)), scope, min_keep, round_to)
-    _check_achieved(widths, counts, 1.0 - sparsity, min_keep, round_to)
-    return _top_units(scores, counts, criterion)
-
-
 def check_sparsity(widths: list[int], sparsity: float, *, scope: str = "per-block", min_keep: int = 1, round_to: int = 1) -> None:
     """Refuse (one line, with the number it would give) a sparsity budget that --min-keep or --round-to would override;
     needs only the widths, so it runs before any expensive work."""
     if not (isinstance(sparsity, (int, float)) and 0.0 <= sparsity < 1.0):
         raise UserError(f"--sparsity must be in [0, 1) (got {sparsity})")
-    _check_allocation(scope, min_keep, round_to)
+    _check_allocation(Allocation(scope, min_keep, round_to))
     keep = 1.0 - sparsity
     if scope == "per-block":
         _check_achieved(widths, [_rounded(w * keep, w, min_keep, round_to) for w in widths], keep, min_keep, round_to)
@@ -136,18 +289,18 @@ def _check_achieved(widths: list[int], counts: list[int], keep: float, min_keep:
                         f"sparsity) where {1 - keep:.2%} was asked; lower --min-keep / --round-to")
 
 
-def _check_allocation(scope: str, min_keep: int, round_to: int) -> None:
-    if min_keep < 1:
-        raise UserError(f"--min-keep must be >= 1 (got {min_keep})")
-    if round_to < 1:
-        raise UserError(f"--round-to must be >= 1 (got {round_to})")
-    check_choice("--scope", scope, SCOPES)
+def _check_allocation(allocation: Allocation) -> None:
+    if allocation.min_keep < 1:
+        raise UserError(f"--min-keep must be >= 1 (got {allocation.min_keep})")
+    if allocation.round_to < 1:
+        raise UserError(f"--round-to must be >= 1 (got {allocation.round_to})")
+    check_choice("--scope", allocation.scope, SCOPES)
 
 
-def _top_units(scores: list[torch.Tensor], counts: list[int], criterion: str) -> NeuronMask:
-    """Each block's ``counts[b]`` highest-scoring units (ties keep the lower index), in index order."""
+def _top_units(scores: list[torch.Tensor], counts: list[int], criterion: str) -> SiteMask:
+    """Each site's ``counts[b]`` highest-scoring units (ties keep the lower index), in index order."""
     top = [sorted(torch.sort(s.double(), descending=True, stable=True).indices[:n].tolist()) for s, n in zip(scores, counts)]
-    return NeuronMask(tuple(int(s.numel()) for s in scores), tuple(tuple(t) for t in top), criterion)
+    return SiteMask(tuple(int(s.numel()) for s in scores), tuple(tuple(t) for t in top), criterion)
 
 
 def _global_counts(scores: list[torch.Tensor], cost: list[float], budget: float, scope: str, min_keep: int, round_to: int
@@ -183,82 +336,5 @@ def _ranked_counts(scores: list[torch.Tensor], cost: list[float], budget: float,
     return counts
 
 
-def from_macs(
-    scores: list[torch.Tensor],
-    unit_macs: list[float],
-    budget: float,
-    *,
-    scope: str = "per-block",
-    min_keep: int = 1,
-    round_to: int = 1,
-    criterion: str = "",
-) -> NeuronMask:
-    """Keep the highest-scoring units within ``budget`` MLP MACs, block b's units costing ``unit_macs[b]`` each.
-
-    per-block: the same kept fraction in every block; global / global-raw: one ranking by score per MAC.
-    """
-    _check_allocation(scope, min_keep, round_to)
-    widths = [int(s.numel()) for s in scores]
-    floor = sum(c * min(min_keep, w) for c, w in zip(unit_macs, widths))
-    if budget < floor:
-        raise UserError("the MAC target leaves less than --min-keep units per block; raise --target-macs or lower --min-keep")
-    frac = min(1.0, budget / sum(c * w for c, w in zip(unit_macs, widths)))
-    if scope == "per-block":
-        counts = [_rounded(w * frac, w, min_keep, round_to) for w in widths]
-        _check_achieved(widths, counts, frac, min_keep, round_to)
-    else:
-        counts = _global_counts(scores, list(unit_macs), budget, scope, min_keep, round_to)
-    return _top_units(scores, counts, criterion)
-
-
-def heads_from_scores(scores: list[torch.Tensor], sparsity: float, *, scope: str = "per-block", criterion: str = "") -> NeuronMask:
-    """The head mask of a ``sparsity`` budget: the same fraction of heads removed per block (``per-block``, rounded,
-    at least one head kept) or one ranking over all blocks (``global``: scores over each block's mean; ``global-raw``)."""
-    widths = [int(s.numel()) for s in scores]
-    if scope == "per-block":
-        counts = [_rounded(w * (1.0 - sparsity), w, 1, 1) for w in widths]
-    else:
-        counts = _global_counts(scores, [1.0] * len(widths), round(sum(widths) * (1.0 - sparsity)), scope, 1, 1)
-    return _top_units(scores, counts, criterion)
-
-
-def joint_from_macs(mlp_scores: list[torch.Tensor], mlp_cost: list[float], head_scores: list[torch.Tensor], head_cost: list[float],
-                    budget: float, *, scope: str = "per-block", min_keep: int = 1, round_to: int = 1, criterion: str = "",
-                    head_criterion: str = "") -> NeuronMask:
-    """MLP units and heads within ``budget`` MACs (of the prunable ones), block b's units costing ``mlp_cost[b]`` and
-    its heads ``head_cost[b]`` each; at least ``min_keep`` units and one head per block.
-
-    per-block: one kept fraction for every attention (rounded to whole heads) and one for every MLP, which spends the
-    rest of the budget. global: one ranking of units and heads together by
-    score per MAC, each site's scores first scaled so that its mean score per MAC is 1 (a site is worth what it costs
-    on average; within a site, units differ by their scores), so the criteria's scales never decide between MLPs
-    and heads. global-raw: the raw score per MAC (criteria that estimate one quantity at every site)."""
-    _check_allocation(scope, min_keep, round_to)
-    widths, heads = [int(s.numel()) for s in mlp_scores], [int(s.numel()) for s in head_scores]
-    floor = sum(c * min(min_keep, w) for c, w in zip(mlp_cost, widths)) + sum(head_cost)
-    if budget < floor:
-        raise UserError("the MAC target leaves less than --min-keep units and one head per block; raise --target-macs "
-                        "or lower --min-keep")
-    whole = sum(c * w for c, w in zip(mlp_cost, widths)) + sum(c * n for c, n in zip(head_cost, heads))
-    frac = min(1.0, budget / whole)
-    if scope == "per-block":  # heads rounded first, then the MLPs' one fraction spends what the heads left
-        head_counts = [_rounded(n * frac, n, 1, 1) for n in heads]
-        left = budget - sum(c * n for c, n in zip(head_cost, head_counts))
-        mlp_frac = min(1.0, max(0.0, left / sum(c * w for c, w in zip(mlp_cost, widths))))
-        counts = [_rounded(w * mlp_frac, w, min_keep, round_to) for w in widths]
-    else:
-        scores, cost = [*mlp_scores, *head_scores], [*mlp_cost, *head_cost]
-        if scope == "global":
-            scores = [s.double() / (s.double().abs().mean() + 1e-12) * c for s, c in zip(scores, cost)]
-        floors = [min_keep] * len(widths) + [1] * len(heads)
-        both = _ranked_counts(scores, cost, budget, floors, fill=True)  # meets the budget within one unit
-        counts = both[: len(widths)]
-        if round_to > 1:
-            counts = [_rounded(c, w, min_keep, round_to) for c, w in zip(counts, widths)]
-        head_counts = both[len(widths):]
-    heads_mask = _top_units(head_scores, head_counts, head_criterion)
-    return _top_units(mlp_scores, counts, criterion).with_heads(heads_mask)
-
-
-__all__ = ["NeuronMask", "from_keep_sets", "from_scores", "from_macs", "heads_from_scores", "joint_from_macs", "check_sparsity",
-           "keep_label", "SCOPES"]
+__all__ = ["Mask", "SiteMask", "NeuronMask", "Allocation", "from_budget", "from_keep_sets", "macs_budget", "macs_floor",
+           "check_sparsity", "keep_label", "SCOPES", "PRIMARY"]
