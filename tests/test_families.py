@@ -207,3 +207,82 @@ def test_a_family_registered_from_outside_is_used(tmp_path):
         assert adapter_for(pruned).hidden_widths == mask.kept_counts
     finally:
         FAMILIES.remove("wrapped")
+
+
+# ------------------------------------------------------------------------------ defects found on accepted models
+def test_target_macs_with_norms_inside_the_mlp_and_attention(tmp_path):
+    """scale_mlp_norm / scale_attn_norm (every beit3_*): the MAC probe resizes a site up again (fresh norms, not slices)."""
+    model = mattering("vit_base_patch16_224", dict(scale_mlp_norm=True, scale_attn_norm=True), dtype=torch.float32)
+    x = torch.randn(24, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    from torch.utils.data import TensorDataset
+
+    data = (TensorDataset(x[:16], torch.arange(16) % 4), TensorDataset(x[16:], torch.arange(8) % 4))
+    result = vitprune.compress(model, data, target_macs=0.6, prune="mlp,heads", criterion="magnitude", head_criterion="weight",
+                               compensate="lsq", per_class=4, quiet=True)
+    assert abs(result.report.macs.ratio - 0.6) < 0.02
+
+
+def test_output_projections_without_a_bias_reload_after_least_squares(tmp_path):
+    """proj_bias=False (AIMv2): least squares gives fc2 a bias; the checkpoint records it and loads back."""
+    from torch.utils.data import TensorDataset
+
+    model = mattering("vit_tiny_patch16_224", dict(proj_bias=False), dtype=torch.float32)
+    assert adapter_for(model).site(0).out_proj.bias is None
+    x = torch.randn(24, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    data = (TensorDataset(x[:16], torch.arange(16) % 4), TensorDataset(x[16:], torch.arange(8) % 4))
+    for compensate in ("lsq", "mean"):
+        result = vitprune.compress(model, data, sparsity=0.5, criterion="magnitude", compensate=compensate, per_class=4,
+                                   quiet=True)
+        folder = result.save(tmp_path / compensate)
+        back = vitprune.load_model(str(folder))
+        with torch.no_grad():
+            assert torch.equal(back(x[:2]), result.model(x[:2]))
+
+
+def test_diff_attention_matmuls_are_counted():
+    """DiffAttention (vit_dwee_*): two softmax maps per head, computed functionally — counted, not left out."""
+    model = mattering("vit_dwee_patch16_reg1_gap_256", {}, dtype=torch.float32)
+    plain = mattering("vit_base_patch16_224", dict(class_token=False, reg_tokens=1, global_pool="avg"), dtype=torch.float32)
+    tokens = adapter_for(model).tokens
+    diff = count_macs_params(model)[0] - count_macs_params(plain)[0]
+    # its q and k are twice as wide per head (two maps), so its q k^T costs twice a plain one: the count grows by it
+    assert diff >= 0.9 * adapter_for(model).depth * tokens * tokens * 48
+
+
+def test_state_dict_advice_names_every_difference_at_once(tmp_path):
+    from vitprune.model.load import load_model
+
+    gap = timm.create_model("vit_tiny_patch16_224", pretrained=False, **{**SMALL, "class_token": False, "global_pool": "avg",
+                                                                        "fc_norm": False})
+    torch.save(gap.state_dict(), tmp_path / "gap.pth")
+    with pytest.raises(UserError, match="class_token=false,global_pool=avg"):
+        load_model(str(tmp_path / "gap.pth"), arch="vit_tiny_patch16_224", model_args={k: v for k, v in SMALL.items()
+                                                                                      if k != "num_classes"})
+    loaded = load_model(str(tmp_path / "gap.pth"), arch="vit_tiny_patch16_224",
+                        model_args={**{k: v for k, v in SMALL.items() if k != "num_classes"}, "class_token": False,
+                                    "global_pool": "avg", "fc_norm": False})
+    assert adapter_for(loaded).layout.pool == "avg"
+    plain = timm.create_model("vit_tiny_patch16_224", pretrained=False, **{**SMALL, "reg_tokens": 2, "no_embed_class": True})
+    torch.save(plain.state_dict(), tmp_path / "reg.pth")
+    with pytest.raises(UserError, match="no_embed_class=true"):  # its grid skips the prefix tokens; the architecture's does not
+        load_model(str(tmp_path / "reg.pth"), arch="vit_tiny_patch16_224",
+                   model_args={**{k: v for k, v in SMALL.items() if k != "num_classes"}, "reg_tokens": 2})
+
+
+def test_a_one_channel_model_of_an_rgb_architecture_records_one_channel_statistics(tmp_path, fashion_dir):
+    from vitprune.model.adapter import data_config
+
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=28, patch_size=7, in_chans=1, num_classes=10,
+                              embed_dim=32, depth=2, num_heads=2)
+    torch.save(model.state_dict(), tmp_path / "gray.pth")
+    loaded = vitprune.load_model(str(tmp_path / "gray.pth"), arch="vit_tiny_patch16_224",
+                                 model_args=dict(img_size=28, patch_size=7, in_chans=1, embed_dim=32, depth=2, num_heads=2))
+    cfg = data_config(loaded)
+    assert len(cfg["mean"]) == 1 and len(cfg["std"]) == 1 and cfg["input_size"][0] == 1
+    result = vitprune.compress(loaded, "demo", sparsity=0.5, criterion="magnitude", compensate="none", per_class=2,
+                               classes=(0, 1), eval_per_class=1, quiet=True)
+    folder = result.save(tmp_path / "c")
+    import json
+
+    saved = json.loads((folder / "vitprune.json").read_text())["pretrained_cfg"]
+    assert len(saved["mean"]) == 1 and len(saved["std"]) == 1
