@@ -125,6 +125,45 @@ def prune(dense, name: str, r: float, scope: str, example, grads: dict | None, h
     return model.eval()
 
 
+def pruned_at(dense, name: str, scope: str, example, grads: dict | None, dense_macs: int):
+    """r -> (TP-pruned copy of ``dense`` at ratio r, its MAC ratio), cached in ``.cache``: every candidate is really
+    pruned and counted."""
+    from vitprune.prune.macs import count_macs_params
+
+    cache: dict[float, tuple] = {}
+
+    def at(r: float):
+        if r not in cache:
+            m = prune(dense, name, r, scope, example, grads)
+            cache[r] = (m, count_macs_params(m)[0] / dense_macs)
+        return cache[r]
+
+    at.cache = cache
+    return at
+
+
+def fit_budget(at, budget: float):
+    """(r, model, MAC ratio) of the largest MAC ratio <= ``budget``: a coarse grid (shared by budgets through ``at``'s
+    cache), then bisection between the last infeasible and the first feasible r."""
+    cache = at.cache
+    grid = [0.0, *(round(0.1 * i, 1) for i in range(1, 10)), R_MAX]
+    feasible = [r for r in grid if at(r)[1] <= budget]
+    if not feasible:
+        raise RuntimeError(f"no r in {grid} reaches MACs <= x{budget} (min x{min(at(r)[1] for r in grid):.3f})")
+    hi = feasible[0]
+    lo = grid[grid.index(hi) - 1]
+    for _ in range(BISECT_STEPS):
+        mid = round((lo + hi) / 2, 6)
+        if at(mid)[1] <= budget:
+            hi = mid
+        else:
+            lo = mid
+    # closest feasible point seen (global pruning need not be monotone in r)
+    r = max((rr for rr, (_, mr) in cache.items() if mr <= budget), key=lambda rr: (cache[rr][1], -rr))
+    model, ratio = cache[r]
+    return r, model, ratio
+
+
 @torch.no_grad()
 def top1(model, images, labels, batch: int = 250) -> float:
     correct = 0
@@ -225,33 +264,11 @@ def run_model(spec: str, pools, scopes: tuple[str, ...]) -> dict:
             continue
         for name in IMPORTANCES:
             key = f"tp-{name}-{scope}"
-            cache: dict[float, tuple] = {}
-
-            def at(r: float):
-                if r not in cache:
-                    m = prune(dense, name, r, scope, example, grads)
-                    cache[r] = (m, count_macs_params(m)[0] / dense_macs)
-                return cache[r]
-
+            at = pruned_at(dense, name, scope, example, grads, dense_macs)
             for budget in BUDGETS:
                 t1 = time.time()
                 try:
-                    # coarse grid (shared by the budgets), then bisect between the last infeasible and first feasible r
-                    grid = [0.0, *(round(0.1 * i, 1) for i in range(1, 10)), R_MAX]
-                    feasible = [r for r in grid if at(r)[1] <= budget]
-                    if not feasible:
-                        raise RuntimeError(f"no r in {grid} reaches MACs <= x{budget} (min x{min(at(r)[1] for r in grid):.3f})")
-                    hi = feasible[0]
-                    lo = grid[grid.index(hi) - 1]
-                    for _ in range(BISECT_STEPS):
-                        mid = round((lo + hi) / 2, 6)
-                        if at(mid)[1] <= budget:
-                            hi = mid
-                        else:
-                            lo = mid
-                    # closest feasible point seen (global pruning need not be monotone in r)
-                    r = max((rr for rr, (_, mr) in cache.items() if mr <= budget), key=lambda rr: (cache[rr][1], -rr))
-                    model, ratio = cache[r]
+                    r, model, ratio = fit_budget(at, budget)
                     point = {"r": r, "macs_ratio": ratio, "params": count_macs_params(model)[1],
                              "test": top1(model, test_x, test_y), "selection": top1(model, sel_x, sel_y), **shape(model),
                              "tp_skipped_head_groups": model.tp_skipped_head_groups,
@@ -259,8 +276,7 @@ def run_model(spec: str, pools, scopes: tuple[str, ...]) -> dict:
                 except Exception as exc:  # record, do not crash
                     point = failure(exc, t1)
                 record(out, spec, key, budget, point)
-            for m, _ in cache.values():
-                del m
+            at.cache.clear()
     out["seconds"] = round(time.time() - t0, 1)
     return out
 

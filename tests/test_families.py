@@ -286,3 +286,17 @@ def test_a_one_channel_model_of_an_rgb_architecture_records_one_channel_statisti
 
     saved = json.loads((folder / "vitprune.json").read_text())["pretrained_cfg"]
     assert len(saved["mean"]) == 1 and len(saved["std"]) == 1
+
+
+@pytest.mark.parametrize("family,arch,extra", CASES)
+def test_a_class_specialised_model_outputs_the_dense_rows(family, arch, extra):
+    """--specialize before any pruning: k outputs, equal to the dense model's logits of those classes, in their order."""
+    model = mattering(arch, extra)
+    classes = (3, 0)
+    special = adapter_for(model).restrict_classes(classes)
+    x = _images(2)
+    with torch.no_grad():
+        dense, got = model(x), special(x)
+    assert got.shape == (2, 2) and adapter_for(special).num_classes == 2
+    assert torch.allclose(got, dense[:, list(classes)], rtol=0, atol=1e-12)  # a smaller GEMM: the same to rounding
+    assert model.num_classes == 4  # the caller's model is untouched

@@ -14,12 +14,15 @@ from .progress import progress_bar
 @dataclass
 class EvalResult:
     n: int
-    top1: float
+    top1: float  # a fraction of the images (0..1), as every value vitprune writes for a program to read
     mean_true_prob: float
     per_class: list[dict] = field(default_factory=list)  # {class, name, n, top1, mean_true_prob}
+    hits: torch.Tensor | None = field(default=None, repr=False, compare=False)  # per image, in evaluation order (not saved)
 
     def to_json(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        out.pop("hits")
+        return out
 
     @classmethod
     def from_json(cls, obj: dict) -> "EvalResult":
@@ -46,6 +49,7 @@ def evaluate_models(
     """
     num_classes = len(class_names)
     correct = {k: torch.zeros(num_classes, dtype=torch.float64) for k in models}
+    hits: dict[str, list[torch.Tensor]] = {k: [] for k in models}
     prob = {k: torch.zeros(num_classes, dtype=torch.float64) for k in models}
     count = torch.zeros(num_classes, dtype=torch.float64)
     for m in models.values():
@@ -59,14 +63,17 @@ def evaluate_models(
                     logits = model(images.to(device)).float().cpu()
                 p = logits.softmax(-1).gather(1, labels[:, None]).squeeze(1).double()
                 hit = (logits.argmax(-1) == labels).double()
+                hits[name].append(hit.bool())
                 correct[name].index_add_(0, labels, hit)
                 prob[name].index_add_(0, labels, p)
             bar.update(len(labels))
+    hits = {k: torch.cat(v) if v else torch.zeros(0, dtype=torch.bool) for k, v in hits.items()}
     if dist is not None and dist.world > 1:
-        parts = dist.gather({"count": count, "correct": correct, "prob": prob})
+        parts = dist.gather({"count": count, "correct": correct, "prob": prob, "hits": hits})
         count = sum(p["count"] for p in parts)
         correct = {k: sum(p["correct"][k] for p in parts) for k in models}
         prob = {k: sum(p["prob"][k] for p in parts) for k in models}
+        hits = {k: torch.cat([p["hits"][k] for p in parts]) for k in models}  # rank order: the same for every model
     n = int(count.sum())
     out = {}
     for name in models:
@@ -76,8 +83,32 @@ def evaluate_models(
              "mean_true_prob": float(prob[name][c] / count[c]) if count[c] else None}
             for c in range(num_classes)
         ]
-        out[name] = EvalResult(n, float(correct[name].sum() / max(n, 1)), float(prob[name].sum() / max(n, 1)), per_class)
+        out[name] = EvalResult(n, float(correct[name].sum() / max(n, 1)), float(prob[name].sum() / max(n, 1)), per_class,
+                               hits[name])
     return out
 
 
-__all__ = ["EvalResult", "evaluate_models"]
+def paired_difference(before: EvalResult, after: EvalResult, z: float = 1.959964) -> dict:
+    """``after``'s top-1 minus ``before``'s on the same images, with its 95% interval: the paired (Wald) interval of a
+    difference of proportions from McNemar's discordant counts (b: right before only, c: right after only), and
+    per class the difference and the worst class (the largest drop)."""
+    import math
+
+    a, b = before.hits, after.hits
+    out: dict = {"top1_diff": after.top1 - before.top1}
+    if a is not None and b is not None and len(a) == len(b) and len(a):
+        n = len(a)
+        lost, gained = int((a & ~b).sum()), int((~a & b).sum())
+        diff = (gained - lost) / n
+        se = math.sqrt(max((lost + gained) / n**2 - (gained - lost) ** 2 / n**3, 0.0))
+        out.update(top1_diff=diff, ci95=[diff - z * se, diff + z * se], discordant={"lost": lost, "gained": gained},
+                   interval="paired Wald interval from McNemar's discordant counts, 95%")
+    classes = [{"class": p["class"], "name": p["name"], "n": p["n"], "before": p["top1"], "after": q["top1"],
+                "diff": q["top1"] - p["top1"]} for p, q in zip(before.per_class, after.per_class)
+               if p["n"] and p["top1"] is not None and q["top1"] is not None]
+    out["per_class"] = classes
+    out["worst_class"] = min(classes, key=lambda c: (c["diff"], c["class"])) if classes else None
+    return out
+
+
+__all__ = ["EvalResult", "evaluate_models", "paired_difference"]

@@ -14,7 +14,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, ClassVar, TypeVar
 
 from .defaults import (DISCOVERY_DEFAULT, FAITHFUL_DISCOVERY, HEAD_DEFAULT, JAS_DEFAULT, KEEP_DEFAULT, LSQ_DEFAULT,
-                       PER_CLASS_DEFAULT, SPARSITY_DEFAULT)
+                       PER_CLASS_DEFAULT, RECOVERY_DEFAULT, SPARSITY_DEFAULT)
 from .errors import UserError
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
@@ -231,6 +231,30 @@ def check_positive(flag: str, value: Any) -> None:
     """A finite number > 0, else one UserError naming the flag."""
     if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0):
         raise UserError(f"{flag} must be a positive number (got {value})")
+
+
+def check_recovery(opts: Any) -> None:
+    """The --finetune-* options of compress and evaluate, checked once."""
+    ok = isinstance(opts.finetune_epochs, (int, float)) and not isinstance(opts.finetune_epochs, bool)
+    if not ok or not math.isfinite(opts.finetune_epochs) or opts.finetune_epochs < 0:
+        raise UserError(f"--finetune-epochs must be a number of epochs >= 0 (got {opts.finetune_epochs})")
+    check_positive("--finetune-lr", opts.finetune_lr)
+    check_count("--finetune-per-class", opts.finetune_per_class, optional=True)
+    check_count("--finetune-selection-per-class", opts.finetune_selection_per_class)
+    features = opts.finetune_features
+    if not (isinstance(features, (int, float)) and not isinstance(features, bool) and math.isfinite(features) and features >= 0):
+        raise UserError(f"--finetune-features must be a weight >= 0 (got {features})")
+
+
+def check_specialize(opts: Any) -> None:
+    """--specialize: two or more class ids, and --classes (the calibration classes) not given beside it."""
+    if opts.specialize is None:
+        return
+    classes = tuple(opts.specialize)
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise UserError(f"--specialize takes two or more different class ids (got {','.join(map(str, classes))})")
+    if opts.classes is not None and tuple(opts.classes) != tuple(sorted(classes)):
+        raise UserError("--specialize sets the classes the model keeps, and its calibration classes with them: drop --classes")
 
 
 def option_fields(cls: type) -> dict[str, Any]:
@@ -469,9 +493,19 @@ class CompressOptions(CalibrationOptions):
                             default_text="truth; with --paths the run's")
     # evaluation, recovery and export
     eval_per_class: int | None = opt(None, "held-out images per class", group=_EVAL, default_text="the whole evaluation pool")
-    finetune_epochs: int = opt(0, "epochs of distillation from the dense model (0 = one-shot)", group=_EVAL)
-    finetune_lr: float = opt(1e-4, "peak learning rate of the recovery (AdamW, one-cycle)", group=_EVAL)
-    finetune_per_class: int | None = opt(None, "training images per class for recovery", group=_EVAL, default_text="all")
+    specialize: tuple[int, ...] | None = opt(None, "make a model for these classes only (e.g. 0,2,5): calibration, discovery, "
+                                             "criteria and least squares use their images, the classifier keeps their rows, and "
+                                             "the dense model is compared on the same logits and images; outputs in class-id order", group=_BUDGET,
+                                             kind="classes", default_text="all classes")
+    finetune_epochs: float = opt(0.0, "epochs of recovery by distillation from the dense model (0 = one-shot; a fraction is "
+                                 "allowed)", group=_EVAL)
+    finetune_lr: float = opt(RECOVERY_DEFAULT["lr"], "peak learning rate of the recovery (AdamW, one-cycle)", group=_EVAL)
+    finetune_per_class: int | None = opt(None, "training images per class for recovery", group=_EVAL,
+                                         default_text="every calibration-pool image but the selection ones")
+    finetune_features: float = opt(RECOVERY_DEFAULT["features"], "weight of distilling the dense model's block outputs too "
+                                   "(0: its logits only)", group=_EVAL)
+    finetune_selection_per_class: int = opt(RECOVERY_DEFAULT["selection_per_class"], "held-out calibration-pool images per class "
+                                            "scored during recovery; its best moment is kept", group=_EVAL)
     export: bool = opt(True, "skip ONNX export and latency", group=_EVAL, kind="no", flag="--no-export")
     quantize: str | None = opt(None, "also write model.int8.onnx (onnxruntime quantization), kept only if its top-1 on the "
                                "evaluation images is within --max-int8-drop points of the fp32 model's", group=_EVAL,
@@ -538,10 +572,10 @@ class CompressOptions(CalibrationOptions):
                             f"(got '{self.criterion}')")
         check_count("--topk", self.topk, optional=True)
         check_count("--steps", self.steps, optional=True)
-        check_count("--finetune-epochs", self.finetune_epochs, minimum=0)
+        check_recovery(self)
+        check_specialize(self)
         check_count("--eval-per-class", self.eval_per_class, optional=True)
         check_count("--finetune-per-class", self.finetune_per_class, optional=True)
-        check_positive("--finetune-lr", self.finetune_lr)
         for flag, value in (("--min-keep", self.min_keep), ("--round-to", self.round_to), ("--latency-rounds", self.latency_rounds)):
             check_count(flag, value)
         if self.quantize is not None:
@@ -598,9 +632,16 @@ class EvaluateOptions(CalibrationOptions):
     selection_per_class: int | None = opt(None, "also score every point on the last N images per class of the calibration pool "
                                           "(never calibration images): choose settings there, report on the evaluation pool",
                                           group=_EVAL, default_text="off")
-    finetune_epochs: int = opt(0, "recovery epochs per point (0 = one-shot)", group=_EVAL)
-    finetune_per_class: int | None = opt(None, "training images per class for recovery", group=_EVAL, default_text="all")
-    finetune_lr: float = opt(1e-4, "peak learning rate of the recovery", group=_EVAL)
+    specialize: tuple[int, ...] | None = opt(None, "sweep models for these classes only (see compress --specialize)", group=_SWEEP,
+                                             kind="classes", default_text="all classes")
+    finetune_epochs: float = opt(0.0, "recovery epochs per point (0 = one-shot)", group=_EVAL)
+    finetune_per_class: int | None = opt(None, "training images per class for recovery", group=_EVAL,
+                                         default_text="every calibration-pool image but the selection ones")
+    finetune_lr: float = opt(RECOVERY_DEFAULT["lr"], "peak learning rate of the recovery", group=_EVAL)
+    finetune_features: float = opt(RECOVERY_DEFAULT["features"], "weight of distilling the dense model's block outputs too",
+                                   group=_EVAL)
+    finetune_selection_per_class: int = opt(RECOVERY_DEFAULT["selection_per_class"], "held-out calibration-pool images per class "
+                                            "scored during recovery", group=_EVAL)
     latency: bool = opt(False, "ONNX-export every point and time it with onnxruntime", group=_EVAL)
 
     def resolve(self) -> "EvaluateOptions":
@@ -658,8 +699,8 @@ class EvaluateOptions(CalibrationOptions):
         check_prune(self.prune, None, None)
         for c in self.head_criterion or ():
             check_prune(self.prune, c, None)
-        check_count("--finetune-epochs", self.finetune_epochs, minimum=0)
-        check_positive("--finetune-lr", self.finetune_lr)
+        check_recovery(self)
+        check_specialize(self)
         return self
 
     def points(self) -> list[Point]:
@@ -846,7 +887,7 @@ def _unique(values: Sequence[T]) -> tuple[T, ...]:
 
 __all__ = ["RunOptions", "CalibrationOptions", "DiscoverOptions", "CompressOptions", "EvaluateOptions", "Budget", "Point", "check_prune",
            "check_choice", "check_count", "check_fraction", "check_positive", "option_fields", "opt", "renamed", "LEGACY_NAMES",
-           "field_kind", "coerce", "parse_classes", "parse_model_args", "floats", "ints", "names",
+           "field_kind", "coerce", "check_recovery", "check_specialize", "parse_classes", "parse_model_args", "floats", "ints", "names",
            "ExportOptions", "ConvertOptions", "AnalyzeOptions", "ManipulateOptions", "ScoresOptions", "SimilarityOptions",
            "LensOptions", "ANALYSES", "PRECISIONS", "OBJECTIVES",
            "LABEL_SOURCES", "TOKEN_SCOPES", "MASK_SCOPES", "JAS_AGGREGATIONS", "LSQ_TARGETS", "TOKEN_WEIGHTINGS", "INT8_MODES",

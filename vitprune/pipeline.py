@@ -133,11 +133,15 @@ class Pipeline:
                  run_folder: Callable[[DiscoverySettings], Path | None] = lambda settings: None) -> None:
         self.opts, self.dist, self.quiet = opts, dist, quiet or not dist.is_main
         self.dense = resolve_model(model, opts.arch, opts.model_args)
+        self.pools = resolve_data(data, adapter_for(self.dense).num_classes)
+        check_pairing(self.pools, adapter_for(self.dense))
+        specialize = getattr(opts, "specialize", None)
+        if specialize:  # a model of these classes only: the dense model on their logits, the data of their images
+            self.pools = self.pools.restricted(tuple(specialize))  # first: it names a class out of range
+            self.dense = adapter_for(self.dense).restrict_classes(tuple(specialize))
         self.fingerprint = model_fingerprint(self.dense)
         self.dense.to(dist.device)
         self.adapter = adapter_for(self.dense)
-        self.pools = resolve_data(data, self.adapter.num_classes)
-        check_pairing(self.pools, self.adapter)
         self.transform = model_transform(self.dense)
         self.run_folder = run_folder
         self.point_quiet = False  # a sweep sets it: its points print one line each, not their stages

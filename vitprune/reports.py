@@ -82,6 +82,7 @@ class CompressReport:
     latency: dict[str, Any] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     discovery: dict[str, Any] | None = None  # the settings of the path records behind the mask, and where they are
+    comparison: dict[str, Any] | None = None  # pruned - dense top-1 on the same images: 95% interval, per class, worst class
     vitprune_version: str = __version__
     format: str = REPORT_FORMAT
 
@@ -93,6 +94,8 @@ class CompressReport:
         out["params"].pop("target")
         if self.data.digest is None:  # reports written before results were identified by their images read as they were
             out["data"].pop("digest")
+        if self.comparison is None:
+            out.pop("comparison")
         if self.mask.kept_heads is None:  # MLP-only masks read as before heads existed
             for key in ("head_criterion", "kept_heads", "heads"):
                 out["mask"].pop(key)
@@ -113,7 +116,8 @@ class CompressReport:
                 macs=Counts(**_known(Counts, obj["macs"])),
                 accuracy={k: EvalResult.from_json(v) for k, v in obj["accuracy"].items()}, finetune=obj.get("finetune"),
                 onnx=obj.get("onnx"), int8=obj.get("int8"), latency=obj.get("latency"), timings=obj.get("timings") or {},
-                discovery=obj.get("discovery"), vitprune_version=obj.get("vitprune_version", "?"), format=fmt)
+                discovery=obj.get("discovery"), comparison=obj.get("comparison"), vitprune_version=obj.get("vitprune_version", "?"),
+                format=fmt)
         except (KeyError, TypeError) as exc:
             raise UserError(f"{where} is damaged ({type(exc).__name__}: {exc}); re-create it with vitprune compress") from exc
 
@@ -138,6 +142,17 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}%"
 
 
+def _diff(comparison: dict | None) -> str:
+    """A top-1 difference in points with its 95% interval (``accuracy.paired_difference``)."""
+    if not comparison:
+        return ""
+    text = f"{100 * comparison['top1_diff']:+.2f} points"
+    if comparison.get("ci95"):
+        lo, hi = comparison["ci95"]
+        text += f" (95% CI {100 * lo:+.2f} .. {100 * hi:+.2f})"
+    return text
+
+
 def render_report(r: dict) -> str:
     acc, m = r["accuracy"], r["mask"]
     lines = [
@@ -155,7 +170,7 @@ def render_report(r: dict) -> str:
         "|---|---|---|---|",
         f"| params | {r['params']['dense']:,} | {r['params']['pruned']:,} | {r['params']['ratio']:.3f} |",
         f"| MACs / image | {r['macs']['dense']:,} | {r['macs']['pruned']:,} | {r['macs']['ratio']:.3f} |",
-        f"| top-1 | {_pct(acc['dense']['top1'])} | {_pct(acc['pruned']['top1'])} | |",
+        f"| top-1 | {_pct(acc['dense']['top1'])} | {_pct(acc['pruned']['top1'])} | {_diff(r.get('comparison'))} |",
         f"| mean true-class prob. | {acc['dense']['mean_true_prob']:.4f} | {acc['pruned']['mean_true_prob']:.4f} | |",
     ]
     if r.get("latency"):
@@ -169,11 +184,12 @@ def render_report(r: dict) -> str:
         lines += ["", f"## Kept attention heads per block (ranked by {m['head_criterion']})", "", "| block | kept | of |", "|---|---|---|"]
         lines += [f"| {b} | {k} | {n} |" for b, (k, n) in enumerate(zip(m["kept_heads"], m["heads"]))]
     if r.get("finetune"):
-        f = r["finetune"]
-        lines += ["", f"## Recovery: {f['epochs']} epoch(s) of distillation on {f['images']} training images", "",
-                  f"top-1 before {_pct(f['before']['top1'])} -> after {_pct(f['after']['top1'])}"]
-    lines += ["", "## Per class", "", "| class | name | n | dense top-1 | pruned top-1 | dense prob. | pruned prob. |",
-              "|---|---|---|---|---|---|---|"]
+        lines += _recovery_lines(r["finetune"], acc["dense"]["top1"])
+    worst = (r.get("comparison") or {}).get("worst_class")
+    lines += ["", "## Per class", ""]
+    if worst:
+        lines += [f"Worst class: {worst['name']} ({100 * worst['diff']:+.2f} points).", ""]
+    lines += ["| class | name | n | dense top-1 | pruned top-1 | dense prob. | pruned prob. |", "|---|---|---|---|---|---|---|"]
     for d, p in zip(acc["dense"]["per_class"], acc["pruned"]["per_class"]):
         if d["n"]:
             lines.append(f"| {d['class']} | {d['name']} | {d['n']} | {_pct(d['top1'])} | {_pct(p['top1'])} | "
@@ -184,6 +200,23 @@ def render_report(r: dict) -> str:
     if r.get("int8"):
         lines += ["", *_int8_lines(r)]
     return "\n".join(lines) + "\n"
+
+
+def _recovery_lines(f: dict, dense: float) -> list[str]:
+    """One-shot vs recovered top-1, and the checks on the held-out selection images that chose the weights kept."""
+    lines = ["", f"## Recovery: {f['epochs']:g} epoch(s) of distillation from the dense model on {f['images']:,} training images",
+             "", "| | dense | one-shot | recovered |", "|---|---|---|---|",
+             f"| top-1 | {_pct(dense)} | {_pct(f['before']['top1'])} | {_pct(f['after']['top1'])} |"]
+    if f.get("history"):
+        best = f.get("best") or {}
+        lines += ["", "| step | epoch | training loss | selection top-1 | |", "|---|---|---|---|---|"]
+        lines += [f"| {h['step']} | {h['epoch']:g} | {h['loss']:.4f} | "
+                  f"{_pct(h['top1_selection']) if h.get('top1_selection') is not None else '-'} | "
+                  f"{'kept' if h == best else ''} |" for h in f["history"]]
+    if f.get("seconds") is not None:
+        lines += ["", f"{f['seconds']:.0f} s" + (f"; resumed at step {f['resumed_at_step']}" if f.get("resumed_at_step") else "")
+                  + "."]
+    return lines
 
 
 def _discovery_lines(d: dict | None) -> list[str]:
@@ -233,8 +266,15 @@ def headline(r: dict) -> str:
         + (f"; heads kept {m['kept_heads']} of {m['heads']}" if m.get("kept_heads") else ""),
         f"params {r['params']['dense']:,} -> {r['params']['pruned']:,}; MACs {r['macs']['dense']:,} -> {r['macs']['pruned']:,} "
         f"(x{r['macs']['ratio']:.3f})",
-        f"top-1 {_pct(acc['dense']['top1'])} -> {_pct(acc['pruned']['top1'])} on {r['data']['evaluation_images']} held-out images",
+        f"top-1 {_pct(acc['dense']['top1'])} -> {_pct(acc['pruned']['top1'])} on {r['data']['evaluation_images']} held-out images"
+        + (f": {_diff(r['comparison'])}" if r.get("comparison") else "")
+        + (f"; worst class {r['comparison']['worst_class']['name']} {100 * r['comparison']['worst_class']['diff']:+.2f}"
+           if (r.get("comparison") or {}).get("worst_class") else ""),
     ]
+    if r.get("finetune"):
+        f = r["finetune"]
+        parts.append(f"recovery ({f['epochs']:g} epoch(s)): top-1 one-shot {_pct(f['before']['top1'])} -> recovered "
+                     f"{_pct(f['after']['top1'])}" + (f" (best check at epoch {f['best']['epoch']:g})" if f.get("best") else ""))
     cost = (r.get("discovery") or {}).get("cost")
     if cost and cost.get("flop_per_image") is not None:
         parts.append(f"discovery (m = {r['discovery']['steps']}): {cost['images']} images, {cost['flop_per_image'] / 1e9:.3g} GFLOP per "
@@ -279,15 +319,20 @@ class SweepPoint:
     macs_ratio: float
     params_ratio: float
     target_macs: float | None = None  # absent from points written before MAC budgets existed
-    top1_selection: float | None = None
+    top1_selection: float | None = None  # after any recovery
+    top1_selection_oneshot: float | None = None
     ridges: list[float | None] | None = None
     top1_oneshot: float | None = None
     mean_true_prob_oneshot: float | None = None
-    finetune_epochs: int | None = None
+    finetune_epochs: float | None = None
+    recovery_best_epoch: float | None = None
+    recovery_s: float | None = None
     ort_b1_ms: float | None = None
     ort_b1_dense_ms: float | None = None
     head_criterion: str | None = None  # points that prune heads too (--prune mlp,heads)
     kept_heads: list[int] | None = None
+    top1_diff_ci95: list[float] | None = None  # top-1 - the dense model's, on the same images: its 95% interval
+    worst_class_drop: float | None = None  # the largest per-class top-1 drop against the dense model
     model_fingerprint: str | None = None  # what the point was made from (the sweep's model and images)
     data_digest: str | None = None
 
@@ -324,7 +369,8 @@ def read_results(path: Path) -> tuple[dict, list[SweepPoint]]:
 
 CSV_COLUMNS = ("criterion", "token_scope", "objective", "aggregation", "head_criterion", "compensate", "seed", "target", "keep_topk",
                "target_macs", "sparsity", "kept", "kept_heads", "params", "params_ratio", "macs", "macs_ratio", "top1", "mean_true_prob", "top1_oneshot",
-               "mean_true_prob_oneshot", "finetune_epochs", "ort_b1_ms", "ort_b1_dense_ms", "compensation_s", "top1_selection")
+               "mean_true_prob_oneshot", "finetune_epochs", "ort_b1_ms", "ort_b1_dense_ms", "compensation_s", "top1_selection",
+               "worst_class_drop", "top1_diff_ci95")
 
 
 def write_sweep_outputs(points: list[SweepPoint], out: Path, settings: dict, title: str) -> None:
@@ -362,7 +408,9 @@ def summarize(rows: list[dict]) -> list[dict]:
                     "top1": statistics.mean(top1), "top1_min": min(top1), "top1_max": max(top1), "n": len(rs),
                     "mean_true_prob": statistics.mean(r["mean_true_prob"] for r in rs),
                     "top1_oneshot": statistics.mean(r["top1_oneshot"] for r in rs) if "top1_oneshot" in rs[0] else None,
-                    "top1_selection": statistics.mean(r["top1_selection"] for r in rs) if "top1_selection" in rs[0] else None})
+                    "top1_selection": statistics.mean(r["top1_selection"] for r in rs) if "top1_selection" in rs[0] else None,
+                    "ci95": rs[0].get("top1_diff_ci95") if len(rs) == 1 else None,
+                    "worst": min((r["worst_class_drop"] for r in rs if r.get("worst_class_drop") is not None), default=None)})
     return out
 
 
@@ -380,8 +428,9 @@ def label(s: dict) -> str:
 def render_table(rows: list[dict]) -> str:
     summary = summarize(rows)
     has_ft = any(s["top1_oneshot"] is not None for s in summary)
-    head = "| criterion | compensate | budget | achieved sparsity | MACs ratio | top-1 | (min..max over seeds) | mean true-class prob. |"
-    sep = "|---|---|---|---|---|---|---|---|"
+    head = ("| criterion | compensate | budget | achieved sparsity | MACs ratio | top-1 | (min..max over seeds) | vs dense, 95% CI | "
+            "worst class | mean true-class prob. |")
+    sep = "|---|---|---|---|---|---|---|---|---|---|"
     if has_ft:
         head += " one-shot top-1 |"
         sep += "---|"
@@ -389,8 +438,10 @@ def render_table(rows: list[dict]) -> str:
     for s in summary:
         budget = _budget(s)
         spread = f"{100 * s['top1_min']:.2f}..{100 * s['top1_max']:.2f}" if s["n"] > 1 else ""
+        ci = f"{100 * s['ci95'][0]:+.2f} .. {100 * s['ci95'][1]:+.2f}" if s.get("ci95") else ""
+        worst = f"{100 * s['worst']:+.2f}" if s.get("worst") is not None else ""
         line = (f"| {s['method']} | {s['compensate']} | {budget} | {s['sparsity']:.3f} | "
-                f"{s['macs_ratio']:.3f} | {100 * s['top1']:.2f}% | {spread} | {s['mean_true_prob']:.4f} |")
+                f"{s['macs_ratio']:.3f} | {100 * s['top1']:.2f}% | {spread} | {ci} | {worst} | {s['mean_true_prob']:.4f} |")
         if has_ft:
             line += f" {100 * s['top1_oneshot']:.2f}% |" if s["top1_oneshot"] is not None else " |"
         lines.append(line)
@@ -398,9 +449,10 @@ def render_table(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path, title: str = "") -> None:
-    """Left: one-shot top-1 vs sparsity with MACs on a twin axis; right: top-1 after recovery, or the
-    mean true-class probability when the sweep has no recovery. One colour per method (criterion and
-    discovery variant, tab20), one line style per compensation: none dotted, mean dashed, lsq solid."""
+    """Left: one-shot top-1 vs sparsity with MACs on a twin axis; middle: top-1 after recovery, or the
+    mean true-class probability when the sweep has no recovery; right (when measured): the worst class's top-1 drop
+    against the dense model, which a mean hides. One colour per method (criterion and discovery variant, tab20), one
+    line style per compensation: none dotted, mean dashed, lsq solid."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -409,7 +461,9 @@ def plot(rows: list[dict], path: Path, title: str = "") -> None:
     summary = summarize(rows)
     recovered = any(s["top1_oneshot"] is not None for s in summary)
     dense = next((s for s in summary if s["criterion"] == "dense"), None)
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(14, 5.5))
+    worst = any(s.get("worst") is not None for s in summary)
+    fig, axes = plt.subplots(1, 3 if worst else 2, figsize=(20 if worst else 14, 5.5))
+    ax, ax2 = axes[0], axes[1]
     lines: dict[tuple[str, str], list[dict]] = {}
     for s in summary:
         if s["criterion"] != "dense":
@@ -433,6 +487,9 @@ def plot(rows: list[dict], path: Path, title: str = "") -> None:
             if any(s["n"] > 1 for s in pts):
                 ax.fill_between(xs, [100 * s["top1_min"] for s in pts], [100 * s["top1_max"] for s in pts], color=color, alpha=0.15)
             ax2.plot(xs, [s["mean_true_prob"] for s in pts], style, marker="o", ms=4, color=color, label=key)
+        if worst:
+            drops = [(x, 100 * s["worst"]) for x, s in zip(xs, pts) if s.get("worst") is not None]
+            axes[2].plot([x for x, _ in drops], [y for _, y in drops], style, marker="o", ms=4, color=color, label=key)
     if dense:
         ax.axhline(100 * dense["top1"], color="black", lw=1, ls=":", label="dense")
         ax2.axhline(100 * dense["top1"] if recovered else dense["mean_true_prob"], color="black", lw=1, ls=":", label="dense")
@@ -451,6 +508,11 @@ def plot(rows: list[dict], path: Path, title: str = "") -> None:
     else:
         ax2.set_ylabel("mean true-class probability")
         ax2.set_title("Mean true-class probability")
+    if worst:
+        axes[2].axhline(0, color="black", lw=1, ls=":")
+        axes[2].set_xlabel("FFN sparsity")
+        axes[2].set_ylabel("worst class: top-1 change vs dense (points)")
+        axes[2].set_title("Worst class")
     ax.legend(fontsize=7, ncol=2, loc="lower left")
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")

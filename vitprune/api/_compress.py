@@ -8,8 +8,8 @@ from typing import Any
 
 from torch import nn
 
-from ..accuracy import EvalResult
-from ..data import ImagePool, materialize, select_per_class
+from ..accuracy import EvalResult, paired_difference
+from ..data import ImagePool, materialize, split_holdout
 from ..discovery.records import PathRun
 from ..discovery.settings import DiscoverySettings
 from ..distributed import Dist, get_dist
@@ -24,6 +24,7 @@ from ..pipeline import Pipeline, needs_paths
 from ..progress import LOG, stage
 from ..prune.macs import count_macs_params
 from ..prune.masks import Mask
+from ..recovery import RecoverySettings, recover
 from ..reports import CompressReport, Counts, DataSummary, MaskSummary
 from .common import (COMPRESS_SETTINGS, Plan, checkpoint_meta, inputs_of, make_options, onnx_metadata, settings_of, spec_of,
                      with_defaults)
@@ -128,7 +129,7 @@ def default_output(opts: CompressOptions) -> Path:
     if opts.faithful_discovery:
         name += "-faithful"
     if opts.finetune_epochs:
-        name += f"-ft{opts.finetune_epochs}"
+        name += f"-ft{opts.finetune_epochs:g}"
     return Path("exported") / name
 
 
@@ -253,7 +254,8 @@ def _plan(opts: CompressOptions, pipeline: Pipeline, settings: DiscoverySettings
                                                                 if "calibration" in comp_needs else "") + ")")
     stages.append(f"evaluate dense and pruned on {len(evaluation)} held-out images")
     if opts.finetune_epochs:
-        stages.append(f"recover: {opts.finetune_epochs} epoch(s) of distillation from the dense model")
+        stages.append(f"recover: {opts.finetune_epochs:g} epoch(s) of distillation from the dense model, checked on "
+                      f"{opts.finetune_selection_per_class} held-out images per class")
     if out is not None:
         stages.append(f"save the checkpoint, mask and reports in {out}")
         if opts.export:
@@ -288,7 +290,8 @@ def _compress(opts: CompressOptions, pipeline: Pipeline, settings: DiscoverySett
     with pipeline.stage(f"evaluating dense and pruned on {len(evaluation)} held-out images", "evaluation_s"):
         results = pipeline.accuracy({"dense": pipeline.dense, "pruned": pruned},
                                     evaluation.batches(pipeline.transform, 256, shard=dist), len(evaluation) // dist.world)
-    finetune = _recover(opts, pipeline, pruned, evaluation, results, dist) if opts.finetune_epochs else None
+    finetune = (_recover(opts, pipeline, pruned, evaluation, results, dist, folder.workdir("recovery") if folder is not None else None)
+                if opts.finetune_epochs else None)
     if not dist.is_main:
         return None
 
@@ -306,6 +309,7 @@ def _compress(opts: CompressOptions, pipeline: Pipeline, settings: DiscoverySett
         params=Counts(params_dense, params_pruned, params_pruned / params_dense),
         macs=Counts(macs_dense, macs_pruned, macs_pruned / macs_dense, opts.target_macs),
         accuracy=results, finetune=finetune, timings={}, discovery=_discovery_summary(settings, run),
+        comparison=paired_difference(results["dense"], results["pruned"]),
     )
     settings_file = settings_of(opts, identity)
     if folder is not None:
@@ -382,21 +386,37 @@ def _discovery_summary(settings: DiscoverySettings | None, run: PathRun | None) 
             "cost": run.cost if run is not None else None}
 
 
-def _recover(opts: CompressOptions, pipeline: Pipeline, pruned: nn.Module, evaluation: ImagePool, results: dict[str, EvalResult],
-             dist: Dist) -> dict:
-    """Distillation from the dense model on the calibration pool; replaces ``results['pruned']`` by the recovered top-1."""
-    from ..finetune import distill
+def recovery_settings(opts: Any) -> RecoverySettings:
+    """The recovery of compress's or evaluate's --finetune-* options."""
+    seed = opts.seed if isinstance(opts.seed, int) else 0
+    return RecoverySettings(epochs=float(opts.finetune_epochs), lr=opts.finetune_lr, features=opts.finetune_features, seed=seed)
 
-    with pipeline.stage(f"recovery: {opts.finetune_epochs} epoch(s) of distillation from the dense model", "finetune_s"):
-        train = select_per_class(pipeline.pools.calibration, opts.finetune_per_class, opts.classes,
-                                 num_classes=pipeline.pools.num_classes)
-        history = distill(pruned, pipeline.dense, train.torch_loader(pipeline.transform, 128, shuffle=True, seed=opts.seed),
-                          epochs=opts.finetune_epochs, lr=opts.finetune_lr, seed=opts.seed, quiet=pipeline.quiet)
+
+def recovery_pools(opts: Any, pipeline: Pipeline) -> tuple[ImagePool, ImagePool]:
+    """(training, selection) images of a recovery: calibration-pool images, the last --finetune-selection-per-class of
+    each class held out to pick its best moment; an evaluate sweep's own selection images (the last
+    --selection-per-class) are used by neither, so that they still choose among recovered models fairly."""
+    return split_holdout(pipeline.pools.calibration, opts.finetune_selection_per_class, opts.finetune_per_class, opts.classes,
+                         num_classes=pipeline.pools.num_classes, reserve=getattr(opts, "selection_per_class", None) or 0)
+
+
+def _recover(opts: CompressOptions, pipeline: Pipeline, pruned: nn.Module, evaluation: ImagePool, results: dict[str, EvalResult],
+             dist: Dist, state: Path | None) -> dict:
+    """Recovery of the pruned model (``vitprune.recovery``); replaces ``results['pruned']`` by the recovered top-1 and
+    keeps the one-shot one in the report."""
+    settings = recovery_settings(opts)
+    train, held = recovery_pools(opts, pipeline)
+    with pipeline.stage(f"recovery: {settings.epochs:g} epoch(s) of distillation from the dense model on {len(train)} images, "
+                        f"the best of its checks on {len(held)} held-out images kept", "finetune_s"):
+        recovered = recover(pruned, pipeline.dense, train, pipeline.transform, settings,
+                            selection=pipeline.images(held, ("recovery-selection", opts.finetune_selection_per_class)),
+                            state=state, quiet=pipeline.quiet)
         pruned.to(dist.device).eval()
         after = pipeline.accuracy({"recovered": pruned}, evaluation.batches(pipeline.transform, 256, shard=dist),
                                   len(evaluation) // dist.world)["recovered"]
-    finetune = {"epochs": opts.finetune_epochs, "images": len(train), "history": history, "after": after.to_json(),
-                "before": results["pruned"].to_json()}
+    finetune = {"epochs": settings.epochs, "images": len(train), "history": recovered.history, "best": recovered.best,
+                "settings": recovered.settings, "seconds": recovered.seconds, "resumed_at_step": recovered.resumed_at_step,
+                "after": after.to_json(), "before": results["pruned"].to_json()}
     results["pruned"] = after
     return finetune
 

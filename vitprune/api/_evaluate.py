@@ -10,8 +10,8 @@ from typing import Any
 
 from torch import nn
 
-from ..accuracy import EvalResult, evaluate_models
-from ..data import select_per_class, tensor_batches
+from ..accuracy import EvalResult, evaluate_models, paired_difference
+from ..data import tensor_batches
 from ..discovery.settings import DiscoverySettings
 from ..distributed import Dist, get_dist
 from ..files import JsonlAppender, atomic_write_text, read_jsonl
@@ -205,6 +205,7 @@ def _sweep(opts: EvaluateOptions, pipeline: Pipeline, todo: list[Point], sink: J
     new: list[SweepPoint] = []
     dense_onnx = None
     pipeline.point_quiet = True
+    dense_result: EvalResult | None = None  # the dense model's per-image hits, which every point is compared with
     start = time.time()
     if not quiet:
         LOG.info(f"vitprune: {len(todo)} points on {len(images)} evaluation images" + (f" (+ {len(held[0])} selection images)"
@@ -223,14 +224,18 @@ def _sweep(opts: EvaluateOptions, pipeline: Pipeline, todo: list[Point], sink: J
                     model = done.pruned.model
                 seconds = round(time.time() - t0, 3)
                 res = _score(pipeline, model, images, labels)
+                if p.criterion == "dense":
+                    dense_result = res
                 extra: dict[str, Any] = {}
-                if held is not None:
-                    extra["top1_selection"] = _score(pipeline, model, *held).top1
                 recon = done.pruned.reconstruction if done else None
                 if recon is not None:
                     extra["ridges"] = [f.ridge for f in recon.blocks]
                 if opts.finetune_epochs and done is not None:
+                    if held is not None:
+                        extra["top1_selection_oneshot"] = _score(pipeline, model, *held).top1
                     extra.update(_sweep_recovery(opts, pipeline, model, images, labels, res, p.seed))
+                if held is not None:  # after any recovery: the selection images choose among recovered models too
+                    extra["top1_selection"] = _score(pipeline, model, *held).top1
                 macs, params = count_macs_params(model)
                 if opts.latency and dist.is_main:
                     dense_onnx = dense_onnx or _onnx(pipeline.dense, Path(tmp) / ".dense.onnx", images[:8])
@@ -241,6 +246,12 @@ def _sweep(opts: EvaluateOptions, pipeline: Pipeline, todo: list[Point], sink: J
                 top1, prob = res.top1, res.mean_true_prob
                 if "top1_recovered" in extra:
                     top1, prob = extra.pop("top1_recovered"), extra.pop("prob_recovered")
+                    res = extra.pop("recovered_result")
+                if done is not None:
+                    dense_result = dense_result or _score(pipeline, pipeline.dense, images, labels)
+                    diff = paired_difference(dense_result, res)
+                    extra["top1_diff_ci95"] = diff.get("ci95")
+                    extra["worst_class_drop"] = diff["worst_class"]["diff"] if diff["worst_class"] else None
                 point = SweepPoint(criterion=p.criterion, compensate=p.compensate, seed=p.seed, target=p.budget.sparsity,
                                    keep_topk=p.budget.keep_topk, target_macs=p.budget.target_macs, token_scope=p.token_scope,
                                    objective=p.objective, aggregation=p.aggregation, sparsity=mask.sparsity if mask else 0.0,
@@ -276,14 +287,19 @@ def _score(pipeline: Pipeline, model: nn.Module, images, labels) -> EvalResult:
 
 def _sweep_recovery(opts: EvaluateOptions, pipeline: Pipeline, model: nn.Module, images, labels, before: EvalResult, seed: int
                     ) -> dict[str, Any]:
-    from ..finetune import distill
+    from ..recovery import recover
+    from ._compress import recovery_pools, recovery_settings
 
-    train = select_per_class(pipeline.pools.calibration, opts.finetune_per_class, opts.classes, num_classes=pipeline.pools.num_classes)
-    distill(model, pipeline.dense, train.torch_loader(pipeline.transform, 128, shuffle=True, seed=seed),
-            epochs=opts.finetune_epochs, lr=opts.finetune_lr, seed=seed, quiet=True)
+    train, held = recovery_pools(opts, pipeline)
+    settings = recovery_settings(opts)
+    settings = type(settings)(**{**settings.__dict__, "seed": seed})
+    result = recover(model, pipeline.dense, train, pipeline.transform, settings,
+                     selection=pipeline.images(held, ("recovery-selection", opts.finetune_selection_per_class)), quiet=True)
     after = _score(pipeline, model.eval(), images, labels)
     return {"top1_oneshot": before.top1, "mean_true_prob_oneshot": before.mean_true_prob, "finetune_epochs": opts.finetune_epochs,
-            "top1_recovered": after.top1, "prob_recovered": after.mean_true_prob}
+            "top1_recovered": after.top1, "prob_recovered": after.mean_true_prob, "recovered_result": after,
+            "recovery_best_epoch": (result.best or {}).get("epoch"),
+            "recovery_s": round(result.seconds, 1)}
 
 
 def _onnx(model: nn.Module, path: Path, parity) -> Path:

@@ -215,6 +215,64 @@ class TensorPool(ImagePool):
                                                    torch.as_tensor([int(r[1]) for r in rows])))
 
 
+class ClassSubsetPool(ImagePool):
+    """The images of some classes of a pool, their labels renumbered 0..k-1 in the order of ``classes``
+    (class-specialised models: ``--specialize``)."""
+
+    def __init__(self, pool: ImagePool, classes: Sequence[int], indices: Sequence[int] | None = None) -> None:
+        self.pool = pool
+        self.classes = tuple(int(c) for c in classes)
+        self._map = {c: i for i, c in enumerate(self.classes)}
+        if indices is None:
+            labels = pool.labels()
+            indices = np.flatnonzero(np.isin(labels, self.classes)).tolist()
+        self.indices = list(indices)
+        self._inner = pool.select(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _remap(self, labels) -> np.ndarray:
+        return np.asarray([self._map[int(y)] for y in labels], dtype=np.int64)
+
+    def labels(self) -> np.ndarray:
+        return self._remap(self._inner.labels())
+
+    def ids(self) -> list[str]:
+        return self._inner.ids()
+
+    def select(self, indices: Sequence[int]) -> "ClassSubsetPool":
+        return ClassSubsetPool(self.pool, self.classes, [self.indices[i] for i in indices])
+
+    def batches(self, transform: Callable | None, batch_size: int, *, shard=None) -> Iterator[Batch]:
+        for ids, images, labels in self._inner.batches(transform, batch_size, shard=shard):
+            yield ids, images, torch.as_tensor(self._remap(labels.tolist()), dtype=torch.long)
+
+    def verify(self) -> None:
+        self._inner.verify()
+
+    def digest(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(f"classes {self.classes}:{self._inner.digest()}".encode()).hexdigest()
+
+    def torch_loader(self, transform: Callable, batch_size: int, *, shuffle: bool = False, seed: int = 0):
+        from torch.utils.data import DataLoader
+
+        loader = self._inner.torch_loader(transform, batch_size, shuffle=shuffle, seed=seed)
+        remap = self._remap
+
+        class Remapped:
+            def __len__(self) -> int:
+                return len(loader)
+
+            def __iter__(self):
+                for images, labels in loader:
+                    yield images, torch.as_tensor(remap(labels.tolist()), dtype=torch.long)
+
+        return Remapped()
+
+
 # ---------------------------------------------------------------------------------- selection
 def select_per_class(pool: ImagePool, per_class: int | None = None, classes: Sequence[int] | None = None, *,
                      num_classes: int) -> ImagePool:
@@ -253,6 +311,25 @@ def select_holdout_per_class(pool: ImagePool, per_class: int, classes: Sequence[
     return pool.select(indices)
 
 
+def split_holdout(pool: ImagePool, holdout: int, per_class: int | None = None, classes: Sequence[int] | None = None, *,
+                  num_classes: int, reserve: int = 0) -> tuple[ImagePool, ImagePool]:
+    """(training, held-out) images of each class of a pool: the last ``reserve`` of a class are used by neither (an
+    evaluate sweep's selection images, which must stay unseen), the ``holdout`` before them are held out, and the
+    training images are the first ``per_class`` of the others (all of them when None); no two share an image."""
+    labels = pool.labels()
+    train, held = [], []
+    for c in _classes(classes, num_classes):
+        idx = np.flatnonzero(labels == c)
+        idx = idx[:max(len(idx) - reserve, 0)]
+        if len(idx) <= holdout:
+            raise UserError(f"class {c} has {len(idx)} images left, too few to hold out {holdout} of them for choosing the best "
+                            "recovery epoch; lower --finetune-selection-per-class" + (" or --selection-per-class" if reserve else ""))
+        held += idx[len(idx) - holdout:].tolist()
+        rest = idx[:len(idx) - holdout]
+        train += rest[:per_class].tolist() if per_class is not None else rest.tolist()
+    return pool.select(train), pool.select(held)
+
+
 def _classes(classes: Sequence[int] | None, num_classes: int) -> list[int]:
     wanted = sorted(set(classes)) if classes is not None else list(range(num_classes))
     for c in wanted:
@@ -282,5 +359,6 @@ def tensor_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, 
         yield [str(i) for i in range(s, min(s + batch_size, len(images)))], images[s : s + batch_size], labels[s : s + batch_size]
 
 
-__all__ = ["ImagePool", "FilePool", "TensorPool", "Batch", "select_per_class", "select_holdout_per_class", "materialize",
+__all__ = ["ImagePool", "FilePool", "TensorPool", "ClassSubsetPool", "Batch", "select_per_class", "select_holdout_per_class", "split_holdout",
+           "materialize",
            "tensor_batches"]

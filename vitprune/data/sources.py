@@ -49,6 +49,15 @@ class DataPools:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def restricted(self, classes: tuple[int, ...]) -> "DataPools":
+        """The pools of some classes only, labels renumbered 0..k-1 in the order given (``--specialize``)."""
+        from .pools import ClassSubsetPool, _classes
+
+        for c in classes:
+            _classes([c], self.num_classes)  # one line for a class out of range
+        return DataPools(f"{self.spec}#classes={','.join(map(str, classes))}", ClassSubsetPool(self.calibration, classes),
+                         ClassSubsetPool(self.evaluation, classes), tuple(self.class_names[c] for c in classes))
+
     @classmethod
     def from_datasets(cls, calibration, evaluation, class_names: tuple[str, ...]) -> "DataPools":
         """Pools over two torch Datasets yielding ``(image_tensor, int_label)``, already preprocessed for the model."""

@@ -315,6 +315,32 @@ class FamilyAdapter:
         Eva's attention pool reads every token)."""
         return bool(getattr(self.model, "pool_include_prefix", False))
 
+    def restrict_classes(self, classes: tuple[int, ...]) -> nn.Module:
+        """A copy of the model whose classifier keeps only the rows of ``classes`` (in that order): it outputs their
+        logits, k of them (``--specialize``); timm's ``num_classes`` and the recorded model arguments say k."""
+        import copy
+
+        from .layouts import sliced_rows
+
+        model = copy.deepcopy(self.model)
+        idx = torch.as_tensor(classes, dtype=torch.long)
+        for name in ("head", "head_dist"):
+            head = getattr(model, name, None)
+            if isinstance(head, nn.Linear):
+                setattr(model, name, sliced_rows(head, idx.to(head.weight.device)))
+        model.num_classes = len(classes)
+        if getattr(model, "pretrained_cfg", None):
+            model.pretrained_cfg = {**model.pretrained_cfg, "num_classes": len(classes)}
+        source = getattr(model, "vitprune_source", None)
+        if source is not None:
+            model.vitprune_source = {**source, "model_args": {**(source.get("model_args") or {}), "num_classes": len(classes)},
+                                     "specialized_from": {"spec": source.get("spec"), "classes": list(classes)}}
+        if getattr(model, "_model_args", None):
+            model._model_args = {**model._model_args, "num_classes": len(classes)}
+        if hasattr(model, "vitprune_fingerprint"):
+            del model.vitprune_fingerprint
+        return model
+
     # ------------------------------------------------------------------------------ tokens
     def resolve_scope(self, scope: str) -> str:
         """'auto' -> the tokens the head reads: 'cls' for CLS-pooled models, the tokens an average or attention pool
