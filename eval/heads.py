@@ -33,7 +33,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from zoo import HELD_OUT, MODELS, ROOT, folder, load_points, run_job  # noqa: E402
+from zoo import CHOSE_HEADS, HELD_OUT, MODELS, ROOT, folder, load_points, run_job  # noqa: E402
 
 RESULTS = HERE / "results" / "heads"
 BUDGETS = (0.6, 0.45, 0.35)
@@ -111,7 +111,7 @@ def summarise(models: tuple[str, ...]) -> dict:
             entry["points"][_name(p)][str(p["target_macs"])] = cell
         rows[m] = entry
     criteria = (*GRID_CRITERIA, *(h for h in HEAD_CRITERIA if h not in GRID_CRITERIA))
-    done = [m for m in models if m in rows and all(
+    done = [m for m in models if m in rows and m in CHOSE_HEADS and all(  # the means choose: models after the choice do not
         str(b) in rows[m]["points"].get(f"heads:{h}", {}) for h in criteria for b in BUDGETS)]
     means = {}
     for name in names_of(criteria):

@@ -43,6 +43,8 @@ RESULTS = HERE / "results" / "zoo"
 MODELS = ("demo", "zoo:avgpool-p7", "zoo:cls-wide", "zoo:gap-deep")
 # Bundled after the defaults were fixed: they test the defaults on shapes (and, zoo:eva, a family) the choice never saw.
 HELD_OUT = ("zoo:heads8", "zoo:swiglu", "zoo:eva")
+# the models the heads study's head-criterion default was chosen on (eval/heads.py): zoo:eva came after it
+CHOSE_HEADS = (*MODELS, "zoo:heads8", "zoo:swiglu")
 SCREENING = ("demo", "zoo:avgpool-p7")  # run the full discovery-variant grid; the rest run its shortlist
 BASELINES = ("activation", "magnitude", "taylor", "variance", "wanda", "random")
 SELECTION = 500  # held-out training images per class that pick the defaults
