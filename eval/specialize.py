@@ -7,7 +7,9 @@
 One `vitprune evaluate --specialize S` sweep per (model, subset): the model keeps the classifier rows of S, and
 calibration, discovery, the criteria and least squares see only S's images (16 per class). Points: the path criterion
 (compress's default, jas-freq) and the best class-agnostic baselines of the zoo study (wanda, taylor), all with lsq and
-the default head criterion (``--prune mlp,heads``, global allocation), at MAC budgets from 0.35x down to 0.1x (those a model can reach: one unit and one head per
+the default head criterion (``--prune mlp,heads``, global allocation), and the path criterion again with 64
+calibration images per class (``jas-freq@64``: a specialist's few classes make that no larger a calibration set than
+the full model's), at MAC budgets from 0.35x down to 0.1x (those a model can reach: one unit and one head per
 block is its floor, e.g. 0.134x for demo).
 Every point is scored on S's test images (1000 per class, reported) and on 500 held-out training images per class of
 S (the choice of the smallest budget is made there). The dense reference is the same model restricted to S's logits
@@ -44,6 +46,8 @@ SUBSETS = {
     (1, 3, 5, 8, 9): "dissimilar",
 }
 CRITERIA = ("jas-freq", "wanda", "taylor")
+WIDE = 64  # calibration images per class of the second path-criterion sweep
+METHODS = (*CRITERIA, f"jas-freq@{WIDE}")  # the columns of the summary
 BUDGETS = (0.35, 0.3, 0.25, 0.2, 0.175, 0.15, 0.125, 0.1)  # those above a model's floor (floor())
 SELECTION = 500
 TOLERANCE = 0.01  # one point of top-1
@@ -73,11 +77,14 @@ def budgets(model: str) -> tuple[float, ...]:
     return tuple(b for b in BUDGETS if b >= lowest + 0.005)
 
 
-def job(model: str, subset: tuple[int, ...], reachable: tuple[float, ...]) -> tuple[Path, list[str]]:
-    return RESULTS / folder(model) / name(subset), [
-        "--model", model, "--data", "demo", "--specialize", ",".join(map(str, subset)), "--selection-per-class", str(SELECTION),
-        "--quiet", "--seed", "0", "--criterion", ",".join(CRITERIA), "--compensate", "lsq", "--prune", "mlp,heads",
-        "--target-macs", ",".join(map(str, reachable))]
+def jobs(model: str, subset: tuple[int, ...], reachable: tuple[float, ...]) -> list[tuple[Path, list[str]]]:
+    """The sweep of the criteria at compress's 16 calibration images per class, and the path criterion's with 64 (a
+    specialist has few classes: more images per class cost no more than the full model's calibration set)."""
+    base = ["--model", model, "--data", "demo", "--specialize", ",".join(map(str, subset)), "--selection-per-class",
+            str(SELECTION), "--quiet", "--seed", "0", "--compensate", "lsq", "--prune", "mlp,heads", "--sparsity", "",
+            "--target-macs", ",".join(map(str, reachable))]
+    return [(RESULTS / folder(model) / name(subset), [*base, "--criterion", ",".join(CRITERIA)]),
+            (RESULTS / folder(model) / f"{name(subset)}-pc{WIDE}", [*base, "--criterion", CRITERIA[0], "--per-class", str(WIDE)])]
 
 
 def smallest(points: list[dict], dense: dict, key: str) -> dict | None:
@@ -87,18 +94,20 @@ def smallest(points: list[dict], dense: dict, key: str) -> dict | None:
 
 
 def summarise(models: tuple[str, ...]) -> dict:
-    out: dict = {"models": [], "criteria": list(CRITERIA), "budgets": list(BUDGETS), "tolerance": TOLERANCE, "per_model": {},
+    out: dict = {"models": [], "criteria": list(METHODS), "budgets": list(BUDGETS), "tolerance": TOLERANCE, "per_model": {},
                  "machine": f"{platform.machine()} CPU, 1 torch thread (2 shared cores)"}
     for m in models:
         rows = {}
         for subset, kind in SUBSETS.items():
             points = load_points(RESULTS / folder(m) / name(subset))
+            points += [{**p, "criterion": f"{p['criterion']}@{WIDE}"} for p in load_points(RESULTS / folder(m) / f"{name(subset)}-pc{WIDE}")
+                       if p["criterion"] != "dense"]
             dense = next((p for p in points if p["criterion"] == "dense"), None)
             if dense is None:
                 continue
             dense = {"test": dense["top1"], "selection": dense["top1_selection"]}
             per = {}
-            for c in CRITERIA:
+            for c in METHODS:
                 pts = [{"target_macs": p["target_macs"], "macs_ratio": p["macs_ratio"], "test": p["top1"],
                         "selection": p["top1_selection"], "worst_class_drop": p.get("worst_class_drop"),
                         "ci95": p.get("top1_diff_ci95")}
@@ -113,12 +122,12 @@ def summarise(models: tuple[str, ...]) -> dict:
         if rows:
             out["models"].append(m)
             out["per_model"][m] = rows
-    wins = {c: 0 for c in CRITERIA}
+    wins = {c: 0 for c in METHODS}
     cells = 0
     for rows in out["per_model"].values():
         for r in rows.values():
-            budgets = {c: (r["criteria"][c]["smallest"] or {}).get("target_macs", 1.0) for c in CRITERIA if c in r["criteria"]}
-            if len(budgets) == len(CRITERIA):
+            budgets = {c: (r["criteria"][c]["smallest"] or {}).get("target_macs", 1.0) for c in METHODS if c in r["criteria"]}
+            if len(budgets) == len(METHODS):
                 cells += 1
                 best = min(budgets.values())
                 for c, b in budgets.items():
@@ -134,7 +143,7 @@ def summarise(models: tuple[str, ...]) -> dict:
     out["target"] = {**TARGET, "cases": target}
     out["mean_smallest"] = {c: statistics.mean((r["criteria"][c]["smallest"] or {}).get("target_macs", 1.0)
                                                for rows in out["per_model"].values() for r in rows.values() if c in r["criteria"])
-                            for c in CRITERIA if any(c in r["criteria"] for rows in out["per_model"].values() for r in rows.values())}
+                            for c in METHODS if any(c in r["criteria"] for rows in out["per_model"].values() for r in rows.values())}
     return out
 
 
@@ -215,8 +224,9 @@ def main() -> None:
         for m in models:
             reachable = budgets(m)
             for subset in subsets:
-                out, seconds, rc = run_job(*job(m, subset, reachable))
-                print(f"{m} {name(subset)}: exit {rc} after {seconds:.0f} s", flush=True)
+                for out, args_ in jobs(m, subset, reachable):
+                    _, seconds, rc = run_job(out, args_)
+                    print(f"{m} {out.name}: exit {rc} after {seconds:.0f} s", flush=True)
     from vitprune.files import atomic_write_json, atomic_write_text
 
     s = summarise((*MODELS, *HELD_OUT))
