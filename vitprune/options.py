@@ -257,6 +257,33 @@ def check_specialize(opts: Any) -> None:
         raise UserError("--specialize sets the classes the model keeps, and its calibration classes with them: drop --classes")
 
 
+def command_line(command: str, cls: type, values: dict[str, Any], always: tuple[str, ...] = ("model", "data")) -> str:
+    """The ``vitprune <command> ...`` line that asks for ``values`` (an options dataclass's fields, as a settings file
+    holds them): ``always`` and every option that differs from its default, in declaration order, quoted for a POSIX
+    shell. The model cards of result folders say with it how they were made."""
+    import shlex
+
+    words = ["vitprune", command]
+    for f in fields(cls):
+        if "help" not in f.metadata or f.name not in values:
+            continue
+        value = values[f.name]
+        default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        value, default = (tuple(v) if isinstance(v, list) else v for v in (value, default))
+        if (value == default and f.name not in always) or value is None:
+            continue
+        kind, flag = field_kind(f), f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        if kind in ("bool", "no"):
+            words.append(flag)
+        elif kind == "model_args":
+            words += [flag, ",".join(f"{k}={v}" for k, v in value.items())]
+        elif isinstance(value, tuple):
+            words += [flag, ",".join(map(str, value))]
+        else:
+            words += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
 def option_fields(cls: type) -> dict[str, Any]:
     """name -> default of an option dataclass (what the API's keyword arguments are)."""
     return {f.name: f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
@@ -442,8 +469,31 @@ _PRUNE_HELP = ("what is pruned, a comma list of site kinds with mlp always in it
                "whole attention heads; --target-macs then spends one budget over both, see --scope)")
 
 
+_ONNX = "ONNX export"
+
+
 @dataclass(frozen=True)
-class CompressOptions(CalibrationOptions):
+class OnnxOptions:
+    """How compress and export write and check ONNX: the opset, the onnxruntime provider and threads of the parity
+    check, the int8 gate and the latency, a half-precision copy, and the int8 speed gate."""
+
+    opset: int = opt(18, "ONNX opset (torch's exporter writes 18..23)", group=_ONNX)
+    provider: str = opt("CPUExecutionProvider", "onnxruntime execution provider of the parity check, the int8 gate and the "
+                        "latency (e.g. CUDAExecutionProvider with onnxruntime-gpu)", group=_ONNX)
+    threads: int = opt(1, "onnxruntime intra-op threads of the parity check and the latency", group=_ONNX)
+    fp16: bool = opt(False, "also write model.fp16.onnx (half precision), kept if its logits are within 0.05 of the fp32 "
+                     "model's on the parity images", group=_ONNX)
+    keep_slower_int8: bool = opt(False, "keep model.int8.onnx even when it is not faster than fp32 at batch 1 and 8", group=_ONNX)
+
+    @property
+    def runtime(self):
+        from .export.onnx import Runtime
+
+        return Runtime(self.opset, self.provider, self.threads)
+
+
+@dataclass(frozen=True)
+class CompressOptions(CalibrationOptions, OnnxOptions):
     """``vitprune compress`` / ``vitprune.compress``. None means the zoo's choice (``resolve``)."""
 
     # budget
@@ -513,7 +563,7 @@ class CompressOptions(CalibrationOptions):
     int8_mode: str = opt("static", "static: QDQ, calibrated on the calibration images; dynamic: activation scales at run time",
                          group=_EVAL, choices=INT8_MODES)
     max_int8_drop: float = opt(1.0, "top-1 points int8 may lose against fp32", group=_EVAL)
-    latency_rounds: int = opt(30, "interleaved onnxruntime timing rounds", group=_EVAL)
+    latency_rounds: int = opt(30, "interleaved onnxruntime timing rounds (0: no latency measurement)", group=_EVAL)
 
     @property
     def budget(self) -> Budget:
@@ -576,8 +626,11 @@ class CompressOptions(CalibrationOptions):
         check_specialize(self)
         check_count("--eval-per-class", self.eval_per_class, optional=True)
         check_count("--finetune-per-class", self.finetune_per_class, optional=True)
-        for flag, value in (("--min-keep", self.min_keep), ("--round-to", self.round_to), ("--latency-rounds", self.latency_rounds)):
+        for flag, value in (("--min-keep", self.min_keep), ("--round-to", self.round_to)):
             check_count(flag, value)
+        check_count("--latency-rounds", self.latency_rounds, minimum=0)
+        if self.export:
+            self.runtime.check()
         if self.quantize is not None:
             check_choice("--quantize", self.quantize, ("int8",))
             if not self.export:
@@ -737,7 +790,7 @@ _INT8 = "int8"
 
 
 @dataclass(frozen=True)
-class ExportOptions:
+class ExportOptions(OnnxOptions):
     """``vitprune export``: ONNX (and a gated int8 model) of a vitprune checkpoint folder."""
 
     model: str | None = opt(None, "the checkpoint folder (model.safetensors + vitprune.json) to export", group=_MD, required=True,
@@ -756,6 +809,7 @@ class ExportOptions:
         if self.quantize is not None:
             check_choice("--quantize", self.quantize, ("int8",))
         check_int8(self.int8_mode, self.max_int8_drop)
+        self.runtime.check()
         check_count("--per-class", self.per_class, optional=True)
         check_count("--eval-per-class", self.eval_per_class, optional=True)
         return self
@@ -887,8 +941,8 @@ def _unique(values: Sequence[T]) -> tuple[T, ...]:
 
 __all__ = ["RunOptions", "CalibrationOptions", "DiscoverOptions", "CompressOptions", "EvaluateOptions", "Budget", "Point", "check_prune",
            "check_choice", "check_count", "check_fraction", "check_positive", "option_fields", "opt", "renamed", "LEGACY_NAMES",
-           "field_kind", "coerce", "check_recovery", "check_specialize", "parse_classes", "parse_model_args", "floats", "ints", "names",
-           "ExportOptions", "ConvertOptions", "AnalyzeOptions", "ManipulateOptions", "ScoresOptions", "SimilarityOptions",
+           "field_kind", "coerce", "command_line", "check_recovery", "check_specialize", "parse_classes", "parse_model_args", "floats", "ints", "names",
+           "ExportOptions", "OnnxOptions", "ConvertOptions", "AnalyzeOptions", "ManipulateOptions", "ScoresOptions", "SimilarityOptions",
            "LensOptions", "ANALYSES", "PRECISIONS", "OBJECTIVES",
            "LABEL_SOURCES", "TOKEN_SCOPES", "MASK_SCOPES", "JAS_AGGREGATIONS", "LSQ_TARGETS", "TOKEN_WEIGHTINGS", "INT8_MODES",
            "POOLS"]

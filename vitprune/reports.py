@@ -83,6 +83,8 @@ class CompressReport:
     timings: dict[str, float] = field(default_factory=dict)
     discovery: dict[str, Any] | None = None  # the settings of the path records behind the mask, and where they are
     comparison: dict[str, Any] | None = None  # pruned - dense top-1 on the same images: 95% interval, per class, worst class
+    program: dict[str, Any] | None = None  # the torch.export program (model.pt2) and the timm rebuild check of config.json
+    fp16: dict[str, Any] | None = None  # model.fp16.onnx (--fp16)
     vitprune_version: str = __version__
     format: str = REPORT_FORMAT
 
@@ -94,8 +96,9 @@ class CompressReport:
         out["params"].pop("target")
         if self.data.digest is None:  # reports written before results were identified by their images read as they were
             out["data"].pop("digest")
-        if self.comparison is None:
-            out.pop("comparison")
+        for key in ("comparison", "program", "fp16"):
+            if out[key] is None:
+                out.pop(key)
         if self.mask.kept_heads is None:  # MLP-only masks read as before heads existed
             for key in ("head_criterion", "kept_heads", "heads"):
                 out["mask"].pop(key)
@@ -116,7 +119,7 @@ class CompressReport:
                 macs=Counts(**_known(Counts, obj["macs"])),
                 accuracy={k: EvalResult.from_json(v) for k, v in obj["accuracy"].items()}, finetune=obj.get("finetune"),
                 onnx=obj.get("onnx"), int8=obj.get("int8"), latency=obj.get("latency"), timings=obj.get("timings") or {},
-                discovery=obj.get("discovery"), comparison=obj.get("comparison"), vitprune_version=obj.get("vitprune_version", "?"),
+                discovery=obj.get("discovery"), comparison=obj.get("comparison"), program=obj.get("program"), fp16=obj.get("fp16"), vitprune_version=obj.get("vitprune_version", "?"),
                 format=fmt)
         except (KeyError, TypeError) as exc:
             raise UserError(f"{where} is damaged ({type(exc).__name__}: {exc}); re-create it with vitprune compress") from exc
@@ -197,6 +200,19 @@ def render_report(r: dict) -> str:
     if r.get("onnx"):
         lines += ["", f"ONNX: `model.onnx`, {r['onnx']['bytes']:,} bytes, opset {r['onnx']['opset']}, "
                   f"onnxruntime parity max |diff| {r['onnx']['parity_max_abs']:.2e} on {r['onnx']['parity_images']} held-out images."]
+    program = r.get("program") or {}
+    if program.get("file"):
+        lines += ["", f"PyTorch program: `{program['file']}` (torch.export, dynamic batch up to {program['max_batch']}), "
+                  f"{program['bytes']:,} bytes, reloaded and checked: max |diff| {program['parity_max_abs']:.2e} on "
+                  f"{program['parity_images']} held-out images; loads with torch alone (README.md, the model card)."]
+    elif program.get("error"):
+        lines += ["", f"No PyTorch program: {program['error']}."]
+    fp16 = r.get("fp16") or {}
+    if fp16.get("bytes"):
+        lines += ["", f"fp16: `model.fp16.onnx`, {fp16['bytes']:,} bytes, logits within {fp16['parity_max_abs']:.2e} of the fp32 "
+                  f"model's on {fp16['parity_images']} held-out images ({fp16['provider']})."]
+    elif fp16.get("reason"):
+        lines += ["", f"No fp16 model: {fp16['reason']}."]
     if r.get("int8"):
         lines += ["", *_int8_lines(r)]
     return "\n".join(lines) + "\n"
@@ -257,8 +273,11 @@ def _int8_lines(r: dict) -> list[str]:
 def headline(r: dict) -> str:
     acc, m = r["accuracy"], r["mask"]
     int8 = r.get("int8") or {}
-    files = ["model.safetensors", *(["model.onnx"] if r.get("onnx") else []), *([INT8_FILE] if int8.get("written") else []),
-             "mask.json", "report.json", "report.md"]
+    program = r.get("program") or {}
+    files = ["model.safetensors", *(["model.pt2"] if program.get("file") else []), *(["model.onnx"] if r.get("onnx") else []),
+             *([INT8_FILE] if int8.get("written") else []), *(["model.fp16.onnx"] if (r.get("fp16") or {}).get("bytes") else []),
+             "mask.json", "report.json", "report.md",
+             *(["config.json", "README.md"] if program else [])]
     parts = [
         f"wrote {r['output']}/ ({', '.join(files)})" if r.get("output") else
         "in memory, nothing written (result.save(folder) writes the checkpoint, result.export_onnx(path) the ONNX model)",

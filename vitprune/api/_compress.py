@@ -14,7 +14,7 @@ from ..discovery.records import PathRun
 from ..discovery.settings import DiscoverySettings
 from ..distributed import Dist, get_dist
 from ..errors import UserError
-from ..export import ONNX_FILE
+from ..export import HUB_CONFIG_FILE, MODEL_CARD_FILE, ONNX_FILE, PROGRAM_FILE
 from ..files import atomic_write_json, atomic_write_text, read_json
 from ..model.adapter import data_config
 from ..model.load import load_model, save_checkpoint
@@ -28,10 +28,11 @@ from ..recovery import RecoverySettings, recover
 from ..reports import CompressReport, Counts, DataSummary, MaskSummary
 from .common import (COMPRESS_SETTINGS, Plan, checkpoint_meta, inputs_of, make_options, onnx_metadata, settings_of, spec_of,
                      with_defaults)
-from .shipping import PARITY_IMAGES, check_quantize, file_target, int8_path, ship
+from .shipping import PARITY_IMAGES, check_quantize, file_target, fp16_path, int8_path, ship
 
 # what a complete compress result folder holds (model.onnx too, unless --no-export)
-RESULT_FILES = (COMPRESS_SETTINGS, "mask.json", "model.safetensors", "vitprune.json", "report.json", "report.md")
+RESULT_FILES = (COMPRESS_SETTINGS, "mask.json", "model.safetensors", "vitprune.json", "report.json", "report.md", HUB_CONFIG_FILE,
+                MODEL_CARD_FILE)
 # a budget that removes more than this fraction of some block's units or heads is named (one warning line)
 DRASTIC = 0.5
 
@@ -63,8 +64,8 @@ class CompressResult:
         with OutputFolder(folder, "compress") as out:
             out.claim(COMPRESS_SETTINGS, self._settings, what="compress result", force=force, normalise=with_defaults(CompressOptions))
             stage_dir = out.staging
-            report = replace(self.report, output=str(folder))
-            _write_result(stage_dir, self.model, self.mask, report, self.meta, self._settings, recipe=None)
+            report = _write_result(stage_dir, self.model, self.mask, replace(self.report, output=str(folder)), self.meta,
+                                   self._settings, recipe=None, parity_images=self.parity_images())
             out.publish()
         self.report, self._saved = report, folder
         return folder
@@ -73,25 +74,31 @@ class CompressResult:
         return _parity(self._evaluation, self._pipeline)
 
     def export_onnx(self, path: str | Path, quantize: str | None = None, *, int8_mode: str = "static", max_int8_drop: float = 1.0,
-                    latency_rounds: int = 30, force: bool = False) -> dict[str, Any]:
-        """The pruned model as ONNX at ``path`` (parity-checked with onnxruntime), with ``quantize="int8"``
-        ``<stem>.int8.onnx`` beside it if its top-1 is within ``max_int8_drop`` points of fp32's, and the onnxruntime
-        latency of dense vs pruned (``latency_rounds``; 0: none). An existing file is replaced only with ``force``, and
-        only if vitprune wrote it. Exported into the folder this result was saved to, its report records the export."""
+                    latency_rounds: int = 30, force: bool = False, opset: int = 18, provider: str = "CPUExecutionProvider",
+                    threads: int = 1, fp16: bool = False, keep_slower_int8: bool = False) -> dict[str, Any]:
+        """The pruned model as ONNX at ``path`` (parity-checked with onnxruntime on ``provider`` with ``threads``), with
+        ``fp16`` a half-precision ``<stem>.fp16.onnx``, with ``quantize="int8"`` ``<stem>.int8.onnx`` beside it if its
+        top-1 is within ``max_int8_drop`` points of fp32's and it is faster (or ``keep_slower_int8``), and the
+        onnxruntime latency of dense vs pruned (``latency_rounds``; 0: none) — ``OnnxOptions``, as compress. An existing
+        file is replaced only with ``force``, and only if vitprune wrote it. Exported into the folder this result was
+        saved to, its report records the export."""
+        from ..export.onnx import Runtime
+
         check_quantize(quantize, int8_mode, max_int8_drop)
+        runtime = Runtime(opset, provider, threads).check()
         target, guard = file_target(path, force=force, result=self._settings)
         pipeline = self._pipeline
         metadata = onnx_metadata(self.meta, input_size=list(self.parity_images().shape[1:]),
                                  class_names=list(pipeline.pools.class_names), data_config=data_config(self.dense))
         with guard as folder:
             if folder is not None:
-                folder.own(target.name, *([int8_path(target).name] if quantize else []))
+                folder.own(target.name, *([int8_path(target).name] if quantize else []), *([fp16_path(target).name] if fp16 else []))
             shipped = ship(self.model, target, metadata=metadata, parity_images=self.parity_images(), dense=self.dense,
                            quantize=quantize, int8_mode=int8_mode, max_int8_drop=max_int8_drop,
                            evaluation=lambda: materialize(self._evaluation, pipeline.transform),
                            calibration=lambda: pipeline.calibration().images, latency_rounds=latency_rounds,
-                           quiet=pipeline.quiet)
-        self.report = replace(self.report, onnx=shipped.onnx, int8=shipped.int8, latency=shipped.latency)
+                           quiet=pipeline.quiet, runtime=runtime, fp16=fp16, keep_slower_int8=keep_slower_int8)
+        self.report = replace(self.report, onnx=shipped.onnx, int8=shipped.int8, latency=shipped.latency, fp16=shipped.fp16)
         if self._saved is not None and target.parent.resolve() == self._saved.resolve() and target.name == ONNX_FILE:
             self._update_report(self._saved)  # the saved report says what was exported beside it
         return shipped.to_json()
@@ -100,8 +107,8 @@ class CompressResult:
         with OutputFolder(folder, "compress") as out:
             if out.claim(COMPRESS_SETTINGS, self._settings, what="compress result", force=False,
                          normalise=with_defaults(CompressOptions)):
-                atomic_write_json(out.staging / "report.json", self.report.to_json())
-                atomic_write_text(out.staging / "report.md", self.report.markdown())
+                _write_reports(out.staging, self.report, self.meta, self._settings,
+                               files=[e.name for e in folder.iterdir() if not e.name.startswith(".")])
                 out.publish()
 
 
@@ -314,22 +321,25 @@ def _compress(opts: CompressOptions, pipeline: Pipeline, settings: DiscoverySett
     settings_file = settings_of(opts, identity)
     if folder is not None:
         stage_dir = folder.staging
-        with pipeline.stage(f"saving the checkpoint, mask and reports in {folder.path}", "save_s"):
-            _write_checkpoint(stage_dir, pruned, mask, meta, verify=str(pipeline.source.get("spec", "")).startswith("<in-memory"))
+        with pipeline.stage(f"saving the checkpoint (safetensors, torch.export program, config.json), mask and reports in "
+                            f"{folder.path}", "save_s"):
+            report.program = _write_checkpoint(stage_dir, pruned, mask, meta, parity_images=_parity(evaluation, pipeline),
+                                               verify=str(pipeline.source.get("spec", "")).startswith("<in-memory"))
         if opts.export:
             t0 = time.time()
             shipped = ship(pruned, stage_dir / ONNX_FILE, metadata=_onnx_meta(meta, pipeline, evaluation),
                            parity_images=_parity(evaluation, pipeline), dense=pipeline.dense, quantize=opts.quantize,
                            int8_mode=opts.int8_mode, max_int8_drop=opts.max_int8_drop,
                            evaluation=lambda: materialize(evaluation, pipeline.transform),
-                           calibration=lambda: pipeline.calibration().images, latency_rounds=opts.latency_rounds, quiet=quiet)
+                           calibration=lambda: pipeline.calibration().images, latency_rounds=opts.latency_rounds, quiet=quiet,
+                           runtime=opts.runtime, fp16=opts.fp16, keep_slower_int8=opts.keep_slower_int8)
             pruned.to(dist.device)
             pipeline.dense.to(dist.device)
             pipeline.timings["export_s"] = time.time() - t0
-            report = replace(report, onnx=shipped.onnx, int8=shipped.int8, latency=shipped.latency)
+            report = replace(report, onnx=shipped.onnx, int8=shipped.int8, latency=shipped.latency, fp16=shipped.fp16)
     report.timings = {**pipeline.timings, "total_s": time.time() - t_start}
     if folder is not None:
-        _write_result(folder.staging, None, mask, report, meta, settings_file, recipe=recipe)
+        _write_result(folder.staging, None, mask, report, meta, settings_file, recipe=recipe)  # the checkpoint is there
         folder.publish([e.name for e in folder.staging.iterdir() if not e.name.startswith(".")])
     return CompressResult(pruned, mask, report, pipeline.dense, meta, pipeline, evaluation, settings_file,
                           folder.path if folder is not None else None)
@@ -340,21 +350,50 @@ def _onnx_meta(meta: dict, pipeline: Pipeline, evaluation: ImagePool) -> dict:
                          data_config=data_config(pipeline.dense))
 
 
-def _write_checkpoint(folder: Path, model: nn.Module, mask: Mask, meta: dict, *, verify: bool) -> None:
+def _write_checkpoint(folder: Path, model: nn.Module, mask: Mask, meta: dict, *, parity_images, verify: bool) -> dict:
+    """The checkpoint (model.safetensors + vitprune.json), mask.json, the torch-only program (model.pt2, parity-checked)
+    and config.json (timm's Hub layout, checked by rebuilding from the folder); returns what the program export did."""
+    from ..errors import ExportError
+    from ..export.hub import write_hub_files
+    from ..export.program import export_program
+
     atomic_write_json(folder / "mask.json", mask.to_json())
     save_checkpoint(model, folder, meta, verify=verify)
+    try:
+        program = export_program(model, folder / PROGRAM_FILE, parity_images=parity_images)
+    except ExportError as exc:  # the checkpoint and the ONNX model still ship; the report says why there is no program
+        LOG.warning(f"vitprune: no {PROGRAM_FILE}: {exc}")
+        program = {"file": None, "error": str(exc)}
+    return {**program, **write_hub_files(folder, model, meta, parity_images)}
+
+
+def _write_reports(folder: Path, report: CompressReport, meta: dict, settings: dict, *, files: list[str]) -> None:
+    """report.json, report.md and the model card (README.md) of a result whose other files are ``files``."""
+    from ..export.hub import model_card
+    from ..options import command_line
+
+    atomic_write_json(folder / "report.json", report.to_json())
+    atomic_write_text(folder / "report.md", report.markdown())
+    command = command_line("compress", CompressOptions, {k: v for k, v in settings.items() if k in report.options})
+    if str(report.model.get("spec", "")).startswith("<"):
+        command = "# vitprune.compress(model, data, ...) on an in-memory model, with the options of:\n" + command
+    card = model_card(report.to_json(), meta, command=command, files=sorted({*files, "report.json", "report.md"}),
+                      timm_rebuild=bool((report.program or {}).get("timm_rebuild")))
+    atomic_write_text(folder / MODEL_CARD_FILE, card)
 
 
 def _write_result(folder: Path, model: nn.Module | None, mask: Mask, report: CompressReport, meta: dict, settings: dict,
-                  *, recipe: str | None) -> None:
-    """A compress result's files in ``folder`` (the checkpoint too when ``model`` is given); the settings file last."""
+                  *, recipe: str | None, parity_images=None) -> CompressReport:
+    """A compress result's files in ``folder`` (the checkpoint too when ``model`` is given); the settings file last.
+    Returns the report as written (with what the program export did)."""
     if model is not None:
-        _write_checkpoint(folder, model, mask, meta, verify=str(meta["source_model"].get("spec", "")).startswith("<in-memory"))
-    atomic_write_json(folder / "report.json", report.to_json())
-    atomic_write_text(folder / "report.md", report.markdown())
+        report = replace(report, program=_write_checkpoint(folder, model, mask, meta, parity_images=parity_images,
+                                                           verify=str(meta["source_model"].get("spec", "")).startswith("<in-memory")))
+    _write_reports(folder, report, meta, settings, files=[e.name for e in folder.iterdir() if not e.name.startswith(".")])
     if recipe is not None:
         atomic_write_text(folder / "config.yaml", recipe)
     atomic_write_json(folder / COMPRESS_SETTINGS, settings)
+    return report
 
 
 def _warn_drastic(opts: CompressOptions, mask: Mask, macs_ratio: float) -> None:

@@ -18,7 +18,8 @@ from ..outdir import OutputFolder, check_inputs, output_path, plain_name
 from ..pipeline import Pipeline
 from ..progress import LOG, stage
 from .common import make_options, onnx_metadata
-from .shipping import FINGERPRINT_KEY, check_quantize, file_target, int8_path, ship
+from ..export.onnx import metadata_value
+from .shipping import FINGERPRINT_KEY, check_quantize, file_target, fp16_path, int8_path, ship
 
 CHECKPOINT_READS = ("model.safetensors", "vitprune.json", "config.json", "pytorch_model.bin")
 
@@ -66,21 +67,26 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, *, 
                 FINGERPRINT_KEY: fingerprint, "int8_settings": _int8_settings(opts)}
     with guard as folder:
         if folder is not None:
-            folder.own(target.name, *([int8_path(target).name] if opts.quantize else []))
+            folder.own(target.name, *([int8_path(target).name] if opts.quantize else []), *([fp16_path(target).name] if opts.fp16 else []))
         calibration = select_per_class(pipeline.pools.calibration, opts.per_class, None, num_classes=pipeline.pools.num_classes)
         shipped = ship(model, target, metadata=metadata, parity_images=images, quantize=opts.quantize, int8_mode=opts.int8_mode,
                        max_int8_drop=opts.max_int8_drop,
                        evaluation=lambda: materialize(pipeline.evaluation_pool(opts.eval_per_class), pipeline.transform),
-                       calibration=lambda: materialize(calibration, model_transform(model))[0], quiet=quiet)
+                       calibration=lambda: materialize(calibration, model_transform(model))[0], quiet=quiet,
+                       runtime=opts.runtime, fp16=opts.fp16, keep_slower_int8=opts.keep_slower_int8)
     result: dict[str, Any] = {"out": str(target), "onnx": shipped.onnx}
     if shipped.int8 is not None:
         result["int8"] = shipped.int8
         result["int8_path"] = str(int8_path(target))
+    if shipped.fp16 is not None:
+        result["fp16"] = shipped.fp16
     return result
 
 
 def _int8_settings(opts: ExportOptions) -> str:
-    return f"{opts.quantize}:{opts.int8_mode}:{opts.max_int8_drop:g}" if opts.quantize else "none"
+    """What the files beside the ONNX model depend on: int8 gates, fp16, opset (recorded in its metadata)."""
+    int8 = f"{opts.quantize}:{opts.int8_mode}:{opts.max_int8_drop:g}:{'keep-slower' if opts.keep_slower_int8 else 'faster'}"
+    return f"{int8 if opts.quantize else 'none'};fp16={opts.fp16};opset={opts.opset}"
 
 
 def _up_to_date(target: Path, fingerprint: str, opts: ExportOptions) -> bool:
@@ -94,8 +100,8 @@ def _up_to_date(target: Path, fingerprint: str, opts: ExportOptions) -> bool:
     except Exception:
         return False
     props = {p.key: p.value for p in proto.metadata_props}
-    return (proto.producer_name == "vitprune" and props.get(f"vitprune.{FINGERPRINT_KEY}") == fingerprint
-            and props.get("vitprune.int8_settings") == _int8_settings(opts))
+    return (proto.producer_name == "vitprune" and metadata_value(props, FINGERPRINT_KEY) == fingerprint
+            and metadata_value(props, "int8_settings") == _int8_settings(opts))
 
 
 def convert_run(src: str | Path, dst: str | Path, *, prefix: str | None = None, force: bool = False) -> str:

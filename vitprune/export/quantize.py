@@ -35,6 +35,14 @@ class Int8Result:
     images: int
     bytes: int | None
     reason: str | None = None
+    speed: dict | None = None  # median ms of fp32 and int8 at batch 1 and 8, and whether int8 was faster at both
+
+    def refused(self, reason: str, speed: dict) -> "Int8Result":
+        """The same result, not kept (the speed gate): the file is removed by the caller."""
+        return Int8Result(False, self.mode, self.top1_fp32, self.top1_int8, self.images, None, reason, speed)
+
+    def with_speed(self, speed: dict) -> "Int8Result":
+        return Int8Result(self.written, self.mode, self.top1_fp32, self.top1_int8, self.images, self.bytes, self.reason, speed)
 
     @property
     def drop_points(self) -> float:
@@ -42,7 +50,8 @@ class Int8Result:
 
     def to_json(self) -> dict:
         return {"written": self.written, "mode": self.mode, "top1_fp32": self.top1_fp32, "top1_int8": self.top1_int8,
-                "drop_points": self.drop_points, "images": self.images, "bytes": self.bytes, "reason": self.reason}
+                "drop_points": self.drop_points, "images": self.images, "bytes": self.bytes, "reason": self.reason,
+                **({"speed": self.speed} if self.speed is not None else {})}
 
 
 class _Reader(CalibrationDataReader):
@@ -57,11 +66,12 @@ class _Reader(CalibrationDataReader):
         return next(self._batches, None)
 
 
-def onnx_top1(path: Path, images: torch.Tensor, labels: torch.Tensor, batch: int = 256) -> float:
-    """Top-1 of an ONNX classifier on preprocessed images, in onnxruntime (CPU, all threads)."""
+def onnx_top1(path: Path, images: torch.Tensor, labels: torch.Tensor, batch: int = 256,
+              provider: str = "CPUExecutionProvider") -> float:
+    """Top-1 of an ONNX classifier on preprocessed images, in onnxruntime (all threads)."""
     from .onnx import INPUT, OUTPUT, session as ort_session
 
-    session = ort_session(path, threads=os.cpu_count() or 1)
+    session = ort_session(path, threads=os.cpu_count() or 1, provider=provider)
     hits = 0
     for s in range(0, len(images), batch):
         logits = session.run([OUTPUT], {INPUT: images[s : s + batch].float().numpy()})[0]
@@ -95,13 +105,15 @@ def quantize(fp32: Path, out: Path, *, mode: str, calibration: torch.Tensor | No
 
 
 def quantize_gated(fp32: Path, out: Path, *, mode: str, calibration: torch.Tensor | None, images: torch.Tensor,
-                   labels: torch.Tensor, metadata: dict, max_drop: float = MAX_DROP_DEFAULT) -> Int8Result:
-    """Quantize ``fp32`` to ``out`` only if int8 top-1 on ``images`` is within ``max_drop`` points of fp32's."""
+                   labels: torch.Tensor, metadata: dict, max_drop: float = MAX_DROP_DEFAULT,
+                   provider: str = "CPUExecutionProvider") -> Int8Result:
+    """Quantize ``fp32`` to ``out`` only if int8 top-1 on ``images`` is within ``max_drop`` points of fp32's (the
+    accuracy gate; the speed gate is the caller's, which times it beside the other models)."""
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         quantize(fp32, tmp, mode=mode, calibration=calibration, metadata=metadata)
-        top_fp32, top_int8 = onnx_top1(fp32, images, labels), onnx_top1(tmp, images, labels)
+        top_fp32, top_int8 = onnx_top1(fp32, images, labels, provider=provider), onnx_top1(tmp, images, labels, provider=provider)
         drop = 100 * (top_fp32 - top_int8)
         if not np.isfinite(drop) or drop > max_drop:
             return Int8Result(False, mode, top_fp32, top_int8, len(images), None,

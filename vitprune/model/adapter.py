@@ -85,8 +85,13 @@ def data_config(model: nn.Module) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items() if k in DATA_CONFIG_KEYS}
 
 
+# pretrained_cfg keys that say where the *original* weights came from: not true of a model vitprune changed or rebuilt
+WEIGHT_SOURCE_KEYS = ("url", "hf_hub_id", "hf_hub_filename", "file", "source", "state_dict", "tag", "custom_load", "label_offset")
+
+
 def pretrained_config(model: nn.Module) -> dict:
-    """timm's ``pretrained_cfg`` of the model, the JSON-able part (architecture, tag, preprocessing, classifier ...)."""
+    """timm's ``pretrained_cfg`` of the model, the JSON-able part that describes it (architecture, preprocessing,
+    classifier, license; ``num_classes`` as the model has them), without where its original weights came from."""
     cfg = getattr(model, "pretrained_cfg", None) or {}
     out = {}
     for key, value in cfg.items():
@@ -95,8 +100,10 @@ def pretrained_config(model: nn.Module) -> dict:
             json.dumps(value)
         except (TypeError, ValueError):
             continue
-        if key not in ("state_dict", "file", "hf_hub_id", "url", "source") or key in DATA_CONFIG_KEYS:
+        if key not in WEIGHT_SOURCE_KEYS:
             out[key] = value
+    if isinstance(getattr(model, "num_classes", None), int):
+        out["num_classes"] = model.num_classes
     return out
 
 

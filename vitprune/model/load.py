@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from .adapter import adapter_for, data_config, set_data_config
+from .adapter import WEIGHT_SOURCE_KEYS, adapter_for, data_config, set_data_config
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEMO_DIR = ASSETS / "demo"
@@ -418,9 +418,10 @@ def _load_vitprune_dir(path: Path, spec: str) -> nn.Module:
     if recorded is not None and recorded != fingerprint(model):
         raise UserError(f"{weights} holds other weights than {path / CHECKPOINT_CONFIG} describes (another run's file?); keep the "
                         "two files of one checkpoint together, or re-create it")
-    cfg = meta.get("pretrained_cfg") or meta.get("data_config")
-    if cfg:
-        set_data_config(model, dict(cfg))
+    cfg = meta.get("pretrained_cfg") or meta.get("data_config") or {}
+    # the architecture's stock configuration names weights these are not (their URL, Hub id, tag): dropped
+    model.pretrained_cfg = {k: v for k, v in (getattr(model, "pretrained_cfg", None) or {}).items() if k not in WEIGHT_SOURCE_KEYS}
+    set_data_config(model, {**{k: v for k, v in dict(cfg).items() if k not in WEIGHT_SOURCE_KEYS}, "num_classes": model.num_classes})
     source = {"spec": spec, "arch": meta["arch"], "model_args": args, "data_config": data_config(model),
               **({"source": meta["source"]} if "source" in meta else {})}
     return _finish(model, source, meta)
