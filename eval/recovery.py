@@ -58,7 +58,7 @@ def common(model: str) -> list[str]:
     from vitprune.defaults import SPARSITY_DEFAULT
 
     return ["--model", model, "--data", "demo", "--selection-per-class", str(SELECTION), "--quiet", "--seed", "0",
-            "--criterion", SPARSITY_DEFAULT["criterion"], "--compensate", "lsq", "--prune", "mlp,heads",
+            "--criterion", SPARSITY_DEFAULT["criterion"], "--compensate", "lsq", "--prune", "mlp,heads", "--sparsity", "",
             "--finetune-selection-per-class", str(RECOVERY_SELECTION)]
 
 
