@@ -337,6 +337,12 @@ class RunOptions:
                                   "global_pool=avg,img_size=96), or of a random:NAME model (e.g. num_classes=10)", group=_MD,
                                   kind="model_args", metavar="KEY=VALUE,...", default_text="none")
     data: str = opt("demo", DATA_HELP, group=_MD)
+    split: str | None = opt(None, "hf: data: the split calibration images come from", group=_MD, default_text="train")
+    eval_split: str | None = opt(None, "hf: data: the split evaluation images come from", group=_MD,
+                                 default_text="validation, else test")
+    image_column: str | None = opt(None, "hf: data: the image column", group=_MD, default_text="the first Image column")
+    label_column: str | None = opt(None, "hf: data: the label column (ClassLabel, or integer class ids)", group=_MD,
+                                   default_text="the first ClassLabel column, else 'label'")
     device: str = opt("auto", "auto | cpu | cuda[:N]", group=_MD)
     precision: str = opt("fp32", "model forwards of every stage: discovery, statistics, least squares, evaluation", group=_MD,
                          choices=PRECISIONS)

@@ -44,10 +44,11 @@ from .progress import stage
 from .prune.masks import Allocation, Mask, check_sparsity, from_budget, from_keep_sets, keep_label, macs_floor
 
 
-def resolve_model(model: str | nn.Module, arch: str | None = None, model_args: dict | None = None) -> nn.Module:
-    """A spec (everything ``--model`` takes) or an in-memory timm VisionTransformer, in eval mode."""
+def resolve_model(model: str | nn.Module, arch: str | None = None, model_args: dict | None = None, seed: int = 0) -> nn.Module:
+    """A spec (everything ``--model`` takes; ``seed`` draws a ``random:`` model's weights) or an in-memory timm
+    VisionTransformer, in eval mode."""
     if isinstance(model, (str, Path)):
-        return load_model(str(model), arch=arch, model_args=model_args)
+        return load_model(str(model), arch=arch, model_args=model_args, seed=seed)
     if not isinstance(model, nn.Module):
         raise UserError(f"model must be a spec string or a timm VisionTransformer (got {type(model).__name__})")
     params = list(model.parameters())
@@ -132,7 +133,10 @@ class Pipeline:
     def __init__(self, model: str | nn.Module, data: Any, opts: CalibrationOptions, *, dist: Dist, quiet: bool = False,
                  run_folder: Callable[[DiscoverySettings], Path | None] = lambda settings: None) -> None:
         self.opts, self.dist, self.quiet = opts, dist, quiet or not dist.is_main
-        self.dense = resolve_model(model, opts.arch, opts.model_args)
+        seed = getattr(opts, "seed", 0)
+        self.dense = resolve_model(model, opts.arch, opts.model_args, seed=seed[0] if isinstance(seed, tuple) else seed)
+        if isinstance(data, (str, Path)) and isinstance(getattr(opts, "data", None), str):
+            data = opts.data  # the same spec, with any hf: options written in (api.common.with_data_options)
         self.pools = resolve_data(data, adapter_for(self.dense).num_classes)
         check_pairing(self.pools, adapter_for(self.dense))
         specialize = getattr(opts, "specialize", None)

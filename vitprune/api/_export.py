@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from ..data import data_location, materialize, model_transform, select_per_class
+from ..data import data_location, load_data, materialize, model_transform, select_per_class
 from ..distributed import get_dist
 from ..errors import UserError
 from ..export import ONNX_FILE
@@ -53,7 +53,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path | None = None, *, 
     if not data:
         raise UserError("pass --data with held-out images for the onnxruntime parity check")
     check_inputs(target, [data_location(data)] if data else [])
-    pipeline = Pipeline(model, data, CompressOptions(model=str(ckpt), data=data, per_class=opts.per_class), dist=get_dist("cpu"),
+    specialized = ((meta.get("source_model") or {}).get("specialized_from") or {}).get("classes")
+    pools = load_data(data).restricted(tuple(specialized)) if specialized else data  # a specialist: its classes' images
+    pipeline = Pipeline(model, pools, CompressOptions(model=str(ckpt), data=data, per_class=opts.per_class), dist=get_dist("cpu"),
                         quiet=True)
     names = list(pipeline.pools.class_names)
     recorded = meta.get("class_names")

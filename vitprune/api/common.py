@@ -3,7 +3,7 @@ files that identify a result, the metadata of checkpoints and ONNX files, and a 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,21 @@ def make_options(cls: type, given: dict[str, Any], what: str) -> Any:
     unknown = sorted(set(given) - set(known))
     if unknown:
         raise TypeError(f"{what}() got unknown option(s) {', '.join(unknown)}; it takes {', '.join(sorted(known))}")
-    return cls(**coerce(cls, given))
+    return with_data_options(cls(**coerce(cls, given)))
+
+
+def with_data_options(opts: Any) -> Any:
+    """``--split`` / ``--eval-split`` / ``--image-column`` / ``--label-column`` written into the ``hf:`` data spec (and
+    cleared): from here on the spec alone names the data, in settings, run headers and checkpoints."""
+    from dataclasses import fields as _fields
+
+    from ..data.sources import HF_OPTIONS, hf_spec
+
+    names = {f.name for f in _fields(opts)}
+    given = {k: getattr(opts, k) for k in HF_OPTIONS if k in names and getattr(opts, k) is not None}
+    if not given or not isinstance(getattr(opts, "data", None), str):
+        return opts
+    return replace(opts, data=hf_spec(opts.data, **given), **{k: None for k in given})
 
 
 def spec_of(obj: Any) -> str:

@@ -9,8 +9,10 @@ Specs:
   ``demo`` / ``fashion-mnist[:DIR]``  Fashion-MNIST idx files (train -> calibration, test -> evaluation)
   ``imagefolder:DIR``                 class sub-folders (ImageNet-val layout, torchvision order);
                                       ``DIR/train`` + ``DIR/val`` if present, else a per-class split
-  ``hf:NAME``                         a Hugging Face Hub dataset (train -> calibration,
-                                      validation or test -> evaluation)
+  ``hf:NAME`` / ``hf:DIR``            a Hugging Face dataset: a Hub id, a ``save_to_disk`` folder or a folder of
+                                      data files (train -> calibration, validation or test -> evaluation;
+                                      ``hf:NAME?split=S&eval_split=E&image_column=I&label_column=L``, the
+                                      command line's --split / --eval-split / --image-column / --label-column)
 """
 from __future__ import annotations
 
@@ -241,34 +243,117 @@ def _imagefolder_pools(spec: str, root: Path, calib_fraction: float) -> DataPool
 
 
 # ---------------------------------------------------------------------------------------- hub
-def _hub_pools(spec: str, name: str) -> DataPools:
+HF_OPTIONS = ("split", "eval_split", "image_column", "label_column")
+
+
+def hf_spec(spec: str, **options: str | None) -> str:
+    """``hf:NAME`` with the options of ``--split``, ``--eval-split``, ``--image-column``, ``--label-column`` written into
+    it (``hf:NAME?split=train&label_column=y``): the spec alone then names the data, in records and checkpoints too."""
+    given = {k: v for k, v in options.items() if v is not None}
+    unknown = sorted(set(given) - set(HF_OPTIONS))
+    if unknown:
+        raise TypeError(f"unknown hf: option(s) {unknown}")
+    if not given:
+        return spec
+    kind, _, arg = str(spec).partition(":")
+    if kind != "hf" or not arg:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise UserError(f"{flags} apply to hf: data only (got --data {spec}); pass --data hf:NAME or hf:DIR")
+    name, _, query = arg.partition("?")
+    merged = {**_query(query, spec), **given}
+    return f"hf:{name}?" + "&".join(f"{k}={merged[k]}" for k in HF_OPTIONS if k in merged)
+
+
+def _query(query: str, spec: str) -> dict[str, str]:
+    out = {}
+    for part in filter(None, query.split("&")):
+        key, eq, value = part.partition("=")
+        if not eq or key not in HF_OPTIONS or not value:
+            raise UserError(f"'{part}' in --data {spec} is not one of {', '.join(k + '=VALUE' for k in HF_OPTIONS)}")
+        out[key] = value
+    return out
+
+
+def _load_hub(name: str):
+    """A DatasetDict: a folder written by ``save_to_disk``, a folder of data files (parquet, csv, images ...), or a Hub
+    dataset id (offline, the last is one line naming the folder that works)."""
     import datasets
 
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        if (folder / "dataset_dict.json").is_file() or (folder / "dataset_info.json").is_file():
+            loaded = datasets.load_from_disk(str(folder))
+            return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({"train": loaded})
+        try:
+            return datasets.load_dataset(str(folder))
+        except Exception as exc:
+            raise UserError(f"cannot read {folder} as a Hugging Face dataset ({str(exc).splitlines()[0][:200]}); pass a folder "
+                            "written by Dataset.save_to_disk or holding parquet / csv / image files") from exc
+    offline = os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
+    fix = (f"download it once where there is a network (datasets.load_dataset('{name}').save_to_disk('DIR')) and pass "
+           "--data hf:DIR")
     try:
-        dsd = datasets.load_dataset(name)
+        return datasets.load_dataset(name)
     except (ConnectionError, OSError) as exc:
-        raise UserError(
-            f"cannot load '{name}' from the Hugging Face Hub ({type(exc).__name__}); "
-            "check the network or download it and pass imagefolder:DIR"
-        ) from exc
-    except Exception as exc:  # datasets raises many types for unknown names
-        raise UserError(f"cannot load Hugging Face dataset '{name}': {str(exc).splitlines()[0]}") from exc
-    if "train" not in dsd:
-        raise UserError(f"Hugging Face dataset '{name}' has no 'train' split for calibration (splits: {list(dsd)})")
-    eval_split = next((s for s in ("validation", "test") if s in dsd), None)
-    if eval_split is None:
-        raise UserError(f"Hugging Face dataset '{name}' has no 'validation' or 'test' split (splits: {list(dsd)})")
+        raise UserError(f"cannot load '{name}' from the Hugging Face Hub ({'offline' if offline else type(exc).__name__}); "
+                        f"{fix}") from exc
+    except Exception as exc:  # datasets raises many types for unknown names, and offline for uncached ones
+        text = str(exc).splitlines()[0][:200]
+        if offline or "offline" in text.lower() or "connect" in text.lower():
+            raise UserError(f"cannot load '{name}' from the Hugging Face Hub (offline: {text}); {fix}") from exc
+        raise UserError(f"cannot load Hugging Face dataset '{name}': {text}") from exc
+
+
+def _hub_pools(spec: str, arg: str) -> DataPools:
+    """Two splits of a Hugging Face dataset: calibration from ``split`` (train), evaluation from ``eval_split``
+    (validation, else test); an Image column and a label column (a ``ClassLabel``, whose names name the classes, or
+    integers 0..N-1, named by their values)."""
+    import datasets
+
+    name, _, query = arg.partition("?")
+    options = _query(query, spec)
+    dsd = _load_hub(name)
+    splits = list(dsd)
+    calib_split = options.get("split", "train")
+    eval_split = options.get("eval_split") or next((s for s in ("validation", "test") if s in dsd and s != calib_split), None)
+    for flag, split in (("--split", calib_split), ("--eval-split", eval_split)):
+        if split is None or split not in dsd:
+            raise UserError(f"Hugging Face dataset '{name}' has no split '{split}' for {'calibration' if flag == '--split' else 'evaluation'} "
+                            f"(splits: {', '.join(splits)}); pass {flag} SPLIT")
+    if calib_split == eval_split:
+        raise UserError(f"--split and --eval-split are both '{calib_split}': calibration and evaluation images must differ; "
+                        "pass two splits")
+    first = dsd[calib_split]
+    image_col = options.get("image_column") or next((k for k, f in first.features.items() if isinstance(f, datasets.Image)), None)
+    label_col = options.get("label_column") or next((k for k, f in first.features.items() if isinstance(f, datasets.ClassLabel)),
+                                                     next((k for k in ("label", "labels") if k in first.features), None))
+    columns = ", ".join(first.features)
+    if image_col is None or image_col not in first.features:
+        raise UserError(f"Hugging Face dataset '{name}' has no image column{f' {image_col!r}' if image_col else ''} (columns: "
+                        f"{columns}); pass --image-column NAME")
+    if label_col is None or label_col not in first.features:
+        raise UserError(f"Hugging Face dataset '{name}' has no label column{f' {label_col!r}' if label_col else ''} (columns: "
+                        f"{columns}); pass --label-column NAME")
+    feature = first.features[label_col]
+    if isinstance(feature, datasets.ClassLabel):
+        names = tuple(feature.names)
+    elif isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint")):
+        values = [int(v) for split in (calib_split, eval_split) for v in dsd[split].unique(label_col)]
+        if min(values) < 0:
+            raise UserError(f"the label column '{label_col}' of '{name}' has negative values; labels are class ids 0..N-1")
+        names = tuple(str(v) for v in range(max(values) + 1))  # no names in the data: the classes are named by their ids
+    else:
+        raise UserError(f"the label column '{label_col}' of '{name}' is {feature}, not class ids; pass --label-column with a "
+                        "ClassLabel or integer column")
     pools = []
-    for split in ("train", eval_split):
+    for split in (calib_split, eval_split):
         ds = dsd[split]
-        image_col = next((k for k, f in ds.features.items() if isinstance(f, datasets.Image)), None)
-        label_col = next((k for k, f in ds.features.items() if isinstance(f, datasets.ClassLabel)), None)
-        if image_col is None or label_col is None:
-            raise UserError(f"Hugging Face dataset '{name}' needs an Image column and a ClassLabel column")
-        ds = ds.select_columns([image_col, label_col]).rename_columns({image_col: "image", label_col: "label"})
-        ds = ds.add_column("id", [f"{split}/{i}" for i in range(len(ds))])
-        pools.append(ds)
-    return DataPools(spec, FilePool(pools[0]), FilePool(pools[1]), tuple(pools[0].features["label"].names))
+        if not isinstance(ds.features.get(image_col), datasets.Image):
+            ds = ds.cast_column(image_col, datasets.Image())  # file paths or encoded bytes
+        ds = ds.select_columns([image_col, label_col]).rename_columns(
+            {old: new for old, new in ((image_col, "image"), (label_col, "label")) if old != new})
+        pools.append(ds.add_column("id", [f"{split}/{i}" for i in range(len(ds))]))
+    return DataPools(spec, FilePool(pools[0]), FilePool(pools[1]), names)
 
 
 def load_data(spec: str, *, calib_fraction: float = DEFAULT_CALIB_FRACTION) -> DataPools:

@@ -3,7 +3,7 @@
 Specs:
   ``demo``                     the bundled Fashion-MNIST ViT (never downloaded)
   ``zoo:NAME``                 a bundled zoo model (Fashion-MNIST ViTs of other shapes; ``zoo_models()``)
-  ``random:NAME``              timm architecture NAME, random init (no network)
+  ``random:NAME``              timm architecture NAME, random init seeded by --seed (no network)
   ``NAME``                     timm model with its pretrained hub weights (needs network or HF cache)
   ``DIR``                      a vitprune checkpoint folder (model.safetensors + vitprune.json), e.g. a pruned
                                model written by ``vitprune compress``; or a folder in timm's Hugging Face layout
@@ -45,8 +45,9 @@ WEIGHTS_KEY = "weights_fingerprint"  # vitprune.json: the fingerprint of the wei
 STATE_DICT_SUFFIXES = (".npz", ".pth", ".pt", ".bin", ".safetensors")
 
 
-def load_model(spec: str, *, arch: str | None = None, model_args: dict[str, Any] | None = None) -> nn.Module:
-    """Build a timm ViT from a spec (see module docstring), in eval mode on the CPU.
+def load_model(spec: str, *, arch: str | None = None, model_args: dict[str, Any] | None = None, seed: int = 0) -> nn.Module:
+    """Build a timm ViT from a spec (see module docstring), in eval mode on the CPU. A ``random:NAME`` model's weights
+    are drawn with ``seed`` (``--seed``): the same spec and seed give the same weights, run after run.
 
     The model carries ``model.vitprune_source`` (a JSON-able dict that rebuilds it: what pruned
     checkpoints record as their origin) and ``model.vitprune_fingerprint`` (of its weights as loaded).
@@ -62,8 +63,10 @@ def load_model(spec: str, *, arch: str | None = None, model_args: dict[str, Any]
     if spec.startswith("random:"):
         name = spec.split(":", 1)[1]
         _check_timm_name(name)
-        model = _create(name, args, f"'{name}'")
-        return _finish(model, {"spec": spec, "arch": name, "model_args": args})
+        with torch.random.fork_rng(devices=[]):  # seeded, without touching the caller's random state
+            torch.manual_seed(seed)
+            model = _create(name, args, f"'{name}'")
+        return _finish(model, {"spec": spec, "arch": name, "model_args": args, "seed": seed})
     path = Path(spec).expanduser()
     if path.is_dir():
         from ..outdir import check_not_being_written
