@@ -85,8 +85,8 @@ def main() -> None:
                 files[f"{name}-int8-{mode}"] = tmp / f"{name}-{mode}.onnx"
                 quantize(files[f"{name}-fp32"], files[f"{name}-int8-{mode}"], mode=mode, calibration=calib, metadata={})
         sizes = {k: p.stat().st_size for k, p in files.items()}
-        latency = ort_latency(files, shape, rounds=args.rounds)
-        gemm = ort_latency(gemm_models(tmp), (197, 768), rounds=200, batch_sizes=(1,))
+        latency = ort_latency(files, shape, rounds=args.rounds, adaptive=False)
+        gemm = ort_latency(gemm_models(tmp), (197, 768), rounds=200, batch_sizes=(1,), adaptive=False)
     ideal_int8 = {m: gemm["batch1"]["fp32"]["median_ms"] / gemm["batch1"][m]["median_ms"] for m in ("static", "dynamic")}
     ideal_prune = macs["dense"] / macs["pruned"]
     rows = []

@@ -62,7 +62,7 @@ def main() -> None:
         for name, m in models.items():
             paths[name] = Path(tmp) / f"{name}.onnx"
             export_onnx(m, paths[name], metadata={"name": name}, parity_images=images)
-        lat = ort_latency(paths, tuple(images.shape[1:]), batch_sizes=(1, 8), threads=1, warmup=3, rounds=args.rounds)
+        lat = ort_latency(paths, tuple(images.shape[1:]), batch_sizes=(1, 8), threads=1, warmup=3, rounds=args.rounds, adaptive=False)
     rows = []
     for name in models:
         sparsity = 0.0 if name == "dense" else float(name[1:].removesuffix("+h"))

@@ -52,6 +52,7 @@ def test_compress_a_user_model_on_tensor_datasets_saves_and_loads_back(tmp_path)
         result.save(folder, force=True)
 
 
+@pytest.mark.slow
 def test_compress_a_spec_model_in_memory_writes_nothing(model_dir, tmp_path, monkeypatch, fashion_dir):
     monkeypatch.chdir(tmp_path)
     result = vitprune.compress(vitprune.load_model(model_dir), "demo", sparsity=0.5, criterion="magnitude", compensate="none",

@@ -163,6 +163,7 @@ def test_json_is_one_object_on_stdout(model_dir, tmp_path, capsys, fashion_dir):
     assert "vitprune: evaluating dense and pruned" in captured.err  # the stages went to stderr
 
 
+@pytest.mark.slow
 def test_progress_outside_a_terminal_is_a_few_plain_lines(model_dir, tmp_path, fashion_dir):
     """No tqdm redraws in a log: each bar is at most a few lines (here, the last one)."""
     proc = subprocess.run([sys.executable, "-m", "vitprune", "compress", "--model", model_dir, "--data", "demo", "--classes",

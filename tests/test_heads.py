@@ -177,6 +177,7 @@ def _data(n_cal=24, n_eval=12):
     return TensorDataset(images[:n_cal], labels[:n_cal]), TensorDataset(images[n_cal:], labels[n_cal:])
 
 
+@pytest.mark.slow
 def test_compress_with_heads_saves_loads_and_exports(tmp_path):
     model = tiny_vit(embed_dim=48, num_heads=4, num_classes=4)
     del model.vitprune_source

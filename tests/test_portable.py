@@ -43,6 +43,7 @@ def compressed(model_dir, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_the_program_runs_with_torch_alone_and_agrees_with_onnx_and_pytorch(compressed, tmp_path):
     images = torch.randn(5, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     np.save(tmp_path / "images.npy", images.numpy())
@@ -66,6 +67,7 @@ np.save("onnx.npy", session.run(None, {{"pixel_values": images.numpy()}})[0])
     assert report["program"]["file"] == "model.pt2" and report["program"]["parity_max_abs"] <= 1e-4
 
 
+@pytest.mark.slow
 def test_the_readme_lines_rebuild_the_timm_module_from_config_json(compressed, tmp_path):
     lines = readme_block("### Loading without vitprune")
     assert REBUILD.strip() in lines  # the README shows the lines every folder is checked with
@@ -88,6 +90,7 @@ np.save("rebuilt.npy", model(torch.from_numpy(np.load("images.npy"))).detach().n
     assert not {"url", "hf_hub_id", "tag"} & set(config["pretrained_cfg"])  # nothing names weights these are not
 
 
+@pytest.mark.slow
 def test_timm_reads_config_json_as_a_hub_config(compressed):
     from timm.models._hub import load_model_config_from_path
 
@@ -96,6 +99,7 @@ def test_timm_reads_config_json_as_a_hub_config(compressed):
     assert tuple(pretrained_cfg["input_size"]) == (1, 28, 28) and model_args["embed_dim"] == 32
 
 
+@pytest.mark.slow
 def test_the_model_card_says_what_the_model_is(compressed):
     card = (compressed / "README.md").read_text()
     report = json.loads((compressed / "report.json").read_text())
@@ -159,6 +163,7 @@ def test_the_wheel_installs_and_runs_outside_the_repository(tmp_path):
 
 
 # ---------------------------------------------------------------------------------- export options
+@pytest.mark.slow
 def test_export_options_opset_provider_threads_and_fp16(compressed, tmp_path):
     import onnx
     import onnxruntime as ort
@@ -189,6 +194,7 @@ def test_export_options_opset_provider_threads_and_fp16(compressed, tmp_path):
     (["--opset", "9"], "--opset must be one of 18..23"),
     (["--threads", "0"], "--threads must be a whole number >= 1"),
 ])
+@pytest.mark.slow
 def test_export_option_refusals(compressed, tmp_path, capsys, argv, message):
     from .helpers import last_line
 

@@ -15,7 +15,7 @@ OFFLINE_MODELS = ("demo", "zoo:", "random:")
 # fewer images (and no latency rounds) per command, appended to the README's line (the last of a flag given twice wins)
 SMALL = {"discover": ["--per-class", "1", "--steps", "2"],
          "compress": ["--per-class", "2", "--eval-per-class", "5", "--steps", "2", "--latency-rounds", "0",
-                      "--finetune-selection-per-class", "5"],
+                      "--finetune-selection-per-class", "5", "--finetune-epochs", "0.01"],
          "evaluate": ["--per-class", "2", "--eval-per-class", "5", "--steps", "2"],
          "export": ["--eval-per-class", "3", "--per-class", "2", "--max-int8-drop", "100"],  # 30 images: one is 3.3 points
          "manipulate": ["--eval-per-class", "2"], "lens": ["--per-class", "1"]}

@@ -18,7 +18,7 @@ from .helpers import to_google_npz
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 COMPRESS = sorted(p for p in RECIPES.glob("*.yaml") if "train" not in yaml.safe_load(p.read_text()))
-FAST = ["--per-class", "1", "--eval-per-class", "1", "--steps", "2", "--batch-size", "2", "--latency-rounds", "1",
+FAST = ["--per-class", "1", "--eval-per-class", "1", "--steps", "2", "--batch-size", "2", "--latency-rounds", "1", "--keep-slower-int8",
         "--max-int8-drop", "100", "--quiet"]
 
 

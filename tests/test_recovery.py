@@ -135,6 +135,7 @@ def test_compress_recovers_and_reports_one_shot_and_recovered(model_dir, tmp_pat
 
 
 # ---------------------------------------------------------------------------------- specialisation
+@pytest.mark.slow
 def test_specialize_makes_a_k_class_model_that_exports_and_reloads(model_dir, tmp_path):
     out = tmp_path / "s"
     assert main(["compress", "--model", model_dir, "--specialize", "6,0,2", "--sparsity", "0.5", *FAST, "--out", str(out)]) == 0

@@ -66,6 +66,7 @@ def test_force_never_removes_a_file_vitprune_did_not_write(command, model_dir, r
     assert (out / "thesis.txt").read_text() == "three years of work" and sorted(p.name for p in out.iterdir()) == ["thesis.txt"]
 
 
+@pytest.mark.slow
 def test_export_never_replaces_a_foreign_file_or_its_own_input(model_dir, tmp_path, capsys, fashion_dir):
     ckpt = tmp_path / "c"
     assert main(_command("compress", model_dir, ckpt)) == 0
@@ -171,6 +172,7 @@ def test_records_of_another_model_with_the_same_shapes(run, tmp_path, capsys, fa
     assert "another model" in _err(capsys)
 
 
+@pytest.mark.slow
 def test_records_of_the_pruned_model_on_the_dense_model(model_dir, run, tmp_path, capsys, fashion_dir):
     pruned = tmp_path / "pruned"
     assert main(["compress", "--model", model_dir, "--data", "demo", "--per-class", "2", "--keep-topk", "2", "--paths", str(run),
@@ -355,6 +357,7 @@ def test_os_errors_are_one_line_naming_the_path(model_dir, tmp_path, capsys, mon
     assert "dangling" in _err(capsys)
 
 
+@pytest.mark.slow
 def test_an_unwritable_data_cache_falls_back_to_memory(tmp_path, monkeypatch, fashion_dir):
     from vitprune.data import load_data
 

@@ -170,6 +170,7 @@ def test_export_onnx_never_replaces_what_vitprune_did_not_write(result, tmp_path
     assert vitprune.load_model(str(folder)) is not None
 
 
+@pytest.mark.slow
 def test_save_twice_and_export_twice_like_the_readme(result, tmp_path):
     for _ in range(2):  # the README's snippet, run twice
         folder = result.save(tmp_path / "half")

@@ -29,7 +29,7 @@ class EvalResult:
         return cls(int(obj["n"]), float(obj["top1"]), float(obj["mean_true_prob"]), list(obj.get("per_class") or []))
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate_models(
     models: Mapping[str, nn.Module],
     batches: Iterable[tuple[list[str], torch.Tensor, torch.Tensor]],

@@ -569,7 +569,8 @@ class CompressOptions(CalibrationOptions, OnnxOptions):
     int8_mode: str = opt("static", "static: QDQ, calibrated on the calibration images; dynamic: activation scales at run time",
                          group=_EVAL, choices=INT8_MODES)
     max_int8_drop: float = opt(1.0, "top-1 points int8 may lose against fp32", group=_EVAL)
-    latency_rounds: int = opt(30, "interleaved onnxruntime timing rounds (0: no latency measurement)", group=_EVAL)
+    latency_rounds: int = opt(30, "interleaved onnxruntime timing rounds at most: timing stops earlier once the medians are "
+                              "stable (0: no latency measurement)", group=_EVAL)
 
     @property
     def budget(self) -> Budget:

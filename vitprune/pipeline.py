@@ -34,7 +34,7 @@ from .discovery.settings import DiscoverySettings
 from .distributed import Dist
 from .errors import UserError
 from .model.adapter import FamilyAdapter, adapter_for
-from .model.load import channel_consistent, describe_model, load_model, model_fingerprint
+from .model.load import channel_consistent, describe_model, fingerprint, load_model, model_fingerprint
 from .options import CalibrationOptions, Point
 from .prune import COMPENSATIONS
 from .prune.compensate import CalibrationSet, CompensationInputs, Pruned, calibration_set, load_compensation
@@ -57,16 +57,14 @@ def resolve_model(model: str | nn.Module, arch: str | None = None, model_args: d
     adapter_for(model)  # refuses what vitprune cannot handle, with one line
     source = getattr(model, "vitprune_source", None)
     meta = getattr(model, "vitprune_meta", {})
-    fingerprint = getattr(model, "vitprune_fingerprint", None)
     copy = _copy(model)  # the caller's model is never modified (mode, device, dtype, attributes)
     if any(p.is_floating_point() and p.dtype != torch.float32 for p in copy.parameters()):
         copy.float()  # half-precision weights: work in fp32 (--precision sets the forwards' precision)
-        fingerprint = None
     channel_consistent(copy)
     copy.vitprune_source = source or describe_model(copy)
     copy.vitprune_meta = meta
-    if fingerprint is not None:
-        copy.vitprune_fingerprint = fingerprint
+    # the weights as they are now: a model edited in memory since load_model is another model (never its load-time hash)
+    copy.vitprune_fingerprint = fingerprint(copy)
     return copy.eval()
 
 
@@ -382,6 +380,43 @@ class Pipeline:
             with self.stage(f"preprocessing {len(pool)} {key[0]} images", "preprocess_s"):
                 self._images[key] = materialize(pool, self.transform, shard=self.dist)
         return self._images[key]
+
+    def dense_key(self, pool: ImagePool) -> str | None:
+        """The evaluation cache's key of the dense model on ``pool`` (None under several processes: each scores its share)."""
+        from .evalcache import cache_key
+        from .model.adapter import data_config
+
+        return cache_key(self.fingerprint, pool.digest(), data_config(self.dense), self.opts.precision) if self.dist.world == 1 else None
+
+    def evaluate_pool(self, models: dict[str, nn.Module], pool: ImagePool, desc: str = "evaluate") -> dict[str, EvalResult]:
+        """Accuracy of ``models`` on ``pool``; the dense model's comes from the evaluation cache when it scored these
+        images before (``vitprune.evalcache``), and is kept there otherwise."""
+        from . import evalcache
+
+        key = self.dense_key(pool) if any(m is self.dense for m in models.values()) else None
+        cached = evalcache.load(key) if key else None
+        todo = {n: m for n, m in models.items() if cached is None or m is not self.dense}
+        out = (self.accuracy(todo, pool.batches(self.transform, evalcache.BATCH, shard=self.dist), len(pool) // self.dist.world, desc)
+               if todo else {})
+        for name, model in models.items():
+            if model is self.dense and cached is not None:
+                out[name] = cached
+            elif model is self.dense and key:
+                evalcache.store(key, out[name])
+        return {name: out[name] for name in models}
+
+    def dense_score(self, pool: ImagePool, images: torch.Tensor, labels: torch.Tensor) -> EvalResult:
+        """The dense model on ``pool``'s images, preprocessed already (``images``): from the cache, or scored and kept."""
+        from . import evalcache
+        from .data import tensor_batches
+
+        key = self.dense_key(pool)
+        result = evalcache.load(key) if key else None
+        if result is None:
+            result = self.accuracy({"dense": self.dense}, tensor_batches(images, labels, evalcache.BATCH), len(images))["dense"]
+            if key:
+                evalcache.store(key, result)
+        return result
 
     def accuracy(self, models: dict[str, nn.Module], batches: Iterator, total: int, desc: str = "evaluate") -> dict[str, EvalResult]:
         return evaluate_models(models, batches, class_names=self.pools.class_names, total=total, quiet=self.quiet, desc=desc,

@@ -295,8 +295,7 @@ def _compress(opts: CompressOptions, pipeline: Pipeline, settings: DiscoverySett
     if not quiet:
         _warn_drastic(opts, mask, macs_pruned / macs_dense)
     with pipeline.stage(f"evaluating dense and pruned on {len(evaluation)} held-out images", "evaluation_s"):
-        results = pipeline.accuracy({"dense": pipeline.dense, "pruned": pruned},
-                                    evaluation.batches(pipeline.transform, 256, shard=dist), len(evaluation) // dist.world)
+        results = pipeline.evaluate_pool({"dense": pipeline.dense, "pruned": pruned}, evaluation)
     finetune = (_recover(opts, pipeline, pruned, evaluation, results, dist, folder.workdir("recovery") if folder is not None else None)
                 if opts.finetune_epochs else None)
     if not dist.is_main:

@@ -223,9 +223,10 @@ def _sweep(opts: EvaluateOptions, pipeline: Pipeline, todo: list[Point], sink: J
                                              options={"lsq_target": opts.lsq_target, "lsq_weighting": opts.lsq_weighting})
                     model = done.pruned.model
                 seconds = round(time.time() - t0, 3)
-                res = _score(pipeline, model, images, labels)
                 if p.criterion == "dense":
-                    dense_result = res
+                    res = dense_result = pipeline.dense_score(evaluation, images, labels)
+                else:
+                    res = _score(pipeline, model, images, labels)
                 extra: dict[str, Any] = {}
                 recon = done.pruned.reconstruction if done else None
                 if recon is not None:
@@ -248,7 +249,7 @@ def _sweep(opts: EvaluateOptions, pipeline: Pipeline, todo: list[Point], sink: J
                     top1, prob = extra.pop("top1_recovered"), extra.pop("prob_recovered")
                     res = extra.pop("recovered_result")
                 if done is not None:
-                    dense_result = dense_result or _score(pipeline, pipeline.dense, images, labels)
+                    dense_result = dense_result or pipeline.dense_score(evaluation, images, labels)
                     diff = paired_difference(dense_result, res)
                     extra["top1_diff_ci95"] = diff.get("ci95")
                     extra["worst_class_drop"] = diff["worst_class"]["diff"] if diff["worst_class"] else None
@@ -281,7 +282,7 @@ def _clock(seconds: float) -> str:
 
 
 def _score(pipeline: Pipeline, model: nn.Module, images, labels) -> EvalResult:
-    return evaluate_models({"m": model}, tensor_batches(images, labels, 512), class_names=pipeline.pools.class_names,
+    return evaluate_models({"m": model}, tensor_batches(images, labels, 256), class_names=pipeline.pools.class_names,
                            total=len(images), quiet=True, dist=pipeline.dist, precision=pipeline.opts.precision)["m"]
 
 

@@ -94,17 +94,13 @@ def ship(model: nn.Module, path: Path, *, metadata: dict[str, Any], parity_image
     dense_onnx = path.with_name(f".dense-{os.getpid()}.onnx")  # beside the export, never published: only for timing
     try:
         if latency_rounds and dense is not None:
-            dense_device = next(dense.parameters()).device
-            with stage("exporting the dense model for the latency comparison", quiet=quiet):
-                export_onnx(dense, dense_onnx, metadata={"source_model": metadata.get("source_model", "")},
-                            parity_images=parity_images, runtime=runtime)
-            dense.to(dense_device)
+            dense_onnx = _dense_onnx(dense, dense_onnx, metadata, parity_images, runtime, quiet)
             timed = {"dense": dense_onnx, "pruned": path, **({"pruned_fp16": shipped.fp16_path} if shipped.fp16_path else {})}
         if shipped.int8_path is not None:
             timed = {**timed, "pruned": path, "pruned_int8": shipped.int8_path}
         if len(timed) > 1:
             rounds = max(latency_rounds, INT8_GATE_ROUNDS if shipped.int8_path else 0)
-            with stage(f"onnxruntime latency: {', '.join(timed)}, batch 1 and 8, {rounds} rounds", quiet=quiet):
+            with stage(f"onnxruntime latency: {', '.join(timed)}, batch 1 and 8, up to {rounds} rounds", quiet=quiet):
                 latency = ort_latency(timed, tuple(parity_images.shape[1:]), rounds=rounds, threads=runtime.threads,
                                       provider=runtime.provider)
             shipped.latency = latency if latency_rounds and dense is not None else None
@@ -114,10 +110,45 @@ def ship(model: nn.Module, path: Path, *, metadata: dict[str, Any], parity_image
                     shipped.int8_path.unlink(missing_ok=True)
                     shipped.int8_path = None
     finally:
-        dense_onnx.unlink(missing_ok=True)
+        if dense_onnx.name.startswith(".dense-"):
+            dense_onnx.unlink(missing_ok=True)
     if int8 is not None:
         shipped.int8 = int8.to_json()
     return shipped
+
+
+def _dense_onnx(dense: nn.Module, beside: Path, metadata: dict[str, Any], parity_images: torch.Tensor, runtime: Runtime,
+                quiet: bool) -> Path:
+    """The dense model's ONNX for the latency comparison: exported once per (weights, opset, exporter versions) into the
+    user cache and reused by every later compress of the same model (or, where the cache cannot be written, beside
+    ``beside`` and removed after)."""
+    import hashlib
+
+    import onnx
+
+    from .. import __version__
+    from ..data import cache_dir
+    from ..export.onnx import export_onnx
+    from ..model.load import model_fingerprint
+
+    key = hashlib.sha256(f"{model_fingerprint(dense)}:{runtime.opset}:{torch.__version__}:{onnx.__version__}:{__version__}:"
+                         f"{tuple(parity_images.shape[1:])}".encode()).hexdigest()
+    cached = cache_dir() / "onnx" / f"dense-{key}.onnx"
+    if cached.is_file():
+        return cached
+    device = next(dense.parameters()).device
+    with stage("exporting the dense model for the latency comparison (once per model: kept in the cache)", quiet=quiet):
+        for target in (cached, beside):
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                export_onnx(dense, target, metadata={"source_model": metadata.get("source_model", "")},
+                            parity_images=parity_images, runtime=runtime)
+                break
+            except OSError:
+                if target == beside:
+                    raise
+    dense.to(device)
+    return target
 
 
 def _quantize(path: Path, metadata: dict[str, Any], mode: str, max_drop: float, evaluation, calibration, runtime: Runtime,

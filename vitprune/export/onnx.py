@@ -156,12 +156,27 @@ def read_metadata(path: Path) -> dict[str, str]:
     return dict(session(path).get_modelmeta().custom_metadata_map)
 
 
+STABLE_REL = 0.02  # adaptive timing stops once every model's median moved less than this over the last third of rounds
+MIN_ROUNDS = 10
+
+
+def _stable(times: dict[str, list[float]]) -> bool:
+    """Every model's median over all rounds within STABLE_REL of its median two thirds of the way."""
+    for t in times.values():
+        early = statistics.median(t[: max(1, 2 * len(t) // 3)])
+        if abs(statistics.median(t) - early) > STABLE_REL * early:
+            return False
+    return True
+
+
 def ort_latency(models: dict[str, Path], input_shape: tuple[int, ...], *, batch_sizes=(1, 8), threads: int = 1,
-                warmup: int = 5, rounds: int = 30, min_seconds: float = 0.0, provider: str = "CPUExecutionProvider") -> dict:
+                warmup: int = 5, rounds: int = 30, min_seconds: float = 0.0, provider: str = "CPUExecutionProvider",
+                adaptive: bool = True) -> dict:
     """Median / p10 / p90 milliseconds per run for each model and batch size.
 
     Sessions are built once, warmed up, and timed in interleaved rounds (A, B, A, B, ...) so that
-    machine-load drift hits every model alike; threads are pinned (``intra_op_num_threads``).
+    machine-load drift hits every model alike; threads are pinned (``intra_op_num_threads``). ``adaptive``: stop
+    before ``rounds`` once the medians are stable (at least MIN_ROUNDS; the rounds run are reported per batch size).
     """
     sessions = {name: session(p, threads, provider) for name, p in models.items()}
     out: dict = {"threads": threads, "rounds": rounds, "warmup": warmup, "provider": provider}
@@ -176,6 +191,8 @@ def ort_latency(models: dict[str, Path], input_shape: tuple[int, ...], *, batch_
         start = time.perf_counter()
         r = 0
         while r < rounds or time.perf_counter() - start < min_seconds:
+            if adaptive and r >= MIN_ROUNDS and r % 5 == 0 and time.perf_counter() - start >= min_seconds and _stable(times):
+                break
             order = list(sessions.items()) if r % 2 == 0 else list(reversed(sessions.items()))
             for name, s in order:
                 t0 = time.perf_counter()
@@ -183,7 +200,8 @@ def ort_latency(models: dict[str, Path], input_shape: tuple[int, ...], *, batch_
                 times[name].append((time.perf_counter() - t0) * 1e3)
             r += 1
         out[f"batch{bs}"] = {
-            name: {"median_ms": statistics.median(t), "p10_ms": float(np.percentile(t, 10)), "p90_ms": float(np.percentile(t, 90))}
+            name: {"median_ms": statistics.median(t), "p10_ms": float(np.percentile(t, 10)), "p90_ms": float(np.percentile(t, 90)),
+                   "rounds": len(t)}
             for name, t in times.items()
         }
     return out
