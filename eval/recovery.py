@@ -14,7 +14,7 @@ check (``--finetune-selection-per-class``), i.e. on 54,500 images; an epoch is o
 
 Stages (each a set of `vitprune evaluate` sweeps, or, for the baselines, one process per model, all resumable):
 
-- ``tune``: at 0.15x MACs and 0.5 epoch, learning rate 1e-4 / 3e-4 / 1e-3 x block-output distillation weight 0 / 1.
+- ``tune``: at 0.15x MACs and 0.5 epoch, learning rate 1e-4 / 3e-4 / 1e-3 / 3e-3 x block-output distillation weight 0 / 1.
   The setting with the best mean selection top-1 over the models becomes the default (vitprune/defaults.py
   RECOVERY_DEFAULT must equal it: tests/test_defaults.py).
 - ``main``: the chosen setting at 0.25 and 0.15x MACs, 0.5 and 1 epoch.
@@ -45,7 +45,7 @@ RESULTS = HERE / "results" / "recovery"
 BUDGETS = (0.25, 0.15)
 EPOCHS = (0.5, 1.0)
 TUNE_BUDGET, TUNE_EPOCHS = 0.15, 0.5
-LRS = (1e-4, 3e-4, 1e-3)
+LRS = (1e-4, 3e-4, 1e-3, 3e-3)
 FEATURES = (0.0, 1.0)
 SCRATCH_LR = 1e-3
 SELECTION = 500
