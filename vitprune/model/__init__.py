@@ -40,6 +40,8 @@ HEAD_LAYOUTS.add("rope-attention", "vitprune.model.heads:RopeAttentionHeads",
                  help="timm AttentionRope (fused or separate q/k/v, rotary embeddings)")
 HEAD_LAYOUTS.add("eva-attention", "vitprune.model.heads:EvaAttentionHeads",
                  help="timm EvaAttention (q_bias/v_bias, rotary embeddings); sliced into the equivalent AttentionRope")
+HEAD_LAYOUTS.add("beit-attention", "vitprune.model.heads:BeitAttentionHeads",
+                 help="timm BEiT Attention (relative position bias, q_bias/v_bias); sliced into timm Attention with the bias")
 
 SITE_KINDS = Registry("pruning site", "--prune")
 SITE_KINDS.add("mlp", "vitprune.model.sites:MlpSites", help="the hidden units of every block's MLP (sites blocks.N.mlp)")

@@ -12,6 +12,9 @@ for the heads that stay.
 - ``EvaAttentionHeads``: timm ``EvaAttention``. Its forward reshapes the heads' output to the input width, so it
   cannot run with fewer heads: the slice is the equivalent ``AttentionRope`` (same projections, biases — ``q_bias``,
   a zero k bias, ``v_bias`` — norms, gate and rotary embedding) of the kept heads, which replaces it.
+- ``BeitAttentionHeads``: timm's BEiT ``Attention`` (relative position bias per block or shared, ``q_bias`` /
+  ``v_bias``), likewise sliced into timm's ``Attention`` with the kept heads' relative position bias added to its
+  scores (``BiasedAttention``).
 """
 from __future__ import annotations
 
@@ -225,6 +228,123 @@ def _as_rope(attn: nn.Module, kept: torch.Tensor) -> nn.Module:
     return rope
 
 
+def _beit_head_dim(attn: nn.Module) -> int:
+    return attn.qkv.out_features // (3 * int(attn.num_heads))
+
+
+def _biased_attention_class():
+    """``BiasedAttention``: timm's ``Attention`` plus a per-head relative position bias added to its scores — what a
+    BEiT attention computes, for any number of heads. Made on first use (it subclasses a timm class)."""
+    global _BIASED
+    if _BIASED is None:
+        from timm.layers import Attention
+
+        class BiasedAttention(Attention):
+            """timm ``Attention`` whose scores get the relative position bias of its heads (``relative_position_bias_table``
+            indexed by ``relative_position_index``, as BEiT's) and the kept heads' share of a model-wide shared bias: the
+            attention of a BEiT block with some heads removed (``BeitAttentionHeads``)."""
+
+            def forward(self, x: torch.Tensor, shared_rel_pos_bias: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+                bias = None
+                if self.relative_position_bias_table is not None:
+                    n = self.relative_position_index.shape[0]
+                    bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(n, n, -1)
+                    bias = bias.permute(2, 0, 1).unsqueeze(0)
+                if shared_rel_pos_bias is not None:
+                    shared = shared_rel_pos_bias.index_select(-3, self.kept_heads)
+                    bias = shared if bias is None else bias + shared
+                return super().forward(x, attn_mask=bias.to(x.dtype) if bias is not None else None)
+
+        _BIASED = BiasedAttention
+    return _BIASED
+
+
+_BIASED = None
+
+
+@torch.no_grad()
+def _as_biased(attn: nn.Module, kept: torch.Tensor) -> nn.Module:
+    """The ``BiasedAttention`` computing what ``attn`` (a BEiT ``Attention``, or a ``BiasedAttention``) computes for the
+    heads ``kept``: q/k/v rows and ``q_bias`` / ``v_bias`` (a zero k bias) as one qkv bias, the kept columns of the
+    relative position bias table, the proj columns."""
+    cls = _biased_attention_class()
+    device, dtype = attn.proj.weight.device, attn.proj.weight.dtype
+    kept = torch.as_tensor(kept, dtype=torch.long).cpu()
+    if isinstance(attn, cls):
+        d, width = int(attn.head_dim), int(attn.attn_dim)
+        bias = attn.qkv.bias
+        table = attn.relative_position_bias_table
+        shared = attn.kept_heads.cpu()[kept]
+    else:
+        d = _beit_head_dim(attn)
+        width = int(attn.num_heads) * d
+        bias = torch.cat([attn.q_bias, attn.k_bias, attn.v_bias]) if attn.q_bias is not None else None
+        table = attn.relative_position_bias_table
+        shared = kept
+    idx = head_channels(d, kept).to(device)
+    out = cls(attn.proj.out_features, num_heads=len(kept), qkv_bias=bias is not None, attn_head_dim=d,
+              proj_bias=attn.proj.bias is not None, device=device, dtype=dtype)
+    out.fused_attn = attn.fused_attn
+    out.attn_drop, out.proj_drop = copy.deepcopy(attn.attn_drop), copy.deepcopy(attn.proj_drop)
+    rows = torch.cat([idx, idx + width, idx + 2 * width])
+    out.qkv.weight.copy_(attn.qkv.weight[rows])
+    if bias is not None:
+        out.qkv.bias.copy_(bias[rows])
+    out.proj = sliced_out_proj(attn.proj, idx)
+    if table is not None:
+        out.relative_position_bias_table = nn.Parameter(table[:, kept.to(table.device)].clone())
+        out.register_buffer("relative_position_index", attn.relative_position_index.clone(), persistent=False)
+    else:
+        out.relative_position_bias_table = None
+        out.relative_position_index = None
+    out.register_buffer("kept_heads", shared.to(device))  # which heads of a model-wide shared bias are this block's
+    out.train(attn.training)
+    return out
+
+
+class BeitAttentionHeads(_Heads):
+    """The heads of timm's BEiT ``Attention`` (and of the ``BiasedAttention`` it is sliced into). Its forward reshapes
+    the heads' output to the input width, so it cannot run with fewer heads: the slice is the equivalent timm
+    ``Attention`` with the kept heads' relative position bias as the additive mask of its scores."""
+
+    @staticmethod
+    def matches(attn: nn.Module) -> bool:
+        from timm.models.beit import Attention as BeitAttention
+
+        return type(attn) is BeitAttention or type(attn) is _biased_attention_class()
+
+    @staticmethod
+    def channels(attn: nn.Module, heads: torch.Tensor) -> torch.Tensor:
+        return head_channels(_beit_head_dim(attn), heads)
+
+    @staticmethod
+    def unit_key(attn: nn.Module) -> tuple:
+        d = _beit_head_dim(attn)
+        return ("BeitAttention", d, attn.proj.out_features, attn.relative_position_bias_table is not None)
+
+    @classmethod
+    def unit_sq_norms(cls, attn: nn.Module) -> torch.Tensor:
+        return AttentionHeads.unit_sq_norms(_as_biased(attn, torch.arange(int(attn.num_heads))))
+
+    @classmethod
+    def slice(cls, attn: nn.Module, kept: torch.Tensor, *, out_bias: bool = False) -> nn.Module:
+        out = _as_biased(attn, kept.cpu())
+        if out_bias and out.proj.bias is None:
+            out.proj = sliced_out_proj(out.proj, torch.arange(out.proj.in_features), bias=True)
+        return out
+
+    @staticmethod
+    def resize(attn: nn.Module, heads: int) -> nn.Module:
+        """A ``BiasedAttention`` of ``heads`` heads with fresh weights (a state dict is loaded next)."""
+        out = _as_biased(attn, torch.arange(int(attn.num_heads)))
+        AttentionHeads.resize(out, heads)
+        table = out.relative_position_bias_table
+        if table is not None:
+            out.relative_position_bias_table = nn.Parameter(table.new_zeros(table.shape[0], heads))
+        out.kept_heads = torch.arange(heads, device=out.kept_heads.device)
+        return out
+
+
 def refusal(b: int, attn: nn.Module) -> str:
     """Why block b's attention has no prunable heads, as one line."""
     from . import HEAD_LAYOUTS
@@ -233,4 +353,4 @@ def refusal(b: int, attn: nn.Module) -> str:
             "prune its MLPs only (--prune mlp)")
 
 
-__all__ = ["AttentionHeads", "RopeAttentionHeads", "EvaAttentionHeads", "head_channels", "refusal"]
+__all__ = ["AttentionHeads", "RopeAttentionHeads", "EvaAttentionHeads", "BeitAttentionHeads", "head_channels", "refusal"]

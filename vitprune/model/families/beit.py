@@ -1,9 +1,9 @@
 """timm ``Beit``: BEiT and BEiT v2 — relative position bias (per block, or one shared table), ``q_bias`` / ``v_bias``,
 LayerScale as ``gamma_1`` / ``gamma_2``, a CLS token, average pooling with ``fc_norm`` or the CLS readout.
 
-Heads are not prunable here: timm's Beit ``Attention`` reshapes its heads' output to the model width (``reshape(B,
-N, C)``), so it cannot run with fewer heads, and no stock timm module computes the same attention with its relative
-position bias. MLP units are (every MLP layout, every criterion and compensation).
+Heads are prunable through the ``beit-attention`` head layout: timm's Beit ``Attention`` reshapes its heads' output to
+the model width, so a block that loses heads gets the equivalent timm ``Attention`` with the kept heads' relative
+position bias (its own table's columns, and its share of a shared table) added to its scores.
 """
 from __future__ import annotations
 
@@ -31,12 +31,18 @@ class BeitAdapter(FamilyAdapter):
     def run_block(self, b: int, x: torch.Tensor) -> torch.Tensor:
         return self.blocks[b](x, shared_rel_pos_bias=self._shared_bias())
 
+    def attention_half(self, b: int, x: torch.Tensor) -> torch.Tensor:
+        block = self.blocks[b]
+        out = block.attn(block.norm1(x), shared_rel_pos_bias=self._shared_bias())
+        return x + block.drop_path1(out if block.gamma_1 is None else block.gamma_1 * out)
+
+    def mlp_half(self, b: int, x: torch.Tensor) -> torch.Tensor:
+        block = self.blocks[b]
+        out = block.mlp(block.norm2(x))
+        return x + block.drop_path2(out if block.gamma_2 is None else block.gamma_2 * out)
+
     def branch_scale(self, b: int, branch: str) -> torch.Tensor | None:
         return getattr(self.blocks[b], "gamma_1" if branch == "attn" else "gamma_2", None)
-
-    def heads_refusal(self, b: int) -> str | None:
-        return ("timm's Beit Attention reshapes its heads' output to the model width, so it cannot run with fewer heads "
-                "(no stock timm module computes it with its relative position bias)")
 
 
 __all__ = ["BeitAdapter"]
