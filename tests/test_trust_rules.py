@@ -114,11 +114,23 @@ def test_changed_weights_or_images_behind_the_same_spec_are_detected(tmp_path, f
     # the API: another model in memory into the same sweep is refused like other settings
     a, b = vitprune.load_model(str(tmp_path / "mymodel")), vitprune.load_model("demo")
     kw = dict(criterion="magnitude", compensate="none", sparsity=0.5, per_class=2, classes=(0, 1), eval_per_class=2, quiet=True,
-              no_export=None) if False else dict(criterion="magnitude", compensate="none", sparsity=0.5, per_class=2,
-                                                 classes=(0, 1), eval_per_class=2, quiet=True, export=False)
+              export=False)
     vitprune.compress(a, "demo", out=tmp_path / "o", **kw)
     with pytest.raises(UserError, match="model_fingerprint"):
         vitprune.compress(b, "demo", out=tmp_path / "o", **kw)
+
+
+def test_an_analysis_of_another_run_behind_the_same_folder_is_another_analysis(tmp_path, fashion_dir, capsys):
+    run = tmp_path / "run"
+    args = ["--data", "demo", "--per-class", "1", "--classes", "0,1", "--steps", "2", "--topk", "2", "--quiet"]
+    assert main(["discover", "--model", "demo", *args, "--out", str(run)]) == 0
+    out = ["--out", str(tmp_path / "scores")]
+    assert main(["analyze", "scores", "--paths", str(run), "--quiet", *out]) == 0
+    assert main(["analyze", "scores", "--paths", str(run), "--quiet", *out]) == 0  # the same run: a rerun
+    assert main(["discover", "--model", "zoo:eva", *args, "--out", str(run), "--force"]) == 0  # another model's run, same name
+    capsys.readouterr()
+    assert main(["analyze", "scores", "--paths", str(run), "--quiet", *out]) == 2
+    assert "different settings (runs)" in last_line(capsys.readouterr().err)  # the runs' identity differs
 
 
 def test_changed_images_behind_an_image_folder_spec_are_detected(tmp_path, capsys):

@@ -40,7 +40,7 @@ def _published(opts: AnalyzeOptions, command: str, run: Callable[[Path], dict], 
     model, data = getattr(opts, "model", None), getattr(opts, "data", None)
     check_inputs(target, [model_location(model) if model else None, data_location(data) if data else None])
     check_inputs(target, runs, inside_ok=[r / "analysis" for r in runs])  # a run's own analysis/ folder is where analyses go
-    settings = {"command": f"analyze {command}", **_jsonable(asdict(opts))}
+    settings = {"command": f"analyze {command}", **_jsonable(asdict(opts)), "runs": [_run_identity(r) for r in runs]}
     with OutputFolder(target, "analyze") as folder:
         folder.claim("analysis.json", settings, what=f"{command} analysis", force=force)
         report = run(folder.staging)
@@ -48,6 +48,24 @@ def _published(opts: AnalyzeOptions, command: str, run: Callable[[Path], dict], 
         folder.publish()
     report["out"] = str(target)
     return report
+
+
+def _run_identity(run: Path) -> dict[str, Any]:
+    """What an analysis of ``run`` is made from: the model fingerprint its header records and a digest of its records,
+    so that another run behind the same folder name is another analysis (refused without --force)."""
+    import hashlib
+
+    from ..discovery.records import PATHS, read_header
+
+    header = read_header(run)
+    digest = hashlib.sha256()
+    try:
+        with open(run / PATHS, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError:
+        pass
+    return {"model_fingerprint": header.model.fingerprint if header is not None else None, "records_digest": digest.hexdigest()}
 
 
 def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
