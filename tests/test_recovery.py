@@ -131,7 +131,8 @@ def test_compress_recovers_and_reports_one_shot_and_recovered(model_dir, tmp_pat
     assert ft["images"] == 60_000 - 10 * 5  # the training split less the held-out selection images
     md = (out / "report.md").read_text()
     assert "one-shot" in md and "recovered" in md
-    assert not (out / ".vitprune" / "recovery").exists()  # the resumable state goes once the result is published
+    assert not (out / "recovery").exists()  # the resumable state goes once the result is published
+    assert "recovery" not in json.loads((out / ".vitprune" / "manifest.json").read_text())["files"]
 
 
 # ---------------------------------------------------------------------------------- specialisation
@@ -200,3 +201,36 @@ def test_evaluate_sweeps_a_specialist_with_recovery(model_dir, tmp_path):
     assert pruned["top1_oneshot"] is not None and pruned["finetune_epochs"] == 0.02
     lo, hi = pruned["top1_diff_ci95"]
     assert lo <= pruned["top1"] - dense["top1"] <= hi and pruned["worst_class_drop"] is not None
+
+
+@pytest.mark.slow
+def test_a_killed_compress_recovery_resumes_to_the_weights_of_an_uninterrupted_one(model_dir, tmp_path):
+    """kill -9 once the recovery's state is on disk (its first check, half an epoch in), rerun: the same weights as a
+    run never killed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    argv = ["compress", "--model", model_dir, "--sparsity", "0.5", *FAST, "--finetune-epochs", "0.6",
+            "--finetune-selection-per-class", "5", "--no-export"]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # every run alike: the thread count may move a sum's last bit
+    command = [sys.executable, "-m", "vitprune", *argv, "--out"]
+    assert subprocess.run([*command, str(whole)], env=env, capture_output=True).returncode == 0
+    proc = subprocess.Popen([*command, str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = killed / "recovery" / STATE
+    while not state.exists():  # events, not the clock
+        assert proc.poll() is None, "the run ended before its recovery saved a state"
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "model.safetensors").exists()
+    assert subprocess.run([*command, str(killed)], env=env, capture_output=True).returncode == 0
+    resumed = json.loads((killed / "report.json").read_text())["finetune"]["resumed_at_step"]
+    assert resumed > 0
+    a, b = load_file(str(whole / "model.safetensors")), load_file(str(killed / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -325,6 +325,15 @@ class OutputFolder:
                 self._manifest["files"] = sorted(set(self._manifest["files"]) | set(new))
                 self._write_manifest()
 
+    def discard(self, name: str) -> None:
+        """Remove a resumable entry the finished result no longer needs (a recovery's state), and its manifest line."""
+        if not self.main or not plain_name(name):
+            return
+        _remove(self.path / name)
+        if name in self._manifest["files"]:
+            self._manifest["files"] = sorted(set(self._manifest["files"]) - {name})
+            self._write_manifest()
+
     def workdir(self, name: str = "") -> Path:
         """Where this run keeps its resumable entry ``name`` (registered with ``own``): in the folder, or, while replacing
         a different result, in ``.vitprune/next/`` (published with the result). ``name=""``: the folder itself."""

@@ -81,6 +81,8 @@ def recover(student: nn.Module, teacher: nn.Module, train: ImagePool, transform,
     set_seed(settings.seed)
     use_cuda = torch.cuda.is_available()
     acc = Accelerator(cpu=not use_cuda, mixed_precision="bf16" if use_cuda and torch.cuda.is_bf16_supported() else "no")
+    if not acc.is_main_process:
+        state = None  # every process trains the same student the same way; one writes its state
     n = len(train)
     per_epoch = max(1, math.ceil(n / settings.batch_size))
     steps = max(1, math.ceil(settings.epochs * per_epoch))

@@ -33,6 +33,7 @@ from .shipping import PARITY_IMAGES, check_quantize, file_target, fp16_path, int
 # what a complete compress result folder holds (model.onnx too, unless --no-export)
 RESULT_FILES = (COMPRESS_SETTINGS, "mask.json", "model.safetensors", "vitprune.json", "report.json", "report.md", HUB_CONFIG_FILE,
                 MODEL_CARD_FILE)
+RECOVERY_STATE = "recovery"  # the folder entry a recovery keeps its resumable state in, until the result is published
 # a budget that removes more than this fraction of some block's units or heads is named (one warning line)
 DRASTIC = 0.5
 
@@ -296,7 +297,7 @@ def _compress(opts: CompressOptions, pipeline: Pipeline, settings: DiscoverySett
         _warn_drastic(opts, mask, macs_pruned / macs_dense)
     with pipeline.stage(f"evaluating dense and pruned on {len(evaluation)} held-out images", "evaluation_s"):
         results = pipeline.evaluate_pool({"dense": pipeline.dense, "pruned": pruned}, evaluation)
-    finetune = (_recover(opts, pipeline, pruned, evaluation, results, dist, folder.workdir("recovery") if folder is not None else None)
+    finetune = (_recover(opts, pipeline, pruned, evaluation, results, dist, folder.workdir(RECOVERY_STATE) if folder is not None else None)
                 if opts.finetune_epochs else None)
     if not dist.is_main:
         return None
@@ -340,6 +341,8 @@ def _compress(opts: CompressOptions, pipeline: Pipeline, settings: DiscoverySett
     if folder is not None:
         _write_result(folder.staging, None, mask, report, meta, settings_file, recipe=recipe)  # the checkpoint is there
         folder.publish([e.name for e in folder.staging.iterdir() if not e.name.startswith(".")])
+        if opts.finetune_epochs:
+            folder.discard(RECOVERY_STATE)  # the recovery's resumable state: the result holds what it made
     return CompressResult(pruned, mask, report, pipeline.dense, meta, pipeline, evaluation, settings_file,
                           folder.path if folder is not None else None)
 
