@@ -86,6 +86,7 @@ def bare_forward(threads: int) -> dict:
 
     import vitprune
     from vitprune.data import materialize, model_transform
+    from vitprune.distributed import get_dist
     from vitprune.options import CompressOptions
     from vitprune.pipeline import Pipeline
 
@@ -104,7 +105,7 @@ def bare_forward(threads: int) -> dict:
     best = max(rates, key=rates.get)
     with tempfile.TemporaryDirectory() as cache:
         os.environ["VITPRUNE_CACHE"] = cache
-        pipeline = Pipeline("demo", "demo", CompressOptions(), quiet=True)
+        pipeline = Pipeline("demo", "demo", CompressOptions(), dist=get_dist("cpu"), quiet=True)
         start = time.perf_counter()
         pipeline.evaluate_pool({"dense": pipeline.dense}, pipeline.pools.evaluation)
         evaluation = len(images) / (time.perf_counter() - start)

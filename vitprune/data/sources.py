@@ -318,8 +318,9 @@ def _hub_pools(spec: str, arg: str) -> DataPools:
     eval_split = options.get("eval_split") or next((s for s in ("validation", "test") if s in dsd and s != calib_split), None)
     for flag, split in (("--split", calib_split), ("--eval-split", eval_split)):
         if split is None or split not in dsd:
-            raise UserError(f"Hugging Face dataset '{name}' has no split '{split}' for {'calibration' if flag == '--split' else 'evaluation'} "
-                            f"(splits: {', '.join(splits)}); pass {flag} SPLIT")
+            what = "calibration" if flag == "--split" else "evaluation"
+            missing = f"split '{split}'" if split is not None else "'validation' or 'test' split"
+            raise UserError(f"Hugging Face dataset '{name}' has no {missing} for {what} (splits: {', '.join(splits)}); pass {flag} SPLIT")
     if calib_split == eval_split:
         raise UserError(f"--split and --eval-split are both '{calib_split}': calibration and evaluation images must differ; "
                         "pass two splits")
