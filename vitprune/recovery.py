@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,16 +147,17 @@ def recover(student: nn.Module, teacher: nn.Module, train: ImagePool, transform,
 
 def _loss(student, teacher, images, labels, index, cache, taps, settings: RecoverySettings, acc) -> torch.Tensor:
     """The distillation loss of one batch (logits, labels and, with ``taps``, the block outputs)."""
-    if taps is not None or any(i not in cache for i in index):
-        with torch.no_grad():
-            t_logits = teacher(images).float()
-        if taps is None:
-            for i, row in zip(index, t_logits):
-                cache[i] = row.cpu()
-    else:
-        t_logits = torch.stack([cache[i] for i in index]).to(images.device)
-    with acc.autocast():
-        s_logits = student(images)
+    with taps.recording() if taps is not None else nullcontext():
+        if taps is not None or any(i not in cache for i in index):
+            with torch.no_grad():
+                t_logits = teacher(images).float()
+            if taps is None:
+                for i, row in zip(index, t_logits):
+                    cache[i] = row.cpu()
+        else:
+            t_logits = torch.stack([cache[i] for i in index]).to(images.device)
+        with acc.autocast():
+            s_logits = student(images)
     t = settings.temperature
     kd = F.kl_div(F.log_softmax(s_logits.float() / t, -1), F.softmax(t_logits / t, -1), reduction="batchmean") * t * t
     loss = settings.kd_weight * kd + (1 - settings.kd_weight) * F.cross_entropy(s_logits.float(), labels)
@@ -164,16 +167,29 @@ def _loss(student, teacher, images, labels, index, cache, taps, settings: Recove
 
 
 class _BlockTaps:
-    """The student's and the teacher's residual stream after every block, for the feature loss; hooks removed by ``remove``."""
+    """The student's and the teacher's residual stream after every block, for the feature loss, kept only inside
+    ``recording()`` (the selection checks run the student too); hooks removed by ``remove``."""
 
     def __init__(self, student: nn.Module, teacher: nn.Module) -> None:
         from .model.adapter import adapter_for
 
         self.student: list[torch.Tensor] = []
         self.teacher: list[torch.Tensor] = []
-        self.handles = [block.register_forward_hook(lambda _m, _i, out, store=store: store.append(out))
+        self.on = False
+        self.handles = [block.register_forward_hook(lambda _m, _i, out, store=store: store.append(out) if self.on else None)
                         for model, store in ((student, self.student), (teacher, self.teacher))
                         for block in adapter_for(model).blocks]
+
+    @contextmanager
+    def recording(self) -> Iterator[None]:
+        """Keep the block outputs of the forwards inside (of one training batch), none before."""
+        self.student.clear()
+        self.teacher.clear()
+        self.on = True
+        try:
+            yield
+        finally:
+            self.on = False
 
     def loss(self) -> torch.Tensor:
         """Mean over blocks of ||s - t||^2 / ||t||^2 (the teacher's outputs carry no gradient); clears the taps."""
