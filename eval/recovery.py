@@ -14,10 +14,12 @@ check (``--finetune-selection-per-class``), i.e. on 54,500 images; an epoch is o
 
 Stages (each a set of `vitprune evaluate` sweeps, or, for the baselines, one process per model, all resumable):
 
-- ``tune``: at 0.15x MACs and 0.5 epoch, learning rate 1e-4 / 3e-4 / 1e-3 / 3e-3 x block-output distillation weight 0 / 1.
-  The setting with the best mean selection top-1 over the models becomes the default (vitprune/defaults.py
-  RECOVERY_DEFAULT must equal it: tests/test_defaults.py).
-- ``main``: the chosen setting at 0.25 and 0.15x MACs, 0.5 and 1 epoch.
+- ``tune``: at 0.15x MACs and 0.5 epoch, learning rate 1e-4 / 3e-4 / 1e-3 / 3e-3 x block-output distillation weight 0 / 1
+  on the screening models (eval/zoo.py SCREENING, as the zoo's discovery screening), then the SHORTLIST best of those
+  (mean selection top-1 on them) on the other models. The setting with the best mean selection top-1 over every model
+  becomes the default (vitprune/defaults.py RECOVERY_DEFAULT must equal it: tests/test_defaults.py).
+- ``main``: the chosen setting at 0.25 and 0.15x MACs, 0.5 and 1 epoch (the 0.5-epoch point at 0.15x is the chosen tune
+  run).
 - ``baselines`` (0.15x MACs, 1 epoch, the chosen setting): ``scratch`` — vitprune's pruned architecture at that
   budget, re-initialised (timm's init) and trained by the same recovery (distillation from the dense model; the
   learning rate chosen on the selection images among the tuned one and 1e-3, which training from scratch usually
@@ -39,11 +41,12 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
-from zoo import MODELS, folder, load_points, run_job  # noqa: E402
+from zoo import MODELS, SCREENING, folder, load_points, run_job  # noqa: E402
 
 RESULTS = HERE / "results" / "recovery"
 BUDGETS = (0.25, 0.15)
 EPOCHS = (0.5, 1.0)
+SHORTLIST = 3
 TUNE_BUDGET, TUNE_EPOCHS = 0.15, 0.5
 LRS = (1e-4, 3e-4, 1e-3, 3e-3)
 FEATURES = (0.0, 1.0)
@@ -66,18 +69,30 @@ def tune_name(lr: float, features: float) -> str:
     return f"tune-lr{lr:g}-f{features:g}"
 
 
+def shortlist() -> list[tuple[float, float]]:
+    """The SHORTLIST best (lr, features) by mean selection top-1 on the screening models (which must have run all)."""
+    grid = summarise(SCREENING)["tune"]
+    complete = [v for v in grid.values() if len(v["per_model"]) == len(SCREENING)]
+    if len(complete) < len(LRS) * len(FEATURES):
+        sys.exit(f"the tune stage's shortlist needs the full grid on {', '.join(SCREENING)}: run --stage tune --models "
+                 f"{','.join(SCREENING)} first")
+    ranked = sorted(complete, key=lambda v: -statistics.mean(r["selection"] for r in v["per_model"].values()))
+    return [(v["lr"], v["features"]) for v in ranked[:SHORTLIST]]
+
+
 def jobs(stage: str, models: tuple[str, ...], chosen: dict | None) -> list[tuple[Path, list[str]]]:
     out = []
     for m in models:
         if stage == "tune":
+            settings = [(lr, f) for lr in LRS for f in FEATURES] if m in SCREENING else shortlist()
             out += [(RESULTS / folder(m) / tune_name(lr, f), [*common(m), "--target-macs", str(TUNE_BUDGET), "--finetune-epochs",
                                                               str(TUNE_EPOCHS), "--finetune-lr", str(lr), "--finetune-features", str(f)])
-                    for lr in LRS for f in FEATURES]
-        elif stage == "main":
-            out += [(RESULTS / folder(m) / f"main-ep{e:g}", [*common(m), "--target-macs", ",".join(map(str, BUDGETS)),
+                    for lr, f in settings]
+        elif stage == "main":  # the tune budget's 0.5-epoch point is the chosen tune run
+            out += [(RESULTS / folder(m) / f"main-ep{e:g}", [*common(m), "--target-macs", ",".join(map(str, budgets)),
                                                              "--finetune-epochs", str(e), "--finetune-lr", str(chosen["lr"]),
                                                              "--finetune-features", str(chosen["features"])])
-                    for e in EPOCHS]
+                    for e in EPOCHS if (budgets := [b for b in BUDGETS if (b, e) != (TUNE_BUDGET, TUNE_EPOCHS)])]
     return out
 
 
@@ -180,14 +195,17 @@ def summarise(models: tuple[str, ...]) -> dict:
                  "per_model": {}, "machine": f"{platform.machine()} CPU, 1 torch thread (2 shared cores)"}
     for m in models:
         row: dict = {}
-        for e in EPOCHS:
-            points = load_points(RESULTS / folder(m) / f"main-ep{e:g}")
+        sources = [(e, f"main-ep{e:g}") for e in EPOCHS]
+        if chosen:  # the chosen tune run is the 0.5-epoch point at the tune budget
+            sources.append((TUNE_EPOCHS, tune_name(chosen["lr"], chosen["features"])))
+        for e, name in sources:
+            points = load_points(RESULTS / folder(m) / name)
             dense = next((p for p in points if p["criterion"] == "dense"), None)
             if dense is not None:
                 row["dense"] = {"test": dense["top1"], "selection": dense["top1_selection"]}
             for b in BUDGETS:
                 p = _point(points, b)
-                if p is not None:
+                if p is not None and f"ep{e:g}" not in row.get(f"{b:g}", {}):
                     row.setdefault(f"{b:g}", {})["oneshot"] = p["top1_oneshot"]
                     row[f"{b:g}"][f"ep{e:g}"] = {"test": p["top1"], "selection": p["top1_selection"], "ci95": p.get("top1_diff_ci95"),
                                                 "worst_class_drop": p.get("worst_class_drop"), "macs_ratio": p["macs_ratio"],

@@ -157,7 +157,8 @@ def render(s: dict) -> str:
     w = s["smallest_budget_wins"]
     if w["cells"]:
         lines += [f"Smallest budget reached (ties count for each): " + ", ".join(f"{c} {w[c]} of {w['cells']}" for c in s["criteria"])
-                  + "; mean smallest budget: " + ", ".join(f"{c} {v:.3f}x" for c, v in s["mean_smallest"].items()) + ".", ""]
+                  + "; mean smallest budget (a subset that no budget of the sweep keeps within the tolerance counts as 1.0x, "
+                  "the dense model): " + ", ".join(f"{c} {v:.3f}x" for c, v in s["mean_smallest"].items()) + ".", ""]
     cases = s["target"]["cases"]
     if cases:
         met = sum(c["met"] for c in cases)

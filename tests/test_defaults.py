@@ -84,3 +84,20 @@ def test_discovery_default_is_the_cost_quality_winner():
     assert all(r["zoo_mean_flop_per_class"] >= won["zoo_mean_flop_per_class"] for r in rows.values()
                if r["selection_sparsity"] >= ref["selection_sparsity"] - study["tolerance"] - 1e-12
                and r["selection_keep"] >= ref["selection_keep"] - study["tolerance"] - 1e-12)
+
+
+RECOVERY = SUMMARY.parents[1] / "recovery" / "summary.json"
+
+
+def test_recovery_default_is_the_recovery_studys_choice():
+    """The learning rate and block-output distillation weight of --finetune-* are the setting with the best mean
+    selection top-1 over every zoo model in eval/recovery.py's tune stage; the library's RecoverySettings agree."""
+    from vitprune.recovery import RecoverySettings
+
+    study = json.loads(RECOVERY.read_text())
+    assert len(study["models"]) >= 4
+    complete = [v for v in study["tune"].values() if len(v["per_model"]) == len(study["models"])]
+    best = max(complete, key=lambda v: v["mean_selection"])
+    assert study["chosen"] == {"lr": best["lr"], "features": best["features"]}
+    assert {k: defaults.RECOVERY_DEFAULT[k] for k in ("lr", "features")} == study["chosen"]
+    assert (RecoverySettings().lr, RecoverySettings().features) == (study["chosen"]["lr"], study["chosen"]["features"])

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import ImagePool
+from .defaults import RECOVERY_DEFAULT
 from .progress import LOG, progress_bar
 
 STATE = "recovery.pt"
@@ -38,8 +39,8 @@ class RecoverySettings:
     """How a pruned model is recovered (``--finetune-*``)."""
 
     epochs: float = 1.0  # passes over the training images; a fraction is allowed
-    lr: float = 1e-4  # peak learning rate (one-cycle)
-    features: float = 0.0  # weight of the block-output distillation (0: logits only)
+    lr: float = RECOVERY_DEFAULT["lr"]  # peak learning rate (one-cycle)
+    features: float = RECOVERY_DEFAULT["features"]  # weight of the block-output distillation (0: logits only)
     kd_weight: float = 0.5  # share of the logit distillation in the logit loss (the rest: the labels)
     temperature: float = 2.0
     weight_decay: float = 0.01
