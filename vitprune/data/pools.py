@@ -1,9 +1,10 @@
 """Image pools: the images of one split, selected per class and served as preprocessed batches.
 
-Two kinds behave alike: ``FilePool`` over a Hugging Face ``datasets.Dataset`` with columns ``image``,
-``label`` and ``id`` (decoded and preprocessed for the model at batch time), and ``TensorPool`` over a
-torch ``Dataset`` that yields ``(image_tensor, int_label)`` already preprocessed for the model (what
-the Python API accepts from a user). Every batch is ``(ids, images, labels)``; ids are stable strings.
+Three kinds behave alike: ``FilePool`` over a Hugging Face ``datasets.Dataset`` with columns ``image``,
+``label`` and ``id`` (decoded and preprocessed for the model at batch time), ``ArrayPool`` over uint8 image arrays
+in memory (a dataset of raw pixels, such as Fashion-MNIST's idx files: made into images at batch time), and
+``TensorPool`` over a torch ``Dataset`` that yields ``(image_tensor, int_label)`` already preprocessed for the model
+(what the Python API accepts from a user). Every batch is ``(ids, images, labels)``; ids are stable strings.
 """
 from __future__ import annotations
 
@@ -213,6 +214,79 @@ class TensorPool(ImagePool):
         return DataLoader(Subset(self.dataset, self.indices), batch_size=batch_size, shuffle=shuffle, generator=gen,
                           collate_fn=lambda rows: (torch.stack([r[0] for r in rows]).float(),
                                                    torch.as_tensor([int(r[1]) for r in rows])))
+
+
+class ArrayPool(ImagePool):
+    """Images held in memory as one uint8 array, ``(N, H, W)`` or ``(N, H, W, C)``, with int labels (a dataset read
+    from idx files): nothing is encoded to image files and decoded back; an image becomes a PIL image only when its
+    batch is made, then goes through the model's transform like a decoded file."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, name: str, indices: Sequence[int] | None = None) -> None:
+        if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) != len(labels):
+            raise ValueError(f"ArrayPool needs uint8 (N, H, W[, C]) images and N labels, not {images.dtype} {images.shape} "
+                             f"and {len(labels)} labels")
+        self.images = images
+        self._labels = np.asarray(labels, dtype=np.int64)
+        self.name = name
+        self.indices = np.arange(len(images)) if indices is None else np.asarray(indices, dtype=np.int64)
+        self._digest: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def labels(self) -> np.ndarray:
+        return self._labels[self.indices]
+
+    def ids(self) -> list[str]:
+        return [f"{self.name}/{i}" for i in self.indices.tolist()]
+
+    def select(self, indices: Sequence[int]) -> "ArrayPool":
+        return ArrayPool(self.images, self._labels, self.name, self.indices[np.asarray(indices, dtype=np.int64)])
+
+    def image(self, i: int):
+        """Pool image ``i`` as a PIL image (mode L or RGB, as a decoded file would be)."""
+        from PIL import Image
+
+        return Image.fromarray(self.images[self.indices[i]])
+
+    def batches(self, transform: Callable | None, batch_size: int, *, shard=None) -> Iterator[Batch]:
+        if transform is None:
+            raise ValueError("images held as arrays need the model's transform")
+        for k, start in enumerate(range(0, len(self), batch_size)):
+            if shard is not None and k % shard.world != shard.rank:
+                continue
+            chunk = range(start, min(start + batch_size, len(self)))
+            yield ([f"{self.name}/{self.indices[i]}" for i in chunk], torch.stack([transform(self.image(i)) for i in chunk]),
+                   torch.as_tensor(self._labels[self.indices[start:start + batch_size]], dtype=torch.long))
+
+    def digest(self) -> str:
+        """The selected images' pixels and labels and their positions, in order (computed once)."""
+        if self._digest is None:
+            import hashlib
+
+            h = hashlib.sha256(f"array-pool:{self.name}:{self.images.shape[1:]}:{len(self)}".encode())
+            h.update(self.indices.tobytes())
+            h.update(np.ascontiguousarray(self.labels()).tobytes())
+            h.update(np.ascontiguousarray(self.images[self.indices]).tobytes())
+            self._digest = h.hexdigest()
+        return self._digest
+
+    def torch_loader(self, transform: Callable, batch_size: int, *, shuffle: bool = False, seed: int = 0):
+        """A torch DataLoader of (images, labels), for training loops (accelerate-ready)."""
+        from torch.utils.data import DataLoader
+
+        pool = self
+
+        class Items(torch.utils.data.Dataset):
+            def __len__(self) -> int:
+                return len(pool)
+
+            def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+                return transform(pool.image(i)), int(pool._labels[pool.indices[i]])
+
+        gen = torch.Generator().manual_seed(seed)
+        return DataLoader(Items(), batch_size=batch_size, shuffle=shuffle, generator=gen,
+                          collate_fn=lambda rows: (torch.stack([r[0] for r in rows]), torch.as_tensor([r[1] for r in rows])))
 
 
 class ClassSubsetPool(ImagePool):

@@ -2,8 +2,8 @@
 
 ``calibration`` feeds path discovery, statistics and least squares; ``evaluation`` measures
 accuracy. A spec's pools are ``FilePool``s over Hugging Face ``datasets`` with columns ``image``
-(``Image``), ``label`` (``ClassLabel``) and ``id`` (a stable string); the Python API also takes a
-pair of torch Datasets (``DataPools.from_datasets``).
+(``Image``), ``label`` (``ClassLabel``) and ``id`` (a stable string), or, for Fashion-MNIST's raw pixels,
+``ArrayPool``s; the Python API also takes a pair of torch Datasets (``DataPools.from_datasets``).
 
 Specs:
   ``demo`` / ``fashion-mnist[:DIR]``  Fashion-MNIST idx files (train -> calibration, test -> evaluation)
@@ -17,9 +17,7 @@ Specs:
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
-import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,7 @@ import numpy as np
 
 from ..errors import UserError
 from .images import IMAGE_EXTENSIONS
-from .pools import FilePool, ImagePool, TensorPool
+from .pools import ArrayPool, FilePool, ImagePool, TensorPool
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = (
@@ -129,44 +127,9 @@ def fashion_mnist_arrays(root: str | os.PathLike = FASHION_MNIST_DIR, split: str
 
 
 def _fashion_mnist_pools(spec: str, root: Path) -> DataPools:
-    import datasets
-
-    _require_fashion_dir(root)
-    features = datasets.Features(
-        image=datasets.Image(),
-        label=datasets.ClassLabel(names=list(FASHION_MNIST_CLASSES)),
-        id=datasets.Value("string"),
-    )
-    files = [_find_idx(root, f"{p}-{k}-idx{n}-ubyte") for p in ("train", "t10k") for k, n in (("images", 3), ("labels", 1))]
-    digest = hashlib.sha256("".join(f"{f.resolve()}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files).encode()).hexdigest()[:16]
-    pools = {}
-    for split in ("train", "test"):
-        target = cache_dir() / "datasets" / f"fashion-mnist-{digest}" / split
-        if (target / "dataset_info.json").is_file():
-            pools[split] = datasets.load_from_disk(str(target))
-            continue
-        images, labels = fashion_mnist_arrays(root, split)
-        datasets.disable_progress_bars()
-        ds = datasets.Dataset.from_dict(
-            {"image": list(images), "label": labels.tolist(), "id": [f"{split}/{i}" for i in range(len(labels))]},
-            features=features,
-        )
-        tmp = target.with_name(f"{split}.tmp-{os.getpid()}")
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            ds.save_to_disk(str(tmp))
-        except OSError:  # the cache cannot be written (read-only, full, no permission): work from memory, uncached
-            shutil.rmtree(tmp, ignore_errors=True)
-            datasets.enable_progress_bars()
-            pools[split] = ds
-            continue
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process won the race; use its copy
-            shutil.rmtree(tmp, ignore_errors=True)
-        datasets.enable_progress_bars()
-        pools[split] = datasets.load_from_disk(str(target))
-    return DataPools(spec, FilePool(pools["train"]), FilePool(pools["test"]), FASHION_MNIST_CLASSES)
+    """The train split (calibration) and the test split (evaluation), held as the idx files' pixels: no image files."""
+    (train_x, train_y), (test_x, test_y) = (fashion_mnist_arrays(root, split) for split in ("train", "test"))
+    return DataPools(spec, ArrayPool(train_x, train_y, "train"), ArrayPool(test_x, test_y, "test"), FASHION_MNIST_CLASSES)
 
 
 # ------------------------------------------------------------------------------- image folders
