@@ -59,13 +59,52 @@ def test_folder_problems_are_user_errors(tmp_path, damage, fragment):
         load_data(f"imagefolder:{root}")
 
 
-def test_unreadable_image_is_a_user_error(tmp_path):
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_unreadable_image_is_a_user_error(tmp_path, monkeypatch, workers):
+    monkeypatch.setenv("VITPRUNE_DECODE_WORKERS", workers)  # in this process, and in decoding workers
     root = _make_folder(tmp_path / "data")
-    (root / "apple" / "img_00.png").write_bytes(b"not a png")
+    (root / "apple" / "img_02.png").write_bytes(b"not a png")
     pools = load_data(f"imagefolder:{root}")
     model = tiny_vit(img_size=12, patch_size=4, num_classes=5)
-    with pytest.raises(UserError, match="unreadable image 'apple/img_00.png'"):
+    with pytest.raises(UserError, match=r"^unreadable image 'apple/img_02.png' \(\w+\); remove or replace the file$"):
         list(pools.calibration.batches(model_transform(model), 4))
+
+
+def test_decoding_workers_give_the_same_batches_in_order(tmp_path, monkeypatch):
+    pools = load_data(f"imagefolder:{_make_folder(tmp_path / 'data', per_class=9)}")
+    transform = model_transform(tiny_vit(img_size=12, patch_size=4, num_classes=5))
+
+    class Shard:
+        world, rank = 2, 1
+
+    runs = {}
+    for workers in ("0", "2"):
+        monkeypatch.setenv("VITPRUNE_DECODE_WORKERS", workers)
+        runs[workers] = [list(pools.calibration.batches(transform, 4, shard=shard)) for shard in (None, Shard)]
+    for a, b in zip(*runs.values()):
+        assert len(a) == len(b) > 1
+        for (ids_a, x_a, y_a), (ids_b, x_b, y_b) in zip(a, b):
+            assert ids_a == ids_b and torch.equal(x_a, x_b) and torch.equal(y_a, y_b)
+    assert [ids for ids, _, _ in runs["0"][1]] == [ids for ids, _, _ in runs["0"][0]][1::2]
+
+
+def test_a_pool_of_pixels_selects_and_identifies_by_content():
+    from vitprune.data import ArrayPool
+
+    rng = np.random.default_rng(0)
+    images, labels = rng.integers(0, 256, (12, 6, 6), dtype=np.uint8), np.arange(12) % 3
+    pool = ArrayPool(images, labels, "train")
+    part = pool.select([5, 1, 7]).select([2, 0])
+    assert part.ids() == ["train/7", "train/5"] and part.labels().tolist() == [1, 2]
+    x = torch.cat([b[1] for b in part.batches(lambda im: torch.as_tensor(np.array(im)).float(), 1)])
+    assert torch.equal(x, torch.as_tensor(images[[7, 5]]).float())
+    changed = images.copy()
+    changed[7, 0, 0] ^= 1
+    assert ArrayPool(changed, labels, "train").select([7, 5]).digest() != part.digest()
+    assert ArrayPool(images.copy(), labels, "train").select([7, 5]).digest() == part.digest()
+    loader = part.torch_loader(lambda im: torch.as_tensor(np.array(im)).float(), 2)
+    xs, ys = next(iter(loader))
+    assert torch.equal(xs, x) and ys.tolist() == [1, 2]
 
 
 def test_select_per_class_is_deterministic(tmp_path):

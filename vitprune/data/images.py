@@ -23,13 +23,18 @@ def model_transform(model: torch.nn.Module) -> Callable:
     for key in ("mean", "std"):  # a single-channel model with RGB statistics: use their average
         if len(cfg[key]) != chans and chans == 1:
             cfg[key] = (float(np.mean(cfg[key])),)
-    transform = timm.data.create_transform(**cfg, is_training=False)
-    mode = "L" if chans == 1 else "RGB"
+    return ModelTransform(timm.data.create_transform(**cfg, is_training=False), "L" if chans == 1 else "RGB")
 
-    def apply(image) -> torch.Tensor:
-        return transform(to_8bit(image).convert(mode))
 
-    return apply
+class ModelTransform:
+    """A decoded image in the model's channel mode through timm's eval transform (a class, not a closure: decoding
+    workers started by spawn receive it pickled)."""
+
+    def __init__(self, transform: Callable, mode: str) -> None:
+        self.transform, self.mode = transform, mode
+
+    def __call__(self, image) -> torch.Tensor:
+        return self.transform(to_8bit(image).convert(self.mode))
 
 
 def to_8bit(image):

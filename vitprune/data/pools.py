@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from ..errors import UserError
 from .images import open_image
@@ -73,16 +74,21 @@ class FilePool(ImagePool):
         return self.dataset.cast_column("image", datasets.Image(decode=False))
 
     def batches(self, transform: Callable | None, batch_size: int, *, shard=None) -> Iterator[Batch]:
+        """Batches decoded in ``decode_workers()`` DataLoader worker processes (in order) while the model runs on the
+        previous one, or in this process for a pool of one batch."""
         if transform is None:
             raise ValueError("images read from files need the model's transform")
-        raw = self._raw()
-        for k, start in enumerate(range(0, len(raw), batch_size)):
-            if shard is not None and k % shard.world != shard.rank:
-                continue
-            rows = raw[start : start + batch_size]
-            tensors = [transform(open_image(ident, img["bytes"] if img.get("bytes") is not None else img["path"]))
-                       for ident, img in zip(rows["id"], rows["image"])]
-            yield list(rows["id"]), torch.stack(tensors), torch.as_tensor(rows["label"], dtype=torch.long)
+        starts = [start for k, start in enumerate(range(0, len(self), batch_size))
+                  if shard is None or k % shard.world == shard.rank]
+        decoded = _DecodedBatches(self._raw(), starts, batch_size, transform)
+        workers = decode_workers() if len(starts) > 1 and _can_send(decoded) else 0
+        if not workers:
+            yield from (decoded.unwrap(decoded[i]) for i in range(len(starts)))
+            return
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(decoded, batch_size=None, num_workers=workers, collate_fn=_as_is, prefetch_factor=2)
+        yield from (decoded.unwrap(batch) for batch in loader)
 
     def verify(self) -> None:
         raw = self._raw()
@@ -122,6 +128,72 @@ class FilePool(ImagePool):
         gen = torch.Generator().manual_seed(seed)
         return DataLoader(self.dataset.with_transform(apply), batch_size=batch_size, shuffle=shuffle, collate_fn=collate,
                           generator=gen)
+
+
+DECODE_WORKERS_ENV = "VITPRUNE_DECODE_WORKERS"
+
+
+def decode_workers() -> int:
+    """Worker processes that decode image files (``VITPRUNE_DECODE_WORKERS``, else one per core beyond the first, at
+    most 4: the model's forward keeps the others; 0 decodes in this process, as does a daemonic process)."""
+    import multiprocessing
+    import os
+
+    if multiprocessing.current_process().daemon:  # a daemonic process may not start workers
+        return 0
+    value = os.environ.get(DECODE_WORKERS_ENV)
+    if value is not None:
+        try:
+            return max(0, int(value))
+        except ValueError:
+            raise UserError(f"{DECODE_WORKERS_ENV}={value!r} is not a whole number; set it to 0 (decode in the main "
+                            "process) or a worker count") from None
+    return min(4, max(0, (os.cpu_count() or 1) - 1))
+
+
+def _can_send(dataset) -> bool:
+    """Whether worker processes can receive ``dataset``: always when they are forked, else if it pickles (a user's
+    transform may be a closure)."""
+    import multiprocessing
+    import pickle
+
+    if multiprocessing.get_start_method(allow_none=False) == "fork":
+        return True
+    try:
+        pickle.dumps(dataset)
+        return True
+    except Exception:
+        return False
+
+
+def _as_is(batch):
+    return batch
+
+
+class _DecodedBatches(Dataset):
+    """Batch ``i`` of a file pool, decoded and preprocessed: what a DataLoader worker makes. An unreadable image comes
+    back as its one-line message (a worker's exception would reach the user as a traceback), raised by ``unwrap``."""
+
+    def __init__(self, raw, starts: list[int], batch_size: int, transform: Callable) -> None:
+        self.raw, self.starts, self.batch_size, self.transform = raw, starts, batch_size, transform
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, i: int):
+        rows = self.raw[self.starts[i] : self.starts[i] + self.batch_size]
+        try:
+            tensors = [self.transform(open_image(ident, img["bytes"] if img.get("bytes") is not None else img["path"]))
+                       for ident, img in zip(rows["id"], rows["image"])]
+        except UserError as exc:
+            return str(exc)
+        return list(rows["id"]), torch.stack(tensors), torch.as_tensor(rows["label"], dtype=torch.long)
+
+    @staticmethod
+    def unwrap(batch) -> Batch:
+        if isinstance(batch, str):
+            raise UserError(batch)
+        return batch
 
 
 class TensorPool(ImagePool):
@@ -277,7 +349,7 @@ class ArrayPool(ImagePool):
 
         pool = self
 
-        class Items(torch.utils.data.Dataset):
+        class Items(Dataset):
             def __len__(self) -> int:
                 return len(pool)
 
