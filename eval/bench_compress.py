@@ -14,7 +14,8 @@ process:
   the dense and pruned forwards of the 10k images; least squares: the calibration forwards), and the ratio of the
   measured stage to it;
 - the evaluation throughput against the model's bare batched forward on preprocessed tensors (inference mode, the
-  fastest batch size of 64..1024).
+  fastest batch size of 64..1024), from the idx files' pixels and from the same images as PNG files (decoded in the
+  main process, and in DataLoader workers).
 
 Nothing else should run on the machine (the results file says what the load average was).
 """
@@ -103,14 +104,37 @@ def bare_forward(threads: int) -> dict:
                 model(images[s:s + batch])
             rates[batch] = len(images) / (time.perf_counter() - start)
     best = max(rates, key=rates.get)
-    with tempfile.TemporaryDirectory() as cache:
-        os.environ["VITPRUNE_CACHE"] = cache
-        pipeline = Pipeline("demo", "demo", CompressOptions(), dist=get_dist("cpu"), quiet=True)
-        start = time.perf_counter()
-        pipeline.evaluate_pool({"dense": pipeline.dense}, pipeline.pools.evaluation)
-        evaluation = len(images) / (time.perf_counter() - start)
-    return {"bare_images_per_s": rates, "best_batch": best, "best_images_per_s": rates[best],
-            "vitprune_evaluation_images_per_s": evaluation, "ratio": evaluation / rates[best]}
+    def evaluation(data: str) -> float:
+        with tempfile.TemporaryDirectory() as cache:
+            os.environ["VITPRUNE_CACHE"] = cache
+            pipeline = Pipeline("demo", data, CompressOptions(), dist=get_dist("cpu"), quiet=True)
+            start = time.perf_counter()
+            pipeline.evaluate_pool({"dense": pipeline.dense}, pipeline.pools.evaluation)
+            return len(pipeline.pools.evaluation) / (time.perf_counter() - start)
+
+    out = {"bare_images_per_s": rates, "best_batch": best, "best_images_per_s": rates[best],
+           "vitprune_evaluation_images_per_s": evaluation("demo")}
+    out["ratio"] = out["vitprune_evaluation_images_per_s"] / rates[best]
+    with tempfile.TemporaryDirectory() as folder:  # the same 10k test images as PNG files: decoding in workers or not
+        from PIL import Image
+
+        from vitprune.data import fashion_mnist_arrays
+
+        x, y = fashion_mnist_arrays(split="test")
+        for split, (xs, ys) in (("train", (x[:10], y[:10])), ("val", (x, y))):
+            for i, (image, label) in enumerate(zip(xs, ys)):
+                path = Path(folder) / split / f"{label:02d}" / f"{i:05d}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(image).save(path)
+        from vitprune.data.pools import DECODE_WORKERS_ENV, decode_workers
+
+        files = {}
+        for workers in ("0", str(max(1, decode_workers()))):
+            os.environ[DECODE_WORKERS_ENV] = workers
+            files[workers] = evaluation(f"imagefolder:{folder}")
+        os.environ.pop(DECODE_WORKERS_ENV)
+    out["png_files_images_per_s"] = files
+    return out
 
 
 def floors(run: dict, gemm: dict) -> dict:
@@ -171,6 +195,10 @@ def render(s: dict) -> str:
     lines += ["", f"Evaluation: vitprune scores the dense model at {e['vitprune_evaluation_images_per_s']:.0f} images/s (decoding "
               f"included) against the bare batched forward's {e['best_images_per_s']:.0f} images/s on tensors (batch "
               f"{e['best_batch']}): **{100 * e['ratio']:.0f}%**."]
+    if e.get("png_files_images_per_s"):
+        lines += ["", "The same 10k images as PNG files (`imagefolder:`): " + ", ".join(
+            f"{rate:.0f} images/s with {w} decoding worker(s) ({100 * rate / e['best_images_per_s']:.0f}% of the bare forward)"
+            for w, rate in e["png_files_images_per_s"].items()) + "."]
     return "\n".join(lines) + "\n"
 
 
