@@ -5,7 +5,7 @@ setup:
 	@bash scripts/setup.sh
 
 # Main job on the embedded default: the bundled demo ViT on Fashion-MNIST.
-# Re-running it recomputes the same result in place (its path discovery resumes).
+# Re-running it on the finished folder is a no-op that says the result is up to date (--force recomputes).
 demo: setup
 	.venv/bin/vitprune compress --model demo --data demo --keep-topk 5
 
