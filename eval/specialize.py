@@ -3,6 +3,7 @@
     .venv/bin/python eval/specialize.py                 # run (resumable) + summarise -> eval/results/specialize/
     .venv/bin/python eval/specialize.py --summary-only  # re-write summary.{json,md} and specialize.png
     .venv/bin/python eval/specialize.py --models demo --subsets 0,2,6
+    .venv/bin/python eval/specialize.py --recovery      # the 3-class subsets at 0.2x + 1 epoch of recovery
 
 One `vitprune evaluate --specialize S` sweep per (model, subset): the model keeps the classifier rows of S, and
 calibration, discovery, the criteria and least squares see only S's images (16 per class). Points: the path criterion
@@ -14,6 +15,10 @@ block is its floor, e.g. 0.134x for demo).
 Every point is scored on S's test images (1000 per class, reported) and on 500 held-out training images per class of
 S (the choice of the smallest budget is made there). The dense reference is the same model restricted to S's logits
 on the same images.
+
+With ``--recovery``: every 3-class subset at the target budget (0.2x), jas-freq + lsq, then one epoch of compress's
+default recovery (distillation from the dense model on S's training images less the selection ones) — what a short
+recovery adds where one-shot misses the target.
 
 For each (model, subset, criterion): the smallest budget whose selection top-1 stays within 1 point of the dense
 model's selection top-1 (``smallest``), and its test top-1; also the smallest budget by the test images themselves,
@@ -87,6 +92,14 @@ def jobs(model: str, subset: tuple[int, ...], reachable: tuple[float, ...]) -> l
             (RESULTS / folder(model) / f"{name(subset)}-pc{WIDE}", [*base, "--criterion", CRITERIA[0], "--per-class", str(WIDE)])]
 
 
+def recovery_job(model: str, subset: tuple[int, ...]) -> tuple[Path, list[str]]:
+    """The path criterion at the target budget, then one epoch of the default recovery."""
+    return (RESULTS / folder(model) / f"{name(subset)}-recovered",
+            ["--model", model, "--data", "demo", "--specialize", ",".join(map(str, subset)), "--selection-per-class",
+             str(SELECTION), "--quiet", "--seed", "0", "--compensate", "lsq", "--prune", "mlp,heads", "--sparsity", "",
+             "--target-macs", str(TARGET["macs"]), "--criterion", CRITERIA[0], "--finetune-epochs", "1"])
+
+
 def smallest(points: list[dict], dense: dict, key: str) -> dict | None:
     """The point of the smallest MAC budget whose ``key`` top-1 is within TOLERANCE of the dense model's."""
     ok = [p for p in points if p[key] >= dense[key] - TOLERANCE - 1e-12]
@@ -119,6 +132,12 @@ def summarise(models: tuple[str, ...]) -> dict:
                           "smallest_by_test": by_test["target_macs"] if by_test else None}
             if per:
                 rows[name(subset)] = {"classes": list(subset), "kind": kind, "dense": dense, "criteria": per}
+                rec = next((p for p in load_points(RESULTS / folder(m) / f"{name(subset)}-recovered") if p["criterion"] != "dense"), None)
+                if rec is not None:
+                    rows[name(subset)]["recovered"] = {
+                        "target_macs": rec["target_macs"], "oneshot": rec["top1_oneshot"], "test": rec["top1"],
+                        "selection": rec["top1_selection"], "ci95": rec.get("top1_diff_ci95"), "seconds": rec.get("recovery_s"),
+                        "within": rec["top1_selection"] >= dense["selection"] - TOLERANCE - 1e-12}
         if rows:
             out["models"].append(m)
             out["per_model"][m] = rows
@@ -164,6 +183,21 @@ def render(s: dict) -> str:
         met = sum(c["met"] for c in cases)
         lines += [f"Target (a {s['target']['classes']}-class specialist at <= {s['target']['macs']}x MACs within 1 point, one-shot, "
                   f"jas-freq): met in {met} of {len(cases)} (model, subset) cases.", ""]
+    recovered = [(m, r) for m, rows in s["per_model"].items() for r in rows.values() if r.get("recovered")]
+    if recovered:
+        lines += [f"## {s['target']['classes']}-class specialists at {s['target']['macs']}x MACs, one-shot and after one epoch of "
+                  "the default recovery (jas-freq + lsq)", "",
+                  "| model | classes | kind | dense test [sel.] | one-shot test | recovered test [sel.] | vs dense (95% CI) | "
+                  "within 1 point (sel.) | recovery s |", "|---|---|---|---|---|---|---|---|---|"]
+        for m, r in recovered:
+            x = r["recovered"]
+            ci = f" ({100 * x['ci95'][0]:+.2f} .. {100 * x['ci95'][1]:+.2f})" if x.get("ci95") else ""
+            lines.append(f"| {m} | {','.join(map(str, r['classes']))} | {r['kind']} | {100 * r['dense']['test']:.2f} "
+                         f"[{100 * r['dense']['selection']:.2f}] | {100 * x['oneshot']:.2f} | {100 * x['test']:.2f} "
+                         f"[{100 * x['selection']:.2f}] | {100 * (x['test'] - r['dense']['test']):+.2f}{ci} | "
+                         f"{'yes' if x['within'] else 'no'} | {round(x['seconds']) if x.get('seconds') else ''} |")
+        lines += ["", f"Met after recovery (selection images): {sum(r['recovered']['within'] for _, r in recovered)} of "
+                  f"{len(recovered)}.", ""]
     for m, rows in s["per_model"].items():
         lines += [f"## {m}", "", "| classes | kind | dense test [sel.] | " + " | ".join(s["criteria"]) + " |",
                   "|---|---|---|" + "---|" * len(s["criteria"])]
@@ -218,10 +252,16 @@ def main() -> None:
     ap.add_argument("--models", default=",".join((*MODELS, *HELD_OUT)))
     ap.add_argument("--subsets", default=None, help="e.g. 0,2,6;1,9 (default: all of SUBSETS)")
     ap.add_argument("--summary-only", action="store_true")
+    ap.add_argument("--recovery", action="store_true", help="run the recovery stage (3-class subsets at the target budget)")
     args = ap.parse_args()
     models = tuple(args.models.split(","))
     subsets = [tuple(map(int, s.split(","))) for s in args.subsets.split(";")] if args.subsets else list(SUBSETS)
-    if not args.summary_only:
+    if args.recovery and not args.summary_only:
+        for m in models:
+            for subset in (s for s in subsets if len(s) == TARGET["classes"]):
+                out, seconds, rc = run_job(*recovery_job(m, subset))
+                print(f"{m} {out.name}: exit {rc} after {seconds:.0f} s", flush=True)
+    elif not args.summary_only:
         for m in models:
             reachable = budgets(m)
             for subset in subsets:

@@ -551,7 +551,8 @@ class CompressOptions(CalibrationOptions, OnnxOptions):
     eval_per_class: int | None = opt(None, "held-out images per class", group=_EVAL, default_text="the whole evaluation pool")
     specialize: tuple[int, ...] | None = opt(None, "make a model for these classes only (e.g. 0,2,5): calibration, discovery, "
                                              "criteria and least squares use their images, the classifier keeps their rows, and "
-                                             "the dense model is compared on the same logits and images; outputs in class-id order", group=_BUDGET,
+                                             "the dense model is compared on the same logits and images; outputs in class-id order "
+                                             "(with few classes, --per-class 64 reaches smaller budgets: eval/README.md)", group=_BUDGET,
                                              kind="classes", default_text="all classes")
     finetune_epochs: float = opt(0.0, "epochs of recovery by distillation from the dense model (0 = one-shot; a fraction is "
                                  "allowed)", group=_EVAL)
