@@ -104,8 +104,8 @@ def run_baselines(model: str, chosen: dict) -> None:
     import torch.nn.functional as F
 
     import vitprune
-    from vitprune.data import model_transform, resolve_data, select_holdout_per_class, select_per_class, split_holdout
-    from vitprune.data import materialize
+    from vitprune.data import materialize, model_transform, select_holdout_per_class, select_per_class, split_holdout
+    from vitprune.pipeline import resolve_data
     from vitprune.files import atomic_write_json
     from vitprune.prune.macs import count_macs_params
     from vitprune.recovery import RecoverySettings, recover
