@@ -24,7 +24,8 @@ Stages (each a set of `vitprune evaluate` sweeps, or, for the baselines, one pro
   budget, re-initialised (timm's init) and trained by the same recovery (distillation from the dense model; the
   learning rate chosen on the selection images among the tuned one and 1e-3, which training from scratch usually
   wants); ``tp`` — Torch-Pruning's pruning at the same budget (the best of Taylor / magnitude x local / global on the
-  selection images, one-shot; eval/tp_heads.py), then the same recovery.
+  selection images, one-shot; eval/tp_heads.py), then the same recovery. Where Torch-Pruning's head and MLP pruning
+  cannot reach the budget (it keeps a head per block and some width), its smallest model, at more MACs, stands in.
 """
 from __future__ import annotations
 
@@ -151,7 +152,7 @@ def run_baselines(model: str, chosen: dict) -> None:
         atomic_write_json(base / "scratch.json", {"model": model, "macs_ratio": count_macs_params(pruned)[0] / dense_macs,
                                                   "chosen_lr": best["lr"], "runs": runs, "seconds": round(time.time() - t0, 1)})
     if "tp" in todo:
-        from tp_heads import IMPORTANCES, fit_budget, pruned_at, shape
+        from tp_heads import IMPORTANCES, R_MAX, fit_budget, pruned_at, shape
 
         t0 = time.time()
         cal_x, cal_y = materialize(select_per_class(pools.calibration, 16, num_classes=nc), transform)
@@ -163,11 +164,15 @@ def run_baselines(model: str, chosen: dict) -> None:
         for name in IMPORTANCES:
             for scope in ("local", "global"):
                 at = pruned_at(dense, name, scope, cal_x[:1], grads, dense_macs)
-                r, m, ratio = fit_budget(at, TUNE_BUDGET)
+                try:
+                    r, m, ratio = fit_budget(at, TUNE_BUDGET)
+                except RuntimeError:  # its floor is above the budget: its smallest model (more MACs than ours)
+                    r, (m, ratio) = R_MAX, at(R_MAX)
                 candidates.append({"importance": name, "scope": scope, "r": r, "macs_ratio": ratio, "oneshot": top1(m),
                                    **shape(m), "model": m})
                 at.cache.clear()
-        pick = max(candidates, key=lambda c: c["oneshot"]["selection"])
+        reach = [c for c in candidates if c["macs_ratio"] <= TUNE_BUDGET + 1e-9] or candidates
+        pick = max(reach, key=lambda c: c["oneshot"]["selection"])
         run = recovered("tp", pick.pop("model"), chosen["lr"])
         atomic_write_json(base / "tp.json", {"model": model, "picked": pick, "run": run, "seconds": round(time.time() - t0, 1),
                                              "candidates": [{k: v for k, v in c.items() if k != "model"} for c in candidates]})
@@ -269,7 +274,8 @@ def render(s: dict) -> str:
         sc, tp = row.get("scratch"), row.get("tp")
         lines.append(f"| {m} | {pct((ours or {}).get('test'))} | "
                      + (f"{pct(sc['test'])} (lr {sc['lr']:g})" if sc else "") + " | "
-                     + (f"{pct(tp['test'])} (one-shot {pct(tp['oneshot'])}; {tp['picked']['importance']}, {tp['picked']['scope']})"
+                     + (f"{pct(tp['test'])} at {tp['macs_ratio']:.3f}x (one-shot {pct(tp['oneshot'])}; {tp['picked']['importance']}, "
+                        f"{tp['picked']['scope']})"
                         if tp else "") + " |")
     return "\n".join(lines) + "\n"
 
