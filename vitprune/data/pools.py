@@ -81,7 +81,7 @@ class FilePool(ImagePool):
         starts = [start for k, start in enumerate(range(0, len(self), batch_size))
                   if shard is None or k % shard.world == shard.rank]
         decoded = _DecodedBatches(self._raw(), starts, batch_size, transform)
-        workers = decode_workers() if len(starts) > 1 and _can_send(decoded) else 0
+        workers = decode_workers(len(self)) if len(starts) > 1 and _can_send(decoded) else 0
         if not workers:
             yield from (decoded.unwrap(decoded[i]) for i in range(len(starts)))
             return
@@ -133,9 +133,13 @@ class FilePool(ImagePool):
 DECODE_WORKERS_ENV = "VITPRUNE_DECODE_WORKERS"
 
 
-def decode_workers() -> int:
-    """Worker processes that decode image files (``VITPRUNE_DECODE_WORKERS``, else one per core beyond the first, at
-    most 4: the model's forward keeps the others; 0 decodes in this process, as does a daemonic process)."""
+DECODE_WORKERS_MIN_IMAGES = 1024  # below this, starting worker processes costs more than decoding here
+
+
+def decode_workers(images: int | None = None) -> int:
+    """Worker processes that decode image files: ``VITPRUNE_DECODE_WORKERS`` if set, else none for fewer than
+    DECODE_WORKERS_MIN_IMAGES ``images``, else one per core beyond the first, at most 4 (the model's forward keeps the
+    others); 0 decodes in this process, as does a daemonic process."""
     import multiprocessing
     import os
 
@@ -148,6 +152,8 @@ def decode_workers() -> int:
         except ValueError:
             raise UserError(f"{DECODE_WORKERS_ENV}={value!r} is not a whole number; set it to 0 (decode in the main "
                             "process) or a worker count") from None
+    if images is not None and images < DECODE_WORKERS_MIN_IMAGES:
+        return 0
     return min(4, max(0, (os.cpu_count() or 1) - 1))
 
 
