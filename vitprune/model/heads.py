@@ -167,9 +167,40 @@ class RopeAttentionHeads(_Heads):
         attn.attn_dim = attn.kv_dim = width
 
 
-class EvaAttentionHeads(_Heads):
+class _ConvertedHeads(_Heads):
+    """A layout whose module cannot run with fewer heads: slicing (and resizing a checkpoint's block) gives the
+    equivalent module of another layout (``target``) made by ``convert(attn, kept)``, which replaces it."""
+
+    target: type[_Heads]
+
+    @staticmethod
+    def convert(attn: nn.Module, kept: torch.Tensor) -> nn.Module:
+        raise NotImplementedError
+
+    @classmethod
+    def unit_sq_norms(cls, attn: nn.Module) -> torch.Tensor:
+        return cls.target.unit_sq_norms(cls.convert(attn, torch.arange(int(attn.num_heads))))
+
+    @classmethod
+    def slice(cls, attn: nn.Module, kept: torch.Tensor, *, out_bias: bool = False) -> nn.Module:
+        out = cls.convert(attn, kept.cpu())
+        if out_bias and out.proj.bias is None:
+            out.proj = sliced_out_proj(out.proj, torch.arange(out.proj.in_features), bias=True)
+        return out
+
+    @classmethod
+    def resize(cls, attn: nn.Module, heads: int) -> nn.Module:
+        """The converted module with ``heads`` heads and fresh weights (a state dict is loaded next)."""
+        out = cls.convert(attn, torch.arange(int(attn.num_heads)))
+        cls.target.resize(out, heads)
+        return out
+
+
+class EvaAttentionHeads(_ConvertedHeads):
     """The heads of a timm ``EvaAttention``; slicing (and resizing a checkpoint's block) gives the equivalent
     ``AttentionRope``, which replaces it."""
+
+    target = RopeAttentionHeads
 
     @staticmethod
     def matches(attn: nn.Module) -> bool:
@@ -177,22 +208,9 @@ class EvaAttentionHeads(_Heads):
 
         return type(attn) is EvaAttention
 
-    @classmethod
-    def unit_sq_norms(cls, attn: nn.Module) -> torch.Tensor:
-        return RopeAttentionHeads.unit_sq_norms(_as_rope(attn, torch.arange(int(attn.num_heads))))
-
-    @classmethod
-    def slice(cls, attn: nn.Module, kept: torch.Tensor, *, out_bias: bool = False) -> nn.Module:
-        rope = _as_rope(attn, kept.cpu())
-        if out_bias and rope.proj.bias is None:
-            rope.proj = sliced_out_proj(rope.proj, torch.arange(rope.proj.in_features), bias=True)
-        return rope
-
     @staticmethod
-    def resize(attn: nn.Module, heads: int) -> nn.Module:
-        rope = _as_rope(attn, torch.arange(int(attn.num_heads)))
-        RopeAttentionHeads.resize(rope, heads)
-        return rope
+    def convert(attn: nn.Module, kept: torch.Tensor) -> nn.Module:
+        return _as_rope(attn, kept)
 
 
 @torch.no_grad()
@@ -302,10 +320,12 @@ def _as_biased(attn: nn.Module, kept: torch.Tensor) -> nn.Module:
     return out
 
 
-class BeitAttentionHeads(_Heads):
+class BeitAttentionHeads(_ConvertedHeads):
     """The heads of timm's BEiT ``Attention`` (and of the ``BiasedAttention`` it is sliced into). Its forward reshapes
     the heads' output to the input width, so it cannot run with fewer heads: the slice is the equivalent timm
     ``Attention`` with the kept heads' relative position bias as the additive mask of its scores."""
+
+    target = AttentionHeads
 
     @staticmethod
     def matches(attn: nn.Module) -> bool:
@@ -322,22 +342,14 @@ class BeitAttentionHeads(_Heads):
         d = _beit_head_dim(attn)
         return ("BeitAttention", d, attn.proj.out_features, attn.relative_position_bias_table is not None)
 
-    @classmethod
-    def unit_sq_norms(cls, attn: nn.Module) -> torch.Tensor:
-        return AttentionHeads.unit_sq_norms(_as_biased(attn, torch.arange(int(attn.num_heads))))
-
-    @classmethod
-    def slice(cls, attn: nn.Module, kept: torch.Tensor, *, out_bias: bool = False) -> nn.Module:
-        out = _as_biased(attn, kept.cpu())
-        if out_bias and out.proj.bias is None:
-            out.proj = sliced_out_proj(out.proj, torch.arange(out.proj.in_features), bias=True)
-        return out
-
     @staticmethod
-    def resize(attn: nn.Module, heads: int) -> nn.Module:
-        """A ``BiasedAttention`` of ``heads`` heads with fresh weights (a state dict is loaded next)."""
-        out = _as_biased(attn, torch.arange(int(attn.num_heads)))
-        AttentionHeads.resize(out, heads)
+    def convert(attn: nn.Module, kept: torch.Tensor) -> nn.Module:
+        return _as_biased(attn, kept)
+
+    @classmethod
+    def resize(cls, attn: nn.Module, heads: int) -> nn.Module:
+        """A ``BiasedAttention`` of ``heads`` heads with fresh weights and bias table (a state dict is loaded next)."""
+        out = super().resize(attn, heads)
         table = out.relative_position_bias_table
         if table is not None:
             out.relative_position_bias_table = nn.Parameter(table.new_zeros(table.shape[0], heads))
